@@ -1,0 +1,466 @@
+//! The local disk store: blobs as files under `dir`, indexed by redb, evicted
+//! in LRU order to stay under `max_size`.
+//!
+//! A write streams into a temp file while it is hashed (and compressed, for
+//! CAS blobs in zstd storage mode), is checked against its digest, fsync'd when
+//! configured, and only then renamed to its final name by the index writer:
+//! no reader ever sees a partial or unverified blob.
+
+mod index;
+mod layout;
+mod recovery;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_compression::Level;
+use async_compression::tokio::bufread::ZstdDecoder;
+use async_compression::tokio::write::ZstdEncoder;
+use async_trait::async_trait;
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::index::{Entry, Insert, Op, SharedStats};
+use self::layout::Layout;
+use crate::digest::{BlobKey, EMPTY_SHA256, Hasher, Kind};
+use crate::store::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+
+pub use self::recovery::RecoveryReport;
+
+/// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
+/// four file writes, small enough that 64 concurrent uploads stay in 16 MiB.
+const CHUNK: usize = 256 * 1024;
+/// zstd level for CAS blobs in zstd storage mode: level 1 compresses at
+/// several hundred MB/s per core, so compression does not dominate a PUT.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Settings of the disk store, taken from the validated [`crate::config::Config`].
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    pub max_size_bytes: u64,
+    /// How CAS blobs are kept on disk (AC entries are always kept as sent).
+    pub cas_encoding: Encoding,
+    pub max_blob_size: u64,
+    pub fsync: bool,
+    /// A read moves an entry to the LRU tail at most once per this interval,
+    /// so hot blobs don't turn every read into an index write.
+    pub touch_interval: Duration,
+}
+
+impl DiskConfig {
+    pub fn new(dir: impl Into<PathBuf>, max_size_bytes: u64) -> Self {
+        DiskConfig {
+            dir: dir.into(),
+            max_size_bytes,
+            cas_encoding: Encoding::Zstd,
+            max_blob_size: u64::MAX,
+            fsync: true,
+            touch_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct DiskStore {
+    cfg: DiskConfig,
+    layout: Layout,
+    reader: index::Reader,
+    tx: mpsc::Sender<Op>,
+    stats: Arc<SharedStats>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    recovery: watch::Receiver<Option<RecoveryReport>>,
+    cancel_recovery: Arc<AtomicBool>,
+}
+
+impl DiskStore {
+    /// Opens the store in `cfg.dir`, creating it if needed. Start-up cost does
+    /// not grow with the number of entries; after an unclean stop, recovery
+    /// reconciles files and index in the background while the store serves.
+    pub async fn open(cfg: DiskConfig) -> Result<DiskStore, StoreError> {
+        let blocking_cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(blocking_cfg))
+            .await
+            .map_err(|e| StoreError::Index(format!("open task failed: {e}")))?
+    }
+
+    fn open_blocking(cfg: DiskConfig) -> Result<DiskStore, StoreError> {
+        let layout = Layout::new(&cfg.dir);
+        std::fs::create_dir_all(layout.tmp_dir())?;
+        // Temp files are writes that never finished: no one will claim them.
+        for entry in std::fs::read_dir(layout.tmp_dir())? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        let stats = Arc::new(SharedStats::default());
+        stats.max.store(cfg.max_size_bytes, Ordering::Relaxed);
+        let opened = index::open(&layout, &stats)?;
+        for dir in layout.shard_dirs() {
+            std::fs::create_dir_all(dir)?;
+        }
+
+        let (tx, rx) = mpsc::channel(8192);
+        let writer = index::Writer::new(opened.db.clone(), layout.clone(), stats.clone(), cfg.fsync)?;
+        let writer = std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || writer.run(rx))?;
+
+        // Idle ticks let the writer make its periodic durable commit.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(index::DURABLE_EVERY);
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(tx) => {
+                        let _ = tx.try_send(Op::Tick);
+                    }
+                    None => break,
+                }
+            }
+        });
+
+        let reader = index::Reader::new(opened.db);
+        let cancel_recovery = Arc::new(AtomicBool::new(false));
+        let (done_tx, recovery) = watch::channel(None);
+        if opened.was_clean {
+            let _ = done_tx.send(Some(RecoveryReport::default()));
+        } else {
+            tracing::warn!(dir = %cfg.dir.display(), "previous run did not stop cleanly; reconciling index and blob files in the background");
+            let (layout, reader, tx, cancel) =
+                (layout.clone(), reader.clone(), tx.clone(), cancel_recovery.clone());
+            std::thread::Builder::new()
+                .name("recovery".into())
+                .spawn(move || {
+                    let report = recovery::reconcile(&layout, &reader, &tx, &cancel);
+                    match &report {
+                        Ok(r) => tracing::info!(?r, "recovery finished"),
+                        Err(e) => tracing::error!(error = %e, "recovery failed"),
+                    }
+                    let _ = done_tx.send(Some(report.unwrap_or_default()));
+                })?;
+        }
+
+        Ok(DiskStore {
+            cfg,
+            layout,
+            reader,
+            tx,
+            stats,
+            writer: Some(writer),
+            recovery,
+            cancel_recovery,
+        })
+    }
+
+    /// Waits until start-up recovery (if any) has finished.
+    pub async fn recovered(&self) -> RecoveryReport {
+        let mut rx = self.recovery.clone();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => RecoveryReport::default(),
+        }
+    }
+
+    /// Makes every index change so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx.send(Op::Flush(done)).await.map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| StoreError::Index("flush failed".into()))
+    }
+
+    /// Orderly shutdown: the index is committed durably and marked clean, so
+    /// the next start skips recovery.
+    pub async fn close(mut self) {
+        self.cancel_recovery.store(true, Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Shutdown(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+
+    /// Keys from least to most recently used (tests and diagnostics).
+    pub fn lru_order(&self) -> Result<Vec<BlobKey>, StoreError> {
+        self.reader.lru_order()
+    }
+
+    /// The file holding a blob, if indexed (tests and diagnostics).
+    pub fn blob_path(&self, key: &BlobKey) -> Result<Option<PathBuf>, StoreError> {
+        Ok(self
+            .reader
+            .get(key)?
+            .map(|e| self.layout.blob_path(key, e.encoding)))
+    }
+
+    fn note_use(&self, key: &BlobKey, entry: &Entry) {
+        let age = index::unix_now().saturating_sub(entry.atime);
+        if age >= self.cfg.touch_interval.as_secs() {
+            // Best effort: under overload, LRU order may lag rather than slow reads.
+            let _ = self.tx.try_send(Op::Touch(*key));
+        }
+    }
+
+    fn forget(&self, key: &BlobKey) {
+        let _ = self.tx.try_send(Op::Forget(*key));
+    }
+
+    /// Copies the body into a temp file: decode, hash, count, check limits,
+    /// encode for storage. Returns (logical size, stored size, stored encoding).
+    async fn write_temp(
+        &self,
+        tmp: &PathBuf,
+        req: PutRequest,
+    ) -> Result<(u64, u64, Encoding), StoreError> {
+        let PutRequest { key, size, encoding, body } = req;
+        let mut input: BlobReader = match encoding {
+            Encoding::Identity => body,
+            Encoding::Zstd => {
+                let mut dec = ZstdDecoder::new(BufReader::with_capacity(64 * 1024, body));
+                dec.multiple_members(true);
+                Box::pin(dec)
+            }
+        };
+        let stored_encoding = match key.kind {
+            Kind::Cas => self.cfg.cas_encoding,
+            Kind::Ac => Encoding::Identity,
+        };
+        let file = File::create(tmp).await?;
+        let mut sink = Sink::new(file, stored_encoding);
+
+        let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
+        let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
+        let mut buf = vec![0u8; cap];
+        let mut hasher = Hasher::new();
+        let mut filled = 0;
+        loop {
+            let n = input.read(&mut buf[filled..]).await.map_err(StoreError::Body)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[filled..filled + n]);
+            filled += n;
+            let seen = hasher.len();
+            if seen > limit {
+                return Err(match size {
+                    Some(expected) if seen > expected && expected <= self.cfg.max_blob_size => {
+                        StoreError::SizeMismatch { expected, actual: seen }
+                    }
+                    _ => StoreError::TooLarge { size: seen, limit: self.cfg.max_blob_size },
+                });
+            }
+            if seen > self.cfg.max_size_bytes {
+                return Err(StoreError::InsufficientStorage {
+                    size: seen,
+                    capacity: self.cfg.max_size_bytes,
+                });
+            }
+            if filled == buf.len() {
+                sink.write_all(&buf).await?;
+                filled = 0;
+            }
+        }
+        sink.write_all(&buf[..filled]).await?;
+        let logical = hasher.len();
+        if let Some(expected) = size
+            && expected != logical
+        {
+            return Err(StoreError::SizeMismatch { expected, actual: logical });
+        }
+        let actual = hasher.finish();
+        if key.kind == Kind::Cas && actual != key.hash {
+            return Err(StoreError::DigestMismatch { expected: key.hash, actual });
+        }
+        let (file, stored) = sink.finish().await?;
+        if self.cfg.fsync {
+            file.sync_all().await?;
+        }
+        Ok((logical, stored, stored_encoding))
+    }
+}
+
+/// Where a write's bytes go: the temp file, through a zstd encoder or not.
+enum Sink {
+    Plain(File, u64),
+    Zstd(ZstdEncoder<File>),
+}
+
+impl Sink {
+    fn new(file: File, encoding: Encoding) -> Self {
+        match encoding {
+            Encoding::Identity => Sink::Plain(file, 0),
+            Encoding::Zstd => Sink::Zstd(ZstdEncoder::with_quality(file, Level::Precise(ZSTD_LEVEL))),
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(f, n) => {
+                f.write_all(bytes).await?;
+                *n += bytes.len() as u64;
+                Ok(())
+            }
+            Sink::Zstd(z) => z.write_all(bytes).await,
+        }
+    }
+
+    /// Flushes everything and returns the file with its length.
+    async fn finish(self) -> io::Result<(File, u64)> {
+        match self {
+            Sink::Plain(mut f, n) => {
+                f.flush().await?;
+                Ok((f, n))
+            }
+            Sink::Zstd(mut z) => {
+                z.shutdown().await?;
+                let f = z.into_inner();
+                let n = f.metadata().await?.len();
+                Ok((f, n))
+            }
+        }
+    }
+}
+
+/// Bytes promised to a write in flight; eviction makes room for them.
+struct Reservation<'a> {
+    stats: &'a SharedStats,
+    bytes: u64,
+}
+
+impl<'a> Reservation<'a> {
+    fn new(stats: &'a SharedStats, bytes: u64) -> Self {
+        stats.reserved.fetch_add(bytes, Ordering::Relaxed);
+        Reservation { stats, bytes }
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.stats.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl Store for DiskStore {
+    async fn get(&self, key: &BlobKey, accept_zstd: bool) -> Result<Option<Blob>, StoreError> {
+        if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
+            return Ok(Some(Blob {
+                size: 0,
+                encoding: Encoding::Identity,
+                body_len: Some(0),
+                body: Box::pin(tokio::io::empty()),
+            }));
+        }
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        let path = self.layout.blob_path(key, entry.encoding);
+        let file = match File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Evicted or replaced between the lookup and the open, or lost:
+                // the writer drops the entry if the file is really gone.
+                self.forget(key);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_use(key, &entry);
+        let on_disk = file.metadata().await?.len();
+        Ok(Some(match (entry.encoding, accept_zstd) {
+            // The open file's length, not the index's: an AC entry may have
+            // been replaced by a different-sized one since the lookup.
+            (Encoding::Identity, _) => Blob {
+                size: on_disk,
+                encoding: Encoding::Identity,
+                body_len: Some(on_disk),
+                body: Box::pin(file),
+            },
+            (Encoding::Zstd, true) => Blob {
+                size: entry.size,
+                encoding: Encoding::Zstd,
+                body_len: Some(on_disk),
+                body: Box::pin(file),
+            },
+            (Encoding::Zstd, false) => {
+                let mut dec = ZstdDecoder::new(BufReader::with_capacity(CHUNK, file));
+                dec.multiple_members(true);
+                Blob {
+                    size: entry.size,
+                    encoding: Encoding::Identity,
+                    body_len: Some(entry.size),
+                    body: Box::pin(dec),
+                }
+            }
+        }))
+    }
+
+    async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError> {
+        if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
+            return Ok(Some(0));
+        }
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        self.note_use(key, &entry);
+        Ok(Some(entry.size))
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<(), StoreError> {
+        if let Some(size) = req.size {
+            if size > self.cfg.max_blob_size {
+                return Err(StoreError::TooLarge { size, limit: self.cfg.max_blob_size });
+            }
+            if size > self.cfg.max_size_bytes {
+                return Err(StoreError::InsufficientStorage {
+                    size,
+                    capacity: self.cfg.max_size_bytes,
+                });
+            }
+        }
+        let key = req.key;
+        let _reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
+        let tmp = self.layout.tmp_path();
+        let written = self.write_temp(&tmp, req).await;
+        let (size, stored, encoding) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&tmp).await;
+                return Err(e);
+            }
+        };
+        if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
+            // Verified empty; the empty blob always exists without a file.
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Ok(());
+        }
+        let (done, wait) = oneshot::channel();
+        let insert = Insert { key, from: tmp.clone(), size, stored, encoding, adopt: false };
+        if self.tx.send(Op::Insert(insert, done)).await.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(StoreError::Closed);
+        }
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for DiskStore {
+    /// Without [`DiskStore::close`], the index stays marked unclean and the
+    /// next start runs recovery — the same path a crash takes.
+    fn drop(&mut self) {
+        self.cancel_recovery.store(true, Ordering::Relaxed);
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}

@@ -1,0 +1,132 @@
+//! The storage abstraction every protocol front end talks to.
+//!
+//! [`Store`] is deliberately small — get, contains, put, stats — and streams
+//! bodies both ways, so the HTTP and gRPC front ends hold no storage logic and
+//! a proxy backend (S3) can wrap the disk store behind the same trait.
+
+pub mod disk;
+
+use std::io;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use tokio::io::AsyncRead;
+
+use crate::digest::{BlobKey, Hash};
+
+/// A body being read or written. Boxed so stores and front ends can hand each
+/// other files, decoders or network streams without sharing concrete types.
+pub type BlobReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// How the bytes of a body are encoded. Digests and sizes always refer to the
+/// identity (uncompressed) bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    /// A standard zstd stream (RFC 8878), one or more frames.
+    Zstd,
+}
+
+/// A blob found in the store, ready to stream.
+pub struct Blob {
+    /// Logical (uncompressed) size in bytes.
+    pub size: u64,
+    /// Encoding of `body`: zstd only when the caller accepted it.
+    pub encoding: Encoding,
+    /// Exact number of bytes `body` yields, when known (always for identity).
+    pub body_len: Option<u64>,
+    pub body: BlobReader,
+}
+
+/// A write into the store. The store hashes while it copies and makes the
+/// blob visible only once the content matches (`Kind::Cas`) and the size
+/// matches `size` (when given).
+pub struct PutRequest {
+    pub key: BlobKey,
+    /// Declared logical size, if the client declared one.
+    pub size: Option<u64>,
+    /// Encoding of `body`; zstd bodies are decoded before hashing.
+    pub encoding: Encoding,
+    pub body: BlobReader,
+}
+
+/// What a store holds, for `/status` and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Bytes the entries take on disk (compressed where stored compressed).
+    pub stored_bytes: u64,
+    /// Sum of logical (uncompressed) sizes.
+    pub logical_bytes: u64,
+    /// Bytes reserved by writes in flight.
+    pub reserved_bytes: u64,
+    pub max_bytes: u64,
+    pub entries: u64,
+    /// Bytes removed by LRU eviction since start.
+    pub evicted_bytes: u64,
+    /// Bytes replaced by writes of a key that already existed, since start.
+    pub overwritten_bytes: u64,
+}
+
+/// Why a store operation failed, with what a client needs to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("content hash mismatch: the request names {expected} but the body hashes to {actual}")]
+    DigestMismatch { expected: Hash, actual: Hash },
+    #[error("size mismatch: {expected} bytes declared, {actual} bytes received")]
+    SizeMismatch { expected: u64, actual: u64 },
+    #[error("blob of {size} bytes exceeds max_blob_size ({limit} bytes)")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("blob of {size} bytes cannot fit in a cache of {capacity} bytes")]
+    InsufficientStorage { size: u64, capacity: u64 },
+    #[error("invalid request body: {0}")]
+    InvalidBody(String),
+    /// Reading the client's body failed (disconnect, bad framing, bad zstd).
+    #[error("reading request body: {0}")]
+    Body(#[source] io::Error),
+    #[error("storage I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("index error: {0}")]
+    Index(String),
+    #[error("store is shutting down")]
+    Closed,
+}
+
+impl StoreError {
+    /// True when the client sent something wrong (HTTP 4xx, gRPC INVALID_ARGUMENT).
+    pub fn is_client_error(&self) -> bool {
+        matches!(
+            self,
+            StoreError::DigestMismatch { .. }
+                | StoreError::SizeMismatch { .. }
+                | StoreError::TooLarge { .. }
+                | StoreError::InvalidBody(_)
+                | StoreError::Body(_)
+        )
+    }
+
+    /// Disk full or blob larger than the cache (HTTP 507, gRPC RESOURCE_EXHAUSTED).
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            StoreError::InsufficientStorage { .. } => true,
+            StoreError::Io(e) => e.raw_os_error() == Some(28), // ENOSPC
+            _ => false,
+        }
+    }
+}
+
+/// A blob store with an action cache and a content-addressable storage.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Opens a blob for reading. `accept_zstd` lets the store hand out its
+    /// compressed bytes as they are instead of decompressing them.
+    async fn get(&self, key: &BlobKey, accept_zstd: bool) -> Result<Option<Blob>, StoreError>;
+
+    /// The logical size of a blob, if present.
+    async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError>;
+
+    /// Streams a blob in. On success the blob is durable (as configured) and
+    /// visible to readers; on any error nothing is stored.
+    async fn put(&self, req: PutRequest) -> Result<(), StoreError>;
+
+    fn stats(&self) -> StoreStats;
+}
