@@ -5,10 +5,97 @@
 //!
 //! Key names, flag names and environment variable names are bazel-remote's, so
 //! a deployment can swap the binary and keep its configuration.
+//!
+//! Entry points: [`from_process`] for the binary, [`from_args_and_env`] for
+//! tests (the environment is injected so tests never touch the process's).
+//!
+//! Submodules: `options` (the one table of keys, flags and env vars), `cli`
+//! (clap), `file` (the YAML schema), `sources` (reading and merging the three
+//! sources), `resolve` (defaults and validation), `listen` and `duration`
+//! (bazel-remote's address and Go duration notations), `error`.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+mod cli;
+mod duration;
+mod error;
+mod file;
+mod listen;
+mod options;
+mod resolve;
+mod sources;
+
+pub use duration::parse_go_duration;
+pub use error::{ConfigError, Location};
+
+/// What the process was asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Run the cache server (no subcommand).
+    Serve,
+    /// `check-config`: the configuration loaded and validated; report and exit.
+    CheckConfig,
+}
+
+/// The outcome of reading the command line, environment and config file.
+#[derive(Debug)]
+pub struct Invocation {
+    pub mode: Mode,
+    pub config: Config,
+    /// Things the operator should know but that are not errors (keys accepted
+    /// for compatibility and ignored, deprecated keys shadowed by their
+    /// replacement). Configuration is read before logging is set up, so the
+    /// caller logs these once it is.
+    pub notes: Vec<String>,
+}
+
+/// Parses the command line and the environment, plus the YAML file named by
+/// `--config_file` or `BAZEL_REMOTE_CONFIG_FILE`, and validates the result.
+///
+/// `args` starts with the program name, like [`std::env::args_os`]. `env`
+/// looks up an environment variable; `None` or an empty value means unset.
+/// On success in serve mode the cache directory exists and is writable;
+/// `check-config` leaves it alone (it validates where the config is built).
+///
+/// `--help`, `--version` and usage errors come back as [`ConfigError::Cli`];
+/// [`ConfigError::exit`] prints them the way clap does.
+pub fn from_args_and_env<I, T>(
+    args: I,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Invocation, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let command_line = cli::parse(args)?;
+    let config_file = command_line.config_file.or_else(|| {
+        env(options::CONFIG_FILE_ENV)
+            .filter(|path| !path.is_empty())
+            .map(PathBuf::from)
+    });
+    let sources = sources::gather(config_file.as_deref(), &command_line.values, env)?;
+    let check_dir = matches!(command_line.mode, Mode::Serve);
+    let (config, notes) = resolve::resolve(sources, env, check_dir)?;
+    Ok(Invocation {
+        mode: command_line.mode,
+        config,
+        notes,
+    })
+}
+
+/// [`from_args_and_env`] with the process's own arguments and environment.
+pub fn from_process() -> Result<Invocation, ConfigError> {
+    from_args_and_env(std::env::args_os(), &|name| std::env::var(name).ok())
+}
+
+/// The clap command, for rendering help or generating completions and man
+/// pages; [`from_args_and_env`] is what parses it.
+pub fn command() -> clap::Command {
+    cli::command()
+}
 
 /// Where a listener binds: a TCP socket address or a Unix socket path
 /// (bazel-remote's `unix:///path.sock` form).
@@ -40,6 +127,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// bazel-remote's `log_timezone`: timestamps in UTC, local time, or none
+/// (when the log collector adds its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogTimezone {
+    #[default]
+    Utc,
+    Local,
+    None,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsConfig {
     pub cert_file: PathBuf,
@@ -51,8 +148,22 @@ pub struct TlsConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum S3AuthMethod {
+    /// Static `access_key_id` / `secret_access_key` (+ `session_token`).
     AccessKey,
+    /// Instance/pod credentials from `iam_role_endpoint` or the AWS defaults.
     IamRole,
+    /// A profile (`aws_profile`) of an AWS credentials file.
+    AwsCredentialsFile,
+}
+
+/// How requests are signed with `AccessKey` credentials.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum S3SignatureType {
+    V2,
+    #[default]
+    V4,
+    V4Streaming,
+    Anonymous,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -74,7 +185,12 @@ pub struct S3Config {
     pub access_key_id: String,
     pub secret_access_key: String,
     pub session_token: String,
+    pub signature_type: S3SignatureType,
     pub iam_role_endpoint: String,
+    /// Profile within the credentials file; "default" unless set.
+    pub aws_profile: String,
+    /// `None` = the AWS default (`~/.aws/credentials`).
+    pub aws_shared_credentials_file: Option<PathBuf>,
     pub disable_ssl: bool,
     pub bucket_lookup_type: BucketLookupType,
     pub max_idle_conns: usize,
@@ -92,6 +208,13 @@ impl std::fmt::Debug for S3Config {
             .field("access_key_id", &"<redacted>")
             .field("secret_access_key", &"<redacted>")
             .field("session_token", &"<redacted>")
+            .field("signature_type", &self.signature_type)
+            .field("iam_role_endpoint", &self.iam_role_endpoint)
+            .field("aws_profile", &self.aws_profile)
+            .field(
+                "aws_shared_credentials_file",
+                &self.aws_shared_credentials_file,
+            )
             .field("disable_ssl", &self.disable_ssl)
             .field("bucket_lookup_type", &self.bucket_lookup_type)
             .field("max_idle_conns", &self.max_idle_conns)
@@ -122,10 +245,16 @@ pub struct Config {
     pub http_write_timeout: Option<Duration>,
     pub access_log_level: AccessLogLevel,
     pub log_format: LogFormat,
+    pub log_timezone: LogTimezone,
     pub enable_endpoint_metrics: bool,
+    /// Histogram buckets (seconds) for endpoint metrics, sorted ascending.
+    pub endpoint_metrics_duration_buckets: Vec<f64>,
+    /// Prefix HTTP metric names with `bazel_remote`.
+    pub http_metrics_prefix: bool,
     pub disable_http_ac_validation: bool,
     pub disable_grpc_ac_deps_check: bool,
     pub enable_ac_key_instance_mangling: bool,
+    pub experimental_remote_asset_api: bool,
     pub htpasswd_file: Option<PathBuf>,
     pub allow_unauthenticated_reads: bool,
     pub tls: Option<TlsConfig>,

@@ -1,0 +1,618 @@
+//! The table of every configuration key, in one place.
+//!
+//! A key has three spellings that must stay in step: the YAML key, the
+//! command-line flag and the environment variable(s). bazel-remote spells
+//! them so that a flag is the YAML key (`max_size` ↔ `--max_size`), except
+//! that the `s3_proxy:` block's keys become `--s3.<key>` flags. This table
+//! names each key once by its flag spelling; the CLI, the environment reader
+//! and `--help` are all generated from it, so they cannot drift apart.
+
+/// How a raw string from a flag or an environment variable is turned into a
+/// YAML value before it is merged with the file. The file's own values are
+/// typed by the YAML schema (`file.rs`); this only has to produce a value
+/// that schema accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Kind {
+    /// Any string; passed through.
+    Str,
+    /// Go `strconv.ParseBool` spellings (`true`, `1`, `t`, `false`, ...). As a
+    /// flag it may be given bare (`--fsync` = `--fsync=true`).
+    Bool,
+    /// A signed integer.
+    Int,
+    /// An integer or decimal number (sizes in GiB).
+    Number,
+    /// A Go duration string or a bare number of seconds; parsed by the
+    /// schema's duration type so both sources share one parser.
+    Duration,
+    /// Comma-separated numbers.
+    NumberList,
+}
+
+/// One configuration key.
+#[derive(Debug)]
+pub(super) struct Opt {
+    /// The flag name without `--`, e.g. `max_size` or `s3.endpoint`.
+    pub key: &'static str,
+    /// Environment variables, first match wins.
+    pub env: &'static [&'static str],
+    pub kind: Kind,
+    /// What the value is when nobody sets it, as shown in `--help`.
+    pub default: &'static str,
+    pub help: &'static str,
+    pub heading: &'static str,
+}
+
+impl Opt {
+    /// Where this key lives in the YAML file: `(Some("s3_proxy"), "endpoint")`
+    /// for `s3.endpoint`, `(None, "dir")` for `dir`.
+    pub fn yaml_path(&self) -> (Option<&'static str>, &'static str) {
+        yaml_path(self.key)
+    }
+
+    /// The key as written in the YAML file and in error messages
+    /// (`s3_proxy.endpoint`).
+    pub fn yaml_key(&self) -> String {
+        match self.yaml_path() {
+            (Some(block), key) => format!("{block}.{key}"),
+            (None, key) => key.to_owned(),
+        }
+    }
+}
+
+/// The flags of the `s3_proxy:` block start with this.
+pub(super) const S3_FLAG_PREFIX: &str = "s3.";
+pub(super) const S3_BLOCK: &str = "s3_proxy";
+
+pub(super) fn yaml_path(flag_key: &'static str) -> (Option<&'static str>, &'static str) {
+    match flag_key.strip_prefix(S3_FLAG_PREFIX) {
+        Some(key) => (Some(S3_BLOCK), key),
+        None => (None, flag_key),
+    }
+}
+
+/// The inverse of [`Opt::yaml_key`]: finds the option for `s3_proxy.endpoint`
+/// or `dir`.
+pub(super) fn by_yaml_key(yaml_key: &str) -> Option<&'static Opt> {
+    OPTIONS.iter().find(|opt| opt.yaml_key() == yaml_key)
+}
+
+const STORAGE: &str = "Storage";
+const LISTEN: &str = "Listeners";
+const AUTH: &str = "Authentication and TLS";
+const BEHAVIOUR: &str = "Cache behaviour";
+const LOGS: &str = "Logging and metrics";
+const S3: &str = "S3 proxy";
+const DEPRECATED: &str = "Deprecated (accepted for compatibility)";
+
+/// The environment variable that names the YAML file. Not part of [`OPTIONS`]
+/// because it chooses a source instead of setting a key.
+pub(super) const CONFIG_FILE_ENV: &str = "BAZEL_REMOTE_CONFIG_FILE";
+
+/// Every key bazel-cache understands, in `--help` order.
+pub(super) static OPTIONS: &[Opt] = &[
+    // Storage
+    Opt {
+        key: "dir",
+        env: &["BAZEL_REMOTE_DIR"],
+        kind: Kind::Str,
+        default: "$XDG_CACHE_HOME/bazel-cache, else $HOME/.cache/bazel-cache",
+        help: "Directory where the cache contents are stored. Created if missing.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "max_size",
+        env: &["BAZEL_REMOTE_MAX_SIZE"],
+        kind: Kind::Number,
+        default: "5",
+        help: "Maximum size of the disk cache in GiB; decimals such as 0.5 are allowed.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "max_size_hard_limit",
+        env: &["BAZEL_REMOTE_MAX_SIZE_HARD_LIMIT"],
+        kind: Kind::Number,
+        default: "-1, ie no hard limit",
+        help: "Size in GiB, including files queued for eviction, above which writes are \
+               rejected. A reasonable value is 5% above --max_size.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "storage_mode",
+        env: &["BAZEL_REMOTE_STORAGE_MODE"],
+        kind: Kind::Str,
+        default: "zstd",
+        help: "Format of CAS blobs on disk: \"zstd\" or \"uncompressed\".",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "zstd_implementation",
+        env: &["BAZEL_REMOTE_ZSTD_IMPLEMENTATION"],
+        kind: Kind::Str,
+        default: "go",
+        help: "Accepted for compatibility (\"go\" or \"cgo\") and ignored.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "max_blob_size",
+        env: &["BAZEL_REMOTE_MAX_BLOB_SIZE"],
+        kind: Kind::Int,
+        default: "unlimited",
+        help: "Largest logical (uncompressed) blob in bytes accepted from clients.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "max_proxy_blob_size",
+        env: &["BAZEL_REMOTE_MAX_PROXY_BLOB_SIZE"],
+        kind: Kind::Int,
+        default: "unlimited",
+        help: "Largest logical (uncompressed) blob in bytes downloaded from the proxy backend.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "fsync",
+        env: &["BAZEL_REMOTE_FSYNC"],
+        kind: Kind::Bool,
+        default: "true",
+        help: "Flush each blob to stable storage before acknowledging the write, so an \
+               acknowledged write survives power loss.",
+        heading: STORAGE,
+    },
+    // Listeners
+    Opt {
+        key: "http_address",
+        env: &["BAZEL_REMOTE_HTTP_ADDRESS"],
+        kind: Kind::Str,
+        default: "0.0.0.0:8080",
+        help: "HTTP listener: [host]:port for TCP (empty host = all interfaces) or \
+               unix:///path.sock.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "grpc_address",
+        env: &["BAZEL_REMOTE_GRPC_ADDRESS"],
+        kind: Kind::Str,
+        default: "0.0.0.0:9092",
+        help: "gRPC listener: [host]:port for TCP or unix:///path.sock; \"none\" disables gRPC.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "profile_address",
+        env: &["BAZEL_REMOTE_PROFILE_ADDRESS"],
+        kind: Kind::Str,
+        default: "none",
+        help: "Accepted for compatibility and ignored: bazel-cache has no Go profiling endpoint.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "http_read_timeout",
+        env: &["BAZEL_REMOTE_HTTP_READ_TIMEOUT"],
+        kind: Kind::Duration,
+        default: "0s, ie disabled",
+        help: "Time allowed to read a client request, as a Go duration (30s, 1h30m) or seconds.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "http_write_timeout",
+        env: &["BAZEL_REMOTE_HTTP_WRITE_TIMEOUT"],
+        kind: Kind::Duration,
+        default: "0s, ie disabled",
+        help: "Time allowed to write a response, as a Go duration (30s, 1h30m) or seconds.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "idle_timeout",
+        env: &["BAZEL_REMOTE_IDLE_TIMEOUT"],
+        kind: Kind::Duration,
+        default: "0s, ie disabled",
+        help: "Shut the server down after this long without a request.",
+        heading: LISTEN,
+    },
+    // Authentication and TLS
+    Opt {
+        key: "htpasswd_file",
+        env: &["BAZEL_REMOTE_HTPASSWD_FILE"],
+        kind: Kind::Str,
+        default: "none",
+        help: "Path to an .htpasswd file enabling HTTP basic authentication.",
+        heading: AUTH,
+    },
+    Opt {
+        key: "allow_unauthenticated_reads",
+        env: &["BAZEL_REMOTE_UNAUTHENTICATED_READS"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "When authentication is enabled (--htpasswd_file or --tls_ca_file), let \
+               unauthenticated clients read.",
+        heading: AUTH,
+    },
+    Opt {
+        key: "min_tls_version",
+        env: &["BAZEL_REMOTE_MIN_TLS_VERSION"],
+        kind: Kind::Str,
+        default: "1.0",
+        help: "Lowest TLS version accepted from clients: 1.0, 1.1, 1.2 or 1.3.",
+        heading: AUTH,
+    },
+    Opt {
+        key: "tls_ca_file",
+        env: &["BAZEL_REMOTE_TLS_CA_FILE"],
+        kind: Kind::Str,
+        default: "none",
+        help: "CA that signs client certificates; enables mTLS. Needs --tls_cert_file and \
+               --tls_key_file.",
+        heading: AUTH,
+    },
+    Opt {
+        key: "tls_cert_file",
+        env: &["BAZEL_REMOTE_TLS_CERT_FILE"],
+        kind: Kind::Str,
+        default: "none",
+        help: "PEM certificate of the server; enables TLS together with --tls_key_file.",
+        heading: AUTH,
+    },
+    Opt {
+        key: "tls_key_file",
+        env: &["BAZEL_REMOTE_TLS_KEY_FILE"],
+        kind: Kind::Str,
+        default: "none",
+        help: "PEM private key of the server; enables TLS together with --tls_cert_file.",
+        heading: AUTH,
+    },
+    // Cache behaviour
+    Opt {
+        key: "disable_http_ac_validation",
+        env: &["BAZEL_REMOTE_DISABLE_HTTP_AC_VALIDATION"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Store ActionResults uploaded over HTTP without checking that they parse.",
+        heading: BEHAVIOUR,
+    },
+    Opt {
+        key: "disable_grpc_ac_deps_check",
+        // bazel-remote's variable has a typo ("GRPS"); accept it first for
+        // drop-in compatibility and the corrected spelling too.
+        env: &[
+            "BAZEL_REMOTE_DISABLE_GRPS_AC_DEPS_CHECK",
+            "BAZEL_REMOTE_DISABLE_GRPC_AC_DEPS_CHECK",
+        ],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Answer gRPC GetActionResult without checking that the referenced blobs exist.",
+        heading: BEHAVIOUR,
+    },
+    Opt {
+        key: "enable_ac_key_instance_mangling",
+        env: &["BAZEL_REMOTE_ENABLE_AC_KEY_INSTANCE_MANGLING"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Mix a non-empty instance name into ActionCache keys.",
+        heading: BEHAVIOUR,
+    },
+    Opt {
+        key: "experimental_remote_asset_api",
+        env: &["BAZEL_REMOTE_EXPERIMENTAL_REMOTE_ASSET_API"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Serve the experimental Remote Asset API (needs gRPC).",
+        heading: BEHAVIOUR,
+    },
+    // Logging and metrics
+    Opt {
+        key: "access_log_level",
+        env: &["BAZEL_REMOTE_ACCESS_LOG_LEVEL"],
+        kind: Kind::Str,
+        default: "all",
+        help: "Access log verbosity: \"none\" or \"all\".",
+        heading: LOGS,
+    },
+    Opt {
+        key: "log_timezone",
+        env: &["BAZEL_REMOTE_LOG_TIMEZONE"],
+        kind: Kind::Str,
+        default: "UTC",
+        help: "Timezone of log timestamps: \"UTC\", \"local\" or \"none\" (no timestamps).",
+        heading: LOGS,
+    },
+    Opt {
+        key: "log_format",
+        env: &["BAZEL_REMOTE_LOG_FORMAT"],
+        kind: Kind::Str,
+        default: "text",
+        help: "Log output format: \"text\" or \"json\".",
+        heading: LOGS,
+    },
+    Opt {
+        key: "enable_endpoint_metrics",
+        env: &["BAZEL_REMOTE_ENABLE_ENDPOINT_METRICS"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Export per-endpoint HTTP/gRPC metrics.",
+        heading: LOGS,
+    },
+    Opt {
+        key: "endpoint_metrics_duration_buckets",
+        env: &["BAZEL_REMOTE_ENDPOINT_METRICS_DURATION_BUCKETS"],
+        kind: Kind::NumberList,
+        default: ".5,1,2.5,5,10,20,40,80,160,320",
+        help: "Histogram buckets in seconds for endpoint metrics, comma-separated.",
+        heading: LOGS,
+    },
+    Opt {
+        key: "http_metrics_prefix",
+        env: &["BAZEL_REMOTE_HTTP_METRICS_PREFIX"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Prefix HTTP metric names with \"bazel_remote\".",
+        heading: LOGS,
+    },
+    // S3 proxy
+    Opt {
+        key: "s3.endpoint",
+        env: &["BAZEL_REMOTE_S3_ENDPOINT"],
+        kind: Kind::Str,
+        default: "none",
+        help: "S3/MinIO endpoint (host:port). Setting it or --s3.bucket enables the S3 proxy.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.bucket",
+        env: &["BAZEL_REMOTE_S3_BUCKET"],
+        kind: Kind::Str,
+        default: "none",
+        help: "S3/MinIO bucket.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.bucket_lookup_type",
+        env: &["BAZEL_REMOTE_S3_BUCKET_LOOKUP_TYPE"],
+        kind: Kind::Str,
+        default: "auto",
+        help: "Bucket addressing: \"auto\", \"dns\" (virtual host) or \"path\".",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.prefix",
+        env: &["BAZEL_REMOTE_S3_PREFIX"],
+        kind: Kind::Str,
+        default: "\"\"",
+        help: "Prefix of the object keys in the bucket.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.auth_method",
+        env: &["BAZEL_REMOTE_S3_AUTH_METHOD"],
+        kind: Kind::Str,
+        default: "none, required",
+        help: "Authentication: \"access_key\", \"iam_role\" or \"aws_credentials_file\".",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.access_key_id",
+        env: &["BAZEL_REMOTE_S3_ACCESS_KEY_ID"],
+        kind: Kind::Str,
+        default: "none",
+        help: "Access key id (auth_method access_key).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.secret_access_key",
+        env: &["BAZEL_REMOTE_S3_SECRET_ACCESS_KEY"],
+        kind: Kind::Str,
+        default: "none",
+        help: "Secret access key (auth_method access_key). Prefer the environment variable: \
+               flags are visible to other local users.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.session_token",
+        env: &["BAZEL_REMOTE_S3_SESSION_TOKEN"],
+        kind: Kind::Str,
+        default: "none",
+        help: "Optional session token (auth_method access_key).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.signature_type",
+        env: &["BAZEL_REMOTE_S3_SIGNATURE_TYPE"],
+        kind: Kind::Str,
+        default: "v4",
+        help: "Request signing (auth_method access_key): \"v2\", \"v4\", \"v4streaming\" or \
+               \"anonymous\".",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.aws_shared_credentials_file",
+        env: &[
+            "BAZEL_REMOTE_S3_AWS_SHARED_CREDENTIALS_FILE",
+            "AWS_SHARED_CREDENTIALS_FILE",
+        ],
+        kind: Kind::Str,
+        default: "~/.aws/credentials",
+        help: "AWS credentials file (auth_method aws_credentials_file).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.aws_profile",
+        env: &["BAZEL_REMOTE_S3_AWS_PROFILE", "AWS_PROFILE"],
+        kind: Kind::Str,
+        default: "default",
+        help: "Profile within the AWS credentials file (auth_method aws_credentials_file).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.iam_role_endpoint",
+        env: &["BAZEL_REMOTE_S3_IAM_ROLE_ENDPOINT"],
+        kind: Kind::Str,
+        default: "the AWS standard locations",
+        help: "Endpoint serving IAM security credentials (auth_method iam_role).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.region",
+        env: &["BAZEL_REMOTE_S3_REGION"],
+        kind: Kind::Str,
+        default: "\"\"",
+        help: "AWS region.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.disable_ssl",
+        env: &["BAZEL_REMOTE_S3_DISABLE_SSL"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Talk plain HTTP to the endpoint.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.update_timestamps",
+        env: &["BAZEL_REMOTE_S3_UPDATE_TIMESTAMPS"],
+        kind: Kind::Bool,
+        default: "false",
+        help: "Refresh an object's timestamp on cache hit (for bucket lifecycle rules).",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.key_version",
+        env: &["BAZEL_REMOTE_S3_KEY_VERSION"],
+        kind: Kind::Int,
+        default: "2",
+        help: "Deprecated; only 2 is accepted.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.max_idle_conns",
+        env: &["BAZEL_REMOTE_S3_MAX_IDLE_CONNS"],
+        kind: Kind::Int,
+        default: "1024",
+        help: "Idle connections kept open to the endpoint.",
+        heading: S3,
+    },
+    Opt {
+        key: "num_uploaders",
+        env: &["BAZEL_REMOTE_NUM_UPLOADERS"],
+        kind: Kind::Int,
+        default: "100",
+        help: "Parallel uploads to the proxy backend.",
+        heading: S3,
+    },
+    Opt {
+        key: "max_queued_uploads",
+        env: &["BAZEL_REMOTE_MAX_QUEUED_UPLOADS"],
+        kind: Kind::Int,
+        default: "1000000",
+        help: "Uploads waiting for the proxy backend; when full, new uploads are skipped.",
+        heading: S3,
+    },
+    // Deprecated
+    Opt {
+        key: "host",
+        env: &["BAZEL_REMOTE_HOST"],
+        kind: Kind::Str,
+        default: "\"\", ie all interfaces",
+        help: "Use --http_address/--grpc_address. Host for --port and --grpc_port.",
+        heading: DEPRECATED,
+    },
+    Opt {
+        key: "port",
+        env: &["BAZEL_REMOTE_PORT"],
+        kind: Kind::Int,
+        default: "8080",
+        help: "Use --http_address. HTTP port, used when --http_address is not set.",
+        heading: DEPRECATED,
+    },
+    Opt {
+        key: "grpc_port",
+        env: &["BAZEL_REMOTE_GRPC_PORT"],
+        kind: Kind::Int,
+        default: "9092",
+        help: "Use --grpc_address. gRPC port, used when --grpc_address is not set; 0 disables \
+               gRPC.",
+        heading: DEPRECATED,
+    },
+    Opt {
+        key: "profile_host",
+        env: &["BAZEL_REMOTE_PROFILE_HOST"],
+        kind: Kind::Str,
+        default: "127.0.0.1",
+        help: "Accepted for compatibility and ignored.",
+        heading: DEPRECATED,
+    },
+    Opt {
+        key: "profile_port",
+        env: &["BAZEL_REMOTE_PROFILE_PORT"],
+        kind: Kind::Int,
+        default: "0",
+        help: "Accepted for compatibility and ignored.",
+        heading: DEPRECATED,
+    },
+];
+
+/// bazel-remote features bazel-cache does not implement. Each is named by the
+/// YAML block, the flag and the environment variable that switch it on in
+/// bazel-remote, so that a configuration relying on one fails loudly instead
+/// of starting a server that silently behaves differently.
+pub(super) struct Unsupported {
+    pub block: &'static str,
+    pub flag: &'static str,
+    pub env: &'static str,
+}
+
+pub(super) static UNSUPPORTED: &[Unsupported] = &[
+    Unsupported {
+        block: "gcs_proxy",
+        flag: "gcs_proxy.bucket",
+        env: "BAZEL_REMOTE_GCS_BUCKET",
+    },
+    Unsupported {
+        block: "http_proxy",
+        flag: "http_proxy.url",
+        env: "BAZEL_REMOTE_HTTP_PROXY_URL",
+    },
+    Unsupported {
+        block: "grpc_proxy",
+        flag: "grpc_proxy.url",
+        env: "BAZEL_REMOTE_GRPC_PROXY_URL",
+    },
+    Unsupported {
+        block: "azblob_proxy",
+        flag: "azblob.tenant_id",
+        env: "BAZEL_REMOTE_AZBLOB_TENANT_ID",
+    },
+    Unsupported {
+        block: "ldap",
+        flag: "ldap.url",
+        env: "BAZEL_REMOTE_LDAP_URL",
+    },
+];
+
+/// The message for every unsupported feature, wherever it was set.
+pub(super) const UNSUPPORTED_MESSAGE: &str = "not supported by bazel-cache (proxy backend: only s3_proxy; authentication: htpasswd_file or tls_ca_file)";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn keys_and_env_vars_are_unique() {
+        let mut keys = HashSet::new();
+        let mut envs = HashSet::new();
+        for opt in OPTIONS {
+            assert!(keys.insert(opt.key), "duplicate key {}", opt.key);
+            assert!(!opt.env.is_empty(), "{} has no env var", opt.key);
+            for env in opt.env {
+                assert!(envs.insert(*env), "duplicate env var {env}");
+            }
+        }
+    }
+
+    #[test]
+    fn s3_flags_map_to_the_s3_proxy_block() {
+        let opt = by_yaml_key("s3_proxy.max_idle_conns").unwrap();
+        assert_eq!(opt.key, "s3.max_idle_conns");
+        assert_eq!(opt.yaml_path(), (Some("s3_proxy"), "max_idle_conns"));
+        assert_eq!(by_yaml_key("dir").unwrap().yaml_path(), (None, "dir"));
+        assert!(by_yaml_key("s3.endpoint").is_none());
+    }
+}
