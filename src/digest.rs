@@ -197,7 +197,10 @@ mod tests {
         assert_eq!(format!("{h}"), h.to_hex());
         assert_eq!(Hash::from_hex("abc"), Err(DigestError::WrongLength(3)));
         let upper = h.to_hex().to_uppercase();
-        assert!(matches!(Hash::from_hex(&upper), Err(DigestError::NotHex(_))));
+        assert!(matches!(
+            Hash::from_hex(&upper),
+            Err(DigestError::NotHex(_))
+        ));
         let mut bad = h.to_hex();
         bad.replace_range(10..11, "g");
         assert_eq!(Hash::from_hex(&bad), Err(DigestError::NotHex('g')));

@@ -1,6 +1,9 @@
 //! bazel-cache: a Bazel remote cache server. See README.md and
 //! ../shared/design/architecture.md for how the pieces fit.
 
+pub mod ac;
 pub mod config;
 pub mod digest;
+pub mod http;
+pub mod server;
 pub mod store;

@@ -114,6 +114,14 @@ impl StoreError {
     }
 }
 
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// A blob store with an action cache and a content-addressable storage.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {

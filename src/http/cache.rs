@@ -1,0 +1,352 @@
+//! `GET`, `HEAD` and `PUT` on `/ac/<sha256>` and `/cas/<sha256>`.
+
+use std::io;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt;
+use http::{HeaderMap, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyDataStream, BodyExt, StreamBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::AsyncReadExt;
+use tokio_util::io::{ReaderStream, StreamReader};
+
+use super::path::{self, PathError};
+use super::{Body, HttpState, empty, error, full, method_not_allowed};
+use crate::ac;
+use crate::digest::{BlobKey, Kind, mangle_ac_key};
+use crate::store::{Blob, Encoding, PutRequest, StoreError};
+
+const ALLOW: &str = "GET, HEAD, PUT";
+/// bazel-remote's header for the logical size of a compressed PUT body.
+const X_DIGEST_SIZE: &str = "x-digest-sizebytes";
+/// Read size when streaming a blob out.
+const CHUNK: usize = 256 * 1024;
+
+pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
+    let parsed = match path::parse(req.uri().path()) {
+        Ok(p) => p,
+        Err(PathError::NotCachePath) => {
+            return error(StatusCode::NOT_FOUND, PathError::NotCachePath);
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let hash = if parsed.kind == Kind::Ac && state.options.mangle_ac_keys {
+        mangle_ac_key(parsed.hash, &parsed.instance)
+    } else {
+        parsed.hash
+    };
+    let key = BlobKey::new(parsed.kind, hash);
+    let result = match *req.method() {
+        Method::GET => get(state, &key, req.headers()).await,
+        Method::HEAD => head(state, &key).await,
+        Method::PUT => put(state, key, req).await,
+        _ => return method_not_allowed(ALLOW),
+    };
+    result.unwrap_or_else(|e| store_error(&key, e))
+}
+
+fn store_error(key: &BlobKey, e: StoreError) -> Response<Body> {
+    if e.is_client_error() {
+        error(StatusCode::BAD_REQUEST, format!("{key}: {e}"))
+    } else if e.is_out_of_space() {
+        error(StatusCode::INSUFFICIENT_STORAGE, format!("{key}: {e}"))
+    } else {
+        tracing::error!(%key, error = %e, "request failed");
+        error(StatusCode::INTERNAL_SERVER_ERROR, format!("{key}: {e}"))
+    }
+}
+
+fn not_found(key: &BlobKey) -> Response<Body> {
+    error(StatusCode::NOT_FOUND, format!("{key}: not found"))
+}
+
+/// Whether the client listed zstd in `Accept-Encoding` with a non-zero q.
+fn accepts_zstd(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|item| {
+            let mut parts = item.split(';').map(str::trim);
+            let coding = parts.next().unwrap_or("");
+            let refused = parts.any(|p| {
+                p.strip_prefix("q=")
+                    .and_then(|q| q.parse::<f32>().ok())
+                    .is_some_and(|q| q == 0.0)
+            });
+            coding.eq_ignore_ascii_case("zstd") && !refused
+        })
+}
+
+async fn get(
+    state: &HttpState,
+    key: &BlobKey,
+    headers: &HeaderMap,
+) -> Result<Response<Body>, StoreError> {
+    if key.kind == Kind::Ac && state.options.validate_ac {
+        return Ok(match valid_action_result(state, key).await? {
+            Some(bytes) => blob_response(bytes.len() as u64, None, full(bytes)),
+            None => not_found(key),
+        });
+    }
+    let accept_zstd = key.kind == Kind::Cas && accepts_zstd(headers);
+    let Some(blob) = state.store.get(key, accept_zstd).await? else {
+        return Ok(not_found(key));
+    };
+    let Blob {
+        encoding,
+        body_len,
+        body,
+        ..
+    } = blob;
+    let stream = ReaderStream::with_capacity(body, CHUNK).map_ok(Frame::data);
+    let body = StreamBody::new(stream).boxed_unsync();
+    let coding = (encoding == Encoding::Zstd).then_some("zstd");
+    Ok(match body_len {
+        Some(len) => blob_response(len, coding, body),
+        None => {
+            let mut resp = blob_response(0, coding, body);
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+            resp
+        }
+    })
+}
+
+fn blob_response(len: u64, coding: Option<&'static str>, body: Body) -> Response<Body> {
+    let mut b = Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .header(header::CONTENT_LENGTH, len);
+    if let Some(c) = coding {
+        b = b.header(header::CONTENT_ENCODING, c);
+    }
+    b.body(body).expect("static response")
+}
+
+/// Reads an AC entry and returns it only if it decodes as an ActionResult
+/// whose referenced blobs are all present: a hit the client cannot download
+/// is worse than a miss.
+async fn valid_action_result(
+    state: &HttpState,
+    key: &BlobKey,
+) -> Result<Option<Bytes>, StoreError> {
+    let Some(blob) = state.store.get(key, false).await? else {
+        return Ok(None);
+    };
+    if blob.size > ac::MAX_ACTION_RESULT_BYTES {
+        return Ok(None);
+    }
+    let mut bytes = Vec::with_capacity(blob.size as usize);
+    blob.body
+        .take(ac::MAX_ACTION_RESULT_BYTES)
+        .read_to_end(&mut bytes)
+        .await?;
+    let ar = match ac::decode(&bytes) {
+        Ok(ar) => ar,
+        Err(e) => {
+            tracing::warn!(%key, error = %e, "stored AC entry is not a valid ActionResult; answering as a miss");
+            return Ok(None);
+        }
+    };
+    if !ac::is_complete(state.store.as_ref(), &ar).await? {
+        return Ok(None);
+    }
+    Ok(Some(Bytes::from(bytes)))
+}
+
+async fn head(state: &HttpState, key: &BlobKey) -> Result<Response<Body>, StoreError> {
+    let size = if key.kind == Kind::Ac && state.options.validate_ac {
+        valid_action_result(state, key)
+            .await?
+            .map(|b| b.len() as u64)
+    } else {
+        state.store.contains(key).await?
+    };
+    Ok(match size {
+        Some(size) => blob_response(size, None, empty()),
+        None => not_found(key),
+    })
+}
+
+/// The body's encoding and logical size, from `Content-Encoding`,
+/// `X-Digest-SizeBytes` and `Content-Length`.
+fn put_framing(headers: &HeaderMap) -> Result<(Encoding, Option<u64>), String> {
+    let encoding = match headers.get(header::CONTENT_ENCODING).map(|v| v.to_str()) {
+        None => Encoding::Identity,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("identity") => Encoding::Identity,
+        Some(Ok(v)) if v.eq_ignore_ascii_case("zstd") => Encoding::Zstd,
+        Some(v) => {
+            return Err(format!(
+                "unsupported Content-Encoding {v:?}; use identity or zstd"
+            ));
+        }
+    };
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        match headers.get(name) {
+            None => Ok(None),
+            Some(v) => v
+                .to_str()
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .map(Some)
+                .ok_or_else(|| format!("unparseable {name} header {v:?}")),
+        }
+    };
+    let size = match (number(X_DIGEST_SIZE)?, encoding) {
+        (Some(size), _) => Some(size),
+        (None, Encoding::Identity) => number(header::CONTENT_LENGTH.as_str())?,
+        (None, Encoding::Zstd) => None,
+    };
+    Ok((encoding, size))
+}
+
+async fn put(
+    state: &HttpState,
+    key: BlobKey,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, StoreError> {
+    let (encoding, size) = match put_framing(req.headers()) {
+        Ok(f) => f,
+        Err(msg) => return Ok(error(StatusCode::BAD_REQUEST, format!("{key}: {msg}"))),
+    };
+    if let Some(size) = size
+        && size > state.options.max_blob_size
+    {
+        return Err(StoreError::TooLarge {
+            size,
+            limit: state.options.max_blob_size,
+        });
+    }
+    let stream = BodyDataStream::new(req.into_body()).map_err(io::Error::other);
+    let mut reader = StreamReader::new(stream);
+
+    if key.kind == Kind::Ac && state.options.validate_ac {
+        // ActionResults are small: read, decode and validate before storing.
+        let limit = ac::MAX_ACTION_RESULT_BYTES.min(state.options.max_blob_size);
+        let mut raw = Vec::new();
+        (&mut reader)
+            .take(limit + 1)
+            .read_to_end(&mut raw)
+            .await
+            .map_err(StoreError::Body)?;
+        if raw.len() as u64 > limit {
+            return Err(StoreError::TooLarge {
+                size: raw.len() as u64,
+                limit,
+            });
+        }
+        let bytes = match encoding {
+            Encoding::Identity => raw,
+            Encoding::Zstd => decode_zstd_bounded(&raw, limit)?,
+        };
+        if let Some(expected) = size
+            && expected != bytes.len() as u64
+        {
+            return Err(StoreError::SizeMismatch {
+                expected,
+                actual: bytes.len() as u64,
+            });
+        }
+        if let Err(e) = ac::decode(&bytes) {
+            return Ok(error(StatusCode::BAD_REQUEST, format!("{key}: {e}")));
+        }
+        let size = Some(bytes.len() as u64);
+        let body = Box::pin(io::Cursor::new(bytes));
+        state
+            .store
+            .put(PutRequest {
+                key,
+                size,
+                encoding: Encoding::Identity,
+                body,
+            })
+            .await?;
+    } else {
+        state
+            .store
+            .put(PutRequest {
+                key,
+                size,
+                encoding,
+                body: Box::pin(reader),
+            })
+            .await?;
+    }
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_LENGTH, 0)
+        .body(empty())
+        .expect("static response"))
+}
+
+fn decode_zstd_bounded(raw: &[u8], limit: u64) -> Result<Vec<u8>, StoreError> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let decoder = zstd::stream::read::Decoder::new(raw)
+        .map_err(|e| StoreError::InvalidBody(format!("zstd: {e}")))?;
+    decoder
+        .take(limit + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| StoreError::InvalidBody(format!("zstd: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(StoreError::TooLarge {
+            size: out.len() as u64,
+            limit,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn accept_encoding_parsing() {
+        assert!(accepts_zstd(&headers(&[("accept-encoding", "zstd")])));
+        assert!(accepts_zstd(&headers(&[(
+            "accept-encoding",
+            "gzip, ZSTD;q=0.5"
+        )])));
+        assert!(!accepts_zstd(&headers(&[("accept-encoding", "zstd;q=0")])));
+        assert!(!accepts_zstd(&headers(&[("accept-encoding", "gzip")])));
+        assert!(!accepts_zstd(&headers(&[])));
+    }
+
+    #[test]
+    fn put_framing_rules() {
+        assert_eq!(
+            put_framing(&headers(&[("content-length", "5")])),
+            Ok((Encoding::Identity, Some(5)))
+        );
+        assert_eq!(put_framing(&headers(&[])), Ok((Encoding::Identity, None)));
+        assert_eq!(
+            put_framing(&headers(&[
+                ("content-encoding", "zstd"),
+                ("content-length", "3"),
+                ("x-digest-sizebytes", "9")
+            ])),
+            Ok((Encoding::Zstd, Some(9)))
+        );
+        assert_eq!(
+            put_framing(&headers(&[
+                ("content-encoding", "zstd"),
+                ("content-length", "3")
+            ])),
+            Ok((Encoding::Zstd, None))
+        );
+        assert!(put_framing(&headers(&[("content-encoding", "gzip")])).is_err());
+        assert!(put_framing(&headers(&[("x-digest-sizebytes", "-1")])).is_err());
+    }
+}

@@ -1,0 +1,235 @@
+//! The HTTP front end: bazel-remote's HTTP cache protocol (`/ac/`, `/cas/`)
+//! and `/status`, on hyper with HTTP/1.1 keep-alive and HTTP/2 (h2c).
+//!
+//! Handlers translate requests into [`Store`] calls and store errors into
+//! status codes; no storage logic lives here.
+
+mod cache;
+pub mod path;
+
+use std::convert::Infallible;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::UnsyncBoxBody};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+
+use crate::store::Store;
+
+pub type Body = UnsyncBoxBody<Bytes, io::Error>;
+
+/// What the HTTP front end needs to know, taken from the validated config.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Validate `PUT /ac/` bodies as ActionResults and check, on `GET /ac/`,
+    /// that the blobs they reference are present (bazel-remote's default).
+    pub validate_ac: bool,
+    pub mangle_ac_keys: bool,
+    pub max_blob_size: u64,
+    pub access_log: bool,
+    /// Bound on reading request headers: a client that trickles them
+    /// (slowloris) is dropped instead of holding a connection forever.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        HttpOptions {
+            validate_ac: true,
+            mangle_ac_keys: false,
+            max_blob_size: u64::MAX,
+            access_log: false,
+            header_read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Shared state of every connection.
+pub struct HttpState {
+    pub store: Arc<dyn Store>,
+    pub options: HttpOptions,
+    /// Called at the start of every request (idle-timeout bookkeeping).
+    pub on_request: Box<dyn Fn() + Send + Sync>,
+}
+
+/// A bound listener: TCP or a Unix socket (bazel-remote's `unix://` addresses).
+pub enum Listener {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+impl Listener {
+    pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix(_) => None,
+        }
+    }
+
+    async fn accept(&self) -> io::Result<(Box<dyn Io>, String)> {
+        match self {
+            Listener::Tcp(l) => {
+                let (s, peer) = l.accept().await?;
+                let _ = s.set_nodelay(true);
+                Ok((Box::new(s), peer.to_string()))
+            }
+            Listener::Unix(l) => {
+                let (s, _) = l.accept().await?;
+                Ok((Box::new(s), "unix".to_string()))
+            }
+        }
+    }
+}
+
+trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Serves until `shutdown` resolves, then stops accepting and gives requests
+/// in flight up to `drain` to finish.
+pub async fn serve(
+    listener: Listener,
+    state: Arc<HttpState>,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: Duration,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(state.options.header_read_timeout)
+        .keep_alive(true);
+    builder.http2().max_concurrent_streams(256);
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (io, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let state = state.clone();
+        let peer = Arc::<str>::from(peer);
+        let service = service_fn(move |req| {
+            let state = state.clone();
+            let peer = peer.clone();
+            async move { Ok::<_, Infallible>(handle(&state, req, &peer).await) }
+        });
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
+        let conn = graceful.watcher().watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => tracing::warn!("connections still open after the drain period; closing them"),
+    }
+}
+
+async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Response<Body> {
+    (state.on_request)();
+    let started = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let resp = route(state, req).await;
+    if state.options.access_log {
+        let bytes = resp
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
+        tracing::info!(
+            target: "access",
+            %method, %path, status = resp.status().as_u16(), bytes, peer,
+            duration_ms = started.elapsed().as_secs_f64() * 1e3,
+        );
+    }
+    resp
+}
+
+async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/status" => match *req.method() {
+            Method::GET | Method::HEAD => status(state),
+            _ => method_not_allowed("GET, HEAD"),
+        },
+        _ => cache::handle(state, req).await,
+    }
+}
+
+/// bazel-remote's `/status` JSON (same field names, so probes and scripts
+/// that read it keep working), plus our version.
+fn status(state: &HttpState) -> Response<Body> {
+    let s = state.store.stats();
+    let body = serde_json::json!({
+        "CurrSize": s.stored_bytes,
+        "UncompressedSize": s.logical_bytes,
+        "ReservedSize": s.reserved_bytes,
+        "MaxSize": s.max_bytes,
+        "NumFiles": s.entries,
+        "ServerTime": crate::store::unix_now(),
+        "GitCommit": option_env!("BAZEL_CACHE_GIT_COMMIT").unwrap_or(""),
+        "GitTags": "",
+        "NumGoroutines": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+        "Version": env!("CARGO_PKG_VERSION"),
+    });
+    let mut text = serde_json::to_vec_pretty(&body).expect("status JSON");
+    text.push(b'\n');
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(full(text))
+        .expect("static response")
+}
+
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// A plain-text error response whose body says what was wrong.
+pub(crate) fn error(status: StatusCode, msg: impl std::fmt::Display) -> Response<Body> {
+    let text = format!("{msg}\n");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(full(text))
+        .expect("static response")
+}
+
+pub(crate) fn method_not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method not allowed; use {allow}"),
+    );
+    resp.headers_mut()
+        .insert(header::ALLOW, header::HeaderValue::from_static(allow));
+    resp
+}

@@ -1,0 +1,106 @@
+//! The `bazel-cache` binary: parse and validate the configuration, then serve
+//! (or, in `check-config` mode, report the configuration valid and exit).
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use bazel_cache::config::{self, Config, LogFormat, LogTimezone, Mode};
+use bazel_cache::server::Server;
+use bazel_cache::store::Store as _;
+
+fn main() -> ExitCode {
+    let invocation = match config::from_process() {
+        Ok(inv) => inv,
+        Err(e) => e.exit(),
+    };
+    let config = invocation.config;
+    if let Mode::CheckConfig = invocation.mode {
+        for note in &invocation.notes {
+            println!("note: {note}");
+        }
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    init_logging(&config);
+    for note in &invocation.notes {
+        tracing::warn!("{note}");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bazel-cache: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(serve(config))
+}
+
+async fn serve(config: Config) -> ExitCode {
+    let dir = config.dir.clone();
+    let max_size = config.max_size_bytes;
+    let server = match Server::bind(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("bazel-cache: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        dir = %dir.display(),
+        max_size_bytes = max_size,
+        http = ?server.http_addr(),
+        entries = server.store().stats().entries,
+        "bazel-cache {} ready",
+        env!("CARGO_PKG_VERSION")
+    );
+    // The lines users paste into .bazelrc; stdout so scripts can capture them.
+    let mut out = std::io::stdout().lock();
+    let _ = write!(
+        out,
+        "# bazel-cache is serving {}; add to .bazelrc:\n{}",
+        dir.display(),
+        server.bazelrc()
+    );
+    let _ = out.flush();
+    drop(out);
+    server.run(shutdown_signal()).await;
+    ExitCode::SUCCESS
+}
+
+fn init_logging(config: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // Timestamps are UTC (RFC 3339) unless log_timezone is "none"; "local"
+    // is accepted but logged as UTC, which log collectors expect anyway.
+    match (config.log_format, config.log_timezone) {
+        (LogFormat::Json, LogTimezone::None) => builder.json().without_time().init(),
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, LogTimezone::None) => builder.without_time().init(),
+        (LogFormat::Text, _) => builder.init(),
+    }
+}
+
+/// SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
+    }
+}
