@@ -1,0 +1,502 @@
+//! Shared helpers for the integration tests: start the real server binary,
+//! run external tools (bazel, ccache, ...) with a time limit, small HTTP
+//! and file-system utilities.
+//!
+//! Use from a test file with `mod common;`. Not every test file uses every
+//! helper, hence the `dead_code` allowance.
+//!
+//! `BAZEL_CACHE_E2E_SERVER=/path/to/binary` runs the tests against another
+//! build of the server (e.g. a release build) or against bazel-remote itself,
+//! which takes the same flags and prints the same `.bazelrc` lines.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long the server may take to print its `build --remote_cache=` line.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a graceful stop (SIGTERM) may take before we SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The line prefix the server prints (to stdout) once its HTTP listener is up.
+const REMOTE_CACHE_LINE_PREFIX: &str = "build --remote_cache=http://";
+
+/// A running server process. Killed (SIGKILL) when dropped; if the current
+/// thread is panicking, the server's output is printed first so a failing
+/// test shows what the server logged.
+pub struct Server {
+    /// `http://127.0.0.1:PORT`, no trailing slash.
+    pub http_url: String,
+    /// The server's `--dir`.
+    pub dir: PathBuf,
+    /// Owns `dir` when `Server::start` created it; see [`Server::stop`].
+    tempdir: Option<tempfile::TempDir>,
+    child: Option<Child>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<thread::JoinHandle<()>>,
+    /// Set once a panic message already included the server's output.
+    output_reported: bool,
+}
+
+/// The server binary under test.
+pub fn server_binary() -> PathBuf {
+    match std::env::var_os("BAZEL_CACHE_E2E_SERVER") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_bazel-cache")),
+    }
+}
+
+fn has_flag(args: &[&str], flag: &str) -> bool {
+    let with_eq = format!("{flag}=");
+    args.iter().any(|a| *a == flag || a.starts_with(&with_eq))
+}
+
+impl Server {
+    /// Starts the server on a fresh temporary `--dir`, which is deleted when
+    /// the `Server` is dropped (or handed back by [`Server::stop`]).
+    pub fn start(extra_args: &[&str]) -> Server {
+        let tempdir = tempfile::Builder::new()
+            .prefix("bazel-cache-e2e-server.")
+            .tempdir()
+            .expect("create server temp dir");
+        let mut server = Server::start_with_dir(tempdir.path(), extra_args);
+        server.tempdir = Some(tempdir);
+        server
+    }
+
+    /// Starts the server on an existing `--dir` (e.g. to restart on the data
+    /// a previous `Server` left behind). The directory is not deleted.
+    ///
+    /// Defaults `--max_size 1 --http_address 127.0.0.1:0 --grpc_address none`
+    /// are added unless `extra_args` sets the same flag.
+    pub fn start_with_dir(dir: &Path, extra_args: &[&str]) -> Server {
+        let bin = server_binary();
+        let mut args: Vec<String> = vec!["--dir".into(), dir.display().to_string()];
+        for (flag, value) in [
+            ("--max_size", "1"),
+            ("--http_address", "127.0.0.1:0"),
+            ("--grpc_address", "none"),
+        ] {
+            if !has_flag(extra_args, flag) {
+                args.push(flag.into());
+                args.push(value.into());
+            }
+        }
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+
+        let mut child = Command::new(&bin)
+            .args(&args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start server {}: {e}", bin.display()));
+
+        let stdout_log = Arc::new(Mutex::new(String::new()));
+        let stderr_log = Arc::new(Mutex::new(String::new()));
+        let (url_tx, url_rx) = mpsc::channel::<String>();
+
+        let out = child.stdout.take().unwrap();
+        let log = Arc::clone(&stdout_log);
+        let stdout_reader = thread::spawn(move || {
+            let mut url_tx = Some(url_tx);
+            for line in BufReader::new(out).split(b'\n') {
+                let Ok(line) = line else { break };
+                let line = String::from_utf8_lossy(&line).into_owned();
+                if url_tx.is_some()
+                    && let Some(url) = parse_remote_cache_line(&line)
+                {
+                    let _ = url_tx.take().unwrap().send(url);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let err = child.stderr.take().unwrap();
+        let stderr_reader = drain_in_background(err, Arc::clone(&stderr_log));
+
+        let mut server = Server {
+            http_url: String::new(),
+            dir: dir.to_path_buf(),
+            tempdir: None,
+            child: Some(child),
+            stdout: stdout_log,
+            stderr: stderr_log,
+            readers: vec![stdout_reader, stderr_reader],
+            output_reported: false,
+        };
+
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            match url_rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(url) => {
+                    server.http_url = url;
+                    return server;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                // stdout closed without the line: the process is exiting.
+                Err(mpsc::RecvTimeoutError::Disconnected) => {}
+            }
+            let child = server.child.as_mut().unwrap();
+            if let Some(status) = child.try_wait().expect("try_wait on server") {
+                let (out, err) = server.collect_output();
+                server.output_reported = true;
+                panic!(
+                    "server exited with {status} before printing a `{REMOTE_CACHE_LINE_PREFIX}...` line\n\
+                     command: {} {}\n--- server stdout ---\n{out}\n--- server stderr ---\n{err}",
+                    bin.display(),
+                    args.join(" "),
+                );
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let (out, err) = server.collect_output();
+                server.output_reported = true;
+                panic!(
+                    "server did not print a `{REMOTE_CACHE_LINE_PREFIX}...` line within {STARTUP_TIMEOUT:?}\n\
+                     command: {} {}\n--- server stdout ---\n{out}\n--- server stderr ---\n{err}",
+                    bin.display(),
+                    args.join(" "),
+                );
+            }
+        }
+    }
+
+    /// The `host:port` part of `http_url`.
+    pub fn http_addr(&self) -> &str {
+        self.http_url.trim_start_matches("http://")
+    }
+
+    /// What the server has written to stdout and stderr so far.
+    pub fn output(&self) -> (String, String) {
+        (
+            self.stdout.lock().unwrap().clone(),
+            self.stderr.lock().unwrap().clone(),
+        )
+    }
+
+    /// Waits for the reader threads (the process must have exited) and
+    /// returns the complete output.
+    fn collect_output(&mut self) -> (String, String) {
+        join_bounded(
+            self.readers.drain(..).collect(),
+            Instant::now() + Duration::from_secs(5),
+        );
+        self.output()
+    }
+
+    /// Stops the server gracefully (SIGTERM, then SIGKILL after a grace
+    /// period) and returns the temporary `--dir` it owned, if any, so the
+    /// caller can restart on it with [`Server::start_with_dir`].
+    pub fn stop(mut self) -> Option<tempfile::TempDir> {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        thread::sleep(Duration::from_millis(50))
+                    }
+                    _ => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                }
+            }
+        }
+        self.collect_output();
+        self.tempdir.take()
+    }
+
+    /// GET `path` (e.g. `/status`) on the HTTP listener.
+    pub fn get(&self, path: &str) -> (u16, Vec<u8>) {
+        http_request("GET", &format!("{}{path}", self.http_url), None)
+    }
+
+    /// `GET /status`, parsed as JSON (bazel-remote's fields: `CurrSize`,
+    /// `MaxSize`, `NumFiles`, ...).
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = self.get("/status");
+        let text = String::from_utf8_lossy(&body);
+        assert_eq!(code, 200, "GET /status returned {code}: {text}");
+        serde_json::from_slice(&body)
+            .unwrap_or_else(|e| panic!("GET /status returned invalid JSON ({e}): {text}"))
+    }
+
+    /// `NumFiles` from `GET /status`.
+    pub fn num_files(&self) -> u64 {
+        let status = self.status();
+        status["NumFiles"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("GET /status has no numeric NumFiles: {status}"))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (out, err) = self.collect_output();
+        if thread::panicking() && !self.output_reported {
+            eprintln!(
+                "--- server ({}) stdout ---\n{out}\n--- server stderr ---\n{err}\n--- end of server output ---",
+                self.http_url
+            );
+        }
+    }
+}
+
+/// `build --remote_cache=http://127.0.0.1:40123` -> `http://127.0.0.1:40123`.
+fn parse_remote_cache_line(line: &str) -> Option<String> {
+    let line = line.trim();
+    if !line.starts_with(REMOTE_CACHE_LINE_PREFIX) {
+        return None;
+    }
+    let value = line["build --remote_cache=".len()..]
+        .split_whitespace()
+        .next()?
+        .trim_matches(|c| c == '"' || c == '\'')
+        .trim_end_matches('/');
+    Some(value.to_string())
+}
+
+fn drain_in_background<R: Read + Send + 'static>(
+    reader: R,
+    log: Arc<Mutex<String>>,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut reader = reader;
+        let mut buf = [0u8; 8192];
+        loop {
+            match reader.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => log
+                    .lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&buf[..n])),
+            }
+        }
+    })
+}
+
+/// Joins the threads that finish before `deadline`; the others are left
+/// running (detached), e.g. readers of a pipe a grandchild still holds open.
+fn join_bounded(threads: Vec<thread::JoinHandle<()>>, deadline: Instant) {
+    for t in threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One HTTP request with a 60 s time limit; returns (status, body).
+/// Panics on connection errors.
+pub fn http_request(method: &str, url: &str, body: Option<Vec<u8>>) -> (u16, Vec<u8>) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .expect("reqwest client");
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
+        let mut req = client.request(method.clone(), url);
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url} failed: {e}"));
+        let code = resp.status().as_u16();
+        let bytes = resp
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: reading body failed: {e}"));
+        (code, bytes.to_vec())
+    })
+}
+
+/// The result of [`run`].
+pub struct RunOutput {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl RunOutput {
+    /// Panics with the command line and its output unless it exited 0.
+    pub fn assert_success(&self, what: &str) -> &Self {
+        assert!(
+            self.status.success(),
+            "{what} failed with {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.status,
+            self.stdout,
+            self.stderr
+        );
+        self
+    }
+}
+
+/// Runs `cmd` to completion with stdout/stderr captured. The command gets its
+/// own process group; if it is still running after `timeout` the whole group
+/// (including daemons/sandboxes it spawned in that group) is SIGKILLed and
+/// this panics with the output so far.
+pub fn run(cmd: &mut Command, timeout: Duration) -> RunOutput {
+    let desc = describe(cmd);
+    let start = Instant::now();
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {desc}: {e}"));
+    let stdout = Arc::new(Mutex::new(String::new()));
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let readers = [
+        drain_in_background(child.stdout.take().unwrap(), Arc::clone(&stdout)),
+        drain_in_background(child.stderr.take().unwrap(), Arc::clone(&stderr)),
+    ];
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            let pgid = child.id();
+            let _ = Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pgid}")])
+                .status();
+            let _ = child.kill();
+            let _ = child.wait();
+            // Grandchildren may keep the pipes open; don't wait for them.
+            thread::sleep(Duration::from_millis(200));
+            panic!(
+                "{desc} did not finish within {timeout:?}; killed\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                stdout.lock().unwrap(),
+                stderr.lock().unwrap()
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    };
+    // The pipes close when the process and anything that inherited them exit.
+    // Bound the wait in case a daemon (e.g. a Bazel server) kept them open.
+    join_bounded(readers.into(), Instant::now() + Duration::from_secs(30));
+    let stdout = stdout.lock().unwrap().clone();
+    let stderr = stderr.lock().unwrap().clone();
+    RunOutput {
+        status,
+        stdout,
+        stderr,
+        elapsed: start.elapsed(),
+    }
+}
+
+/// `program arg1 arg2 ...` for messages.
+pub fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for arg in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&arg.to_string_lossy());
+    }
+    s
+}
+
+/// Panics with an installation hint unless `program --version` (or the given
+/// probe arguments) runs successfully. Returns the probe's stdout.
+pub fn require_tool(program: &str, probe_args: &[&str], install_hint: &str) -> String {
+    match Command::new(program)
+        .args(probe_args)
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
+        Ok(out) => panic!(
+            "`{program} {}` failed ({}): {}{}\nInstall it with: {install_hint}",
+            probe_args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        Err(e) => panic!("`{program}` is not available ({e}). Install it with: {install_hint}"),
+    }
+}
+
+/// Recursively copies the directory `from` to `to` (which must not exist).
+/// Regular files and directories only; symlinks are copied as symlinks.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
+    for entry in std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()))
+    {
+        let entry = entry.unwrap();
+        let src = entry.path();
+        let dst = to.join(entry.file_name());
+        let ty = entry.file_type().unwrap();
+        if ty.is_dir() {
+            copy_dir(&src, &dst);
+        } else if ty.is_symlink() {
+            let target = std::fs::read_link(&src).unwrap();
+            std::os::unix::fs::symlink(target, &dst).unwrap();
+        } else {
+            std::fs::copy(&src, &dst)
+                .unwrap_or_else(|e| panic!("copy {} -> {}: {e}", src.display(), dst.display()));
+        }
+    }
+}
+
+/// The fixture directory `tests/e2e/<name>`.
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("e2e")
+        .join(name)
+}
+
+/// Reads a file, panicking with its path on error.
+pub fn read(path: impl AsRef<Path>) -> Vec<u8> {
+    let path = path.as_ref();
+    std::fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+/// Removes every variable whose name starts with `prefix` from `cmd`'s
+/// environment (so the caller's settings, e.g. `CCACHE_*`, can't leak in).
+pub fn env_remove_prefixed(cmd: &mut Command, prefix: &str) {
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with(prefix) {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+/// Parses `key<TAB>value` lines (e.g. `ccache --print-stats`) into a map;
+/// lines whose value is not an unsigned integer are skipped.
+pub fn parse_tab_counters(text: &str) -> HashMap<String, u64> {
+    text.lines()
+        .filter_map(|line| {
+            let (k, v) = line.split_once('\t')?;
+            Some((k.trim().to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
