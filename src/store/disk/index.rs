@@ -16,14 +16,14 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
 use super::layout::Layout;
 use crate::digest::{BlobKey, HASH_LEN, Hash, Kind};
-use crate::store::{Encoding, StoreError, StoreStats};
+use crate::store::{Encoding, StoreError, StoreStats, unix_now};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const LRU: TableDefinition<u64, &[u8]> = TableDefinition::new("lru");
@@ -115,13 +115,6 @@ impl Entry {
     }
 }
 
-pub fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 fn index_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Index(e.to_string())
 }
@@ -149,6 +142,30 @@ impl SharedStats {
             evicted_bytes: self.evicted.load(Ordering::Relaxed),
             overwritten_bytes: self.overwritten.load(Ordering::Relaxed),
         }
+    }
+}
+
+/// Bytes promised to a write in flight, counted in [`SharedStats::reserved`]
+/// so that eviction makes room for them before the blob lands. Released on
+/// drop: when the write fails, or when the writer counts the blob as stored.
+pub struct Reservation {
+    stats: Arc<SharedStats>,
+    bytes: u64,
+}
+
+impl Reservation {
+    pub fn new(stats: &Arc<SharedStats>, bytes: u64) -> Self {
+        stats.reserved.fetch_add(bytes, Ordering::Relaxed);
+        Reservation {
+            stats: stats.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.stats.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -181,9 +198,15 @@ pub fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, StoreError> 
             // older layout) must adopt what is there.
             !Kind::ALL.iter().any(|k| layout.kind_dir(*k).exists())
         };
-        stats.stored.store(get(&meta, META_STORED)?, Ordering::Relaxed);
-        stats.logical.store(get(&meta, META_LOGICAL)?, Ordering::Relaxed);
-        stats.entries.store(get(&meta, META_ENTRIES)?, Ordering::Relaxed);
+        stats
+            .stored
+            .store(get(&meta, META_STORED)?, Ordering::Relaxed);
+        stats
+            .logical
+            .store(get(&meta, META_LOGICAL)?, Ordering::Relaxed);
+        stats
+            .entries
+            .store(get(&meta, META_ENTRIES)?, Ordering::Relaxed);
         meta.insert(META_CLEAN, 0).map_err(index_err)?;
         txn.open_table(ENTRIES).map_err(index_err)?;
         txn.open_table(LRU).map_err(index_err)?;
@@ -219,10 +242,10 @@ impl Reader {
         let table = txn.open_table(ENTRIES).map_err(index_err)?;
         for row in table.iter().map_err(index_err)? {
             let (k, v) = row.map_err(index_err)?;
-            if let (Some(key), Some(entry)) = (decode_key(k.value()), Entry::decode(v.value())) {
-                if !f(key, entry) {
-                    break;
-                }
+            if let (Some(key), Some(entry)) = (decode_key(k.value()), Entry::decode(v.value()))
+                && !f(key, entry)
+            {
+                break;
             }
         }
         Ok(())
@@ -252,10 +275,33 @@ pub struct Insert {
     pub encoding: Encoding,
     /// Recovery adopts a file that is already in place: keep an existing entry.
     pub adopt: bool,
+    /// The write's reservation (none for recovery). The writer releases it
+    /// just before the commit that counts the blob in `stored`; held until
+    /// after, the blob's bytes counted twice (reserved + stored) and eviction
+    /// removed blobs that fit, even the new blob itself when it was larger
+    /// than half of max_size.
+    pub reservation: Option<Reservation>,
 }
 
+/// Renames a finished temp file to its final name, re-creating the shard
+/// directory if someone removed it.
+fn rename_into_shard(from: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::rename(from, dest) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && from.exists() => {
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            std::fs::rename(from, dest)
+        }
+        other => other,
+    }
+}
+
+/// Where the writer reports the outcome of an insert.
+pub type Reply = oneshot::Sender<Result<(), StoreError>>;
+
 pub enum Op {
-    Insert(Insert, oneshot::Sender<Result<(), StoreError>>),
+    Insert(Insert, Reply),
     /// A read used this key; move it to the LRU tail.
     Touch(BlobKey),
     /// A reader or recovery found the file of this key missing.
@@ -264,8 +310,13 @@ pub enum Op {
     Flush(oneshot::Sender<()>),
     /// Lets the writer make a periodic durable commit while idle.
     Tick,
-    /// Orderly shutdown: commit durably, mark the index clean, stop.
-    Shutdown(oneshot::Sender<()>),
+    /// Orderly shutdown: commit durably, stop. `clean` marks the index as
+    /// matching the files, so the next start skips recovery: false when a
+    /// recovery was cancelled before it finished.
+    Shutdown {
+        clean: bool,
+        done: oneshot::Sender<()>,
+    },
 }
 
 /// The writer side: owns all index mutations, file renames and evictions, so
@@ -319,17 +370,17 @@ impl Writer {
             }
             let mut shutdown = None;
             batch.retain_mut(|op| match op {
-                Op::Shutdown(_) => {
-                    if let Op::Shutdown(done) = std::mem::replace(op, Op::Tick) {
-                        shutdown = Some(done);
+                Op::Shutdown { .. } => {
+                    if let Op::Shutdown { clean, done } = std::mem::replace(op, Op::Tick) {
+                        shutdown = Some((clean, done));
                     }
                     false
                 }
                 _ => true,
             });
             self.apply(batch);
-            if let Some(done) = shutdown {
-                if let Err(e) = self.close() {
+            if let Some((clean, done)) = shutdown {
+                if let Err(e) = self.close(clean) {
                     tracing::error!(error = %e, "index was not closed cleanly; recovery will run at next start");
                 }
                 let _ = done.send(());
@@ -338,11 +389,12 @@ impl Writer {
         }
     }
 
-    fn close(&mut self) -> Result<(), StoreError> {
+    fn close(&mut self, clean: bool) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(index_err)?;
         {
             let mut meta = txn.open_table(META).map_err(index_err)?;
-            meta.insert(META_CLEAN, 1).map_err(index_err)?;
+            meta.insert(META_CLEAN, u64::from(clean))
+                .map_err(index_err)?;
         }
         txn.commit().map_err(index_err)
     }
@@ -360,7 +412,7 @@ impl Writer {
                 }
                 Op::Forget(k) => forgets.push(k),
                 Op::Flush(done) => flushes.push(done),
-                Op::Tick | Op::Shutdown(_) => {}
+                Op::Tick | Op::Shutdown { .. } => {}
             }
         }
         let durable = !flushes.is_empty()
@@ -373,10 +425,12 @@ impl Writer {
         // its writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
-        for (ins, done) in inserts {
+        for (mut ins, done) in inserts {
+            // From here on the blob is accounted by `commit` (or failed).
+            drop(ins.reservation.take());
             let dest = self.layout.blob_path(&ins.key, ins.encoding);
             if !ins.adopt {
-                if let Err(e) = std::fs::rename(&ins.from, &dest) {
+                if let Err(e) = rename_into_shard(&ins.from, &dest) {
                     let _ = std::fs::remove_file(&ins.from);
                     let _ = done.send(Err(e.into()));
                     continue;
@@ -432,7 +486,7 @@ impl Writer {
 
     fn commit(
         &mut self,
-        placed: &[(Insert, PathBuf, oneshot::Sender<Result<(), StoreError>>)],
+        placed: &[(Insert, PathBuf, Reply)],
         touches: &BTreeSet<BlobKey>,
         forgets: &[BlobKey],
         durable: bool,
@@ -552,14 +606,18 @@ impl Writer {
 
             let mut meta = txn.open_table(META).map_err(index_err)?;
             meta.insert(META_STORED, totals.stored).map_err(index_err)?;
-            meta.insert(META_LOGICAL, totals.logical).map_err(index_err)?;
-            meta.insert(META_ENTRIES, totals.entries).map_err(index_err)?;
+            meta.insert(META_LOGICAL, totals.logical)
+                .map_err(index_err)?;
+            meta.insert(META_ENTRIES, totals.entries)
+                .map_err(index_err)?;
             meta.insert(META_NEXT_SEQ, next_seq).map_err(index_err)?;
         }
         txn.commit().map_err(index_err)?;
         self.next_seq = next_seq;
         totals.publish(&self.stats);
-        self.stats.overwritten.fetch_add(overwritten, Ordering::Relaxed);
+        self.stats
+            .overwritten
+            .fetch_add(overwritten, Ordering::Relaxed);
         self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
         Ok(CommitOutcome { unlink })
     }

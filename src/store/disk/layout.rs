@@ -101,8 +101,14 @@ mod tests {
         }
         let ac = BlobKey::ac(Hash::of(b"y"));
         let name = ac.hash.to_hex();
-        assert_eq!(Layout::parse_file_name(Kind::Ac, &name), Some((ac, Encoding::Identity)));
-        assert_eq!(Layout::parse_file_name(Kind::Ac, &format!("{name}.zst")), None);
+        assert_eq!(
+            Layout::parse_file_name(Kind::Ac, &name),
+            Some((ac, Encoding::Identity))
+        );
+        assert_eq!(
+            Layout::parse_file_name(Kind::Ac, &format!("{name}.zst")),
+            None
+        );
         assert_eq!(Layout::parse_file_name(Kind::Cas, "junk"), None);
         assert_eq!(layout.shard_dirs().count(), 512);
     }

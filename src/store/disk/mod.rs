@@ -24,7 +24,7 @@ use tokio::fs::File;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::index::{Entry, Insert, Op, SharedStats};
+use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
 use crate::digest::{BlobKey, EMPTY_SHA256, Hasher, Kind};
 use crate::store::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
@@ -72,8 +72,16 @@ pub struct DiskStore {
     tx: mpsc::Sender<Op>,
     stats: Arc<SharedStats>,
     writer: Option<std::thread::JoinHandle<()>>,
+    /// Joined on close/drop: the thread holds the index open (a `Reader`),
+    /// and redb refuses a second open of a file while it is held, so an
+    /// immediate reopen (restart in-process, tests) failed with "Database
+    /// already open" while a cancelled recovery was still winding down.
+    recovery_thread: Option<std::thread::JoinHandle<()>>,
     recovery: watch::Receiver<Option<RecoveryReport>>,
     cancel_recovery: Arc<AtomicBool>,
+    /// Index and files are known to agree: the previous stop was clean, or
+    /// recovery ran to its end. Only then may close() mark the index clean.
+    recovery_complete: Arc<AtomicBool>,
 }
 
 impl DiskStore {
@@ -97,12 +105,17 @@ impl DiskStore {
         let stats = Arc::new(SharedStats::default());
         stats.max.store(cfg.max_size_bytes, Ordering::Relaxed);
         let opened = index::open(&layout, &stats)?;
-        for dir in layout.shard_dirs() {
-            std::fs::create_dir_all(dir)?;
+        // Shard directories are made once, on first use of `dir`; a restart
+        // skips 512 mkdirs (the writer re-creates a shard if one goes missing).
+        if Kind::ALL.iter().any(|k| !layout.kind_dir(*k).is_dir()) {
+            for dir in layout.shard_dirs() {
+                std::fs::create_dir_all(dir)?;
+            }
         }
 
         let (tx, rx) = mpsc::channel(8192);
-        let writer = index::Writer::new(opened.db.clone(), layout.clone(), stats.clone(), cfg.fsync)?;
+        let writer =
+            index::Writer::new(opened.db.clone(), layout.clone(), stats.clone(), cfg.fsync)?;
         let writer = std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -125,22 +138,34 @@ impl DiskStore {
         let reader = index::Reader::new(opened.db);
         let cancel_recovery = Arc::new(AtomicBool::new(false));
         let (done_tx, recovery) = watch::channel(None);
+        let mut recovery_thread = None;
+        let recovery_complete = Arc::new(AtomicBool::new(opened.was_clean));
         if opened.was_clean {
             let _ = done_tx.send(Some(RecoveryReport::default()));
         } else {
             tracing::warn!(dir = %cfg.dir.display(), "previous run did not stop cleanly; reconciling index and blob files in the background");
-            let (layout, reader, tx, cancel) =
-                (layout.clone(), reader.clone(), tx.clone(), cancel_recovery.clone());
-            std::thread::Builder::new()
+            let (layout, reader, tx, cancel) = (
+                layout.clone(),
+                reader.clone(),
+                tx.clone(),
+                cancel_recovery.clone(),
+            );
+            let complete = recovery_complete.clone();
+            let thread = std::thread::Builder::new()
                 .name("recovery".into())
                 .spawn(move || {
                     let report = recovery::reconcile(&layout, &reader, &tx, &cancel);
+                    // A cancelled reconcile returns Ok with part of the work done.
+                    if report.is_ok() && !cancel.load(Ordering::Relaxed) {
+                        complete.store(true, Ordering::Relaxed);
+                    }
                     match &report {
                         Ok(r) => tracing::info!(?r, "recovery finished"),
                         Err(e) => tracing::error!(error = %e, "recovery failed"),
                     }
                     let _ = done_tx.send(Some(report.unwrap_or_default()));
                 })?;
+            recovery_thread = Some(thread);
         }
 
         Ok(DiskStore {
@@ -150,8 +175,10 @@ impl DiskStore {
             tx,
             stats,
             writer: Some(writer),
+            recovery_thread,
             recovery,
             cancel_recovery,
+            recovery_complete,
         })
     }
 
@@ -167,16 +194,28 @@ impl DiskStore {
     /// Makes every index change so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
         let (done, wait) = oneshot::channel();
-        self.tx.send(Op::Flush(done)).await.map_err(|_| StoreError::Closed)?;
-        wait.await.map_err(|_| StoreError::Index("flush failed".into()))
+        self.tx
+            .send(Op::Flush(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await
+            .map_err(|_| StoreError::Index("flush failed".into()))
     }
 
     /// Orderly shutdown: the index is committed durably and marked clean, so
-    /// the next start skips recovery.
+    /// the next start skips recovery — unless a recovery was still running:
+    /// then it is cancelled and the next start runs it again. (Marking the
+    /// index clean after a cancelled recovery left the files it had not yet
+    /// adopted on disk for good: never served, counted or evicted.)
     pub async fn close(mut self) {
         self.cancel_recovery.store(true, Ordering::Relaxed);
+        // It stops at its next file; the writer keeps serving it until then.
+        if let Some(thread) = self.recovery_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let clean = self.recovery_complete.load(Ordering::Relaxed);
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Shutdown(done)).await.is_ok() {
+        if self.tx.send(Op::Shutdown { clean, done }).await.is_ok() {
             let _ = wait.await;
         }
         if let Some(writer) = self.writer.take() {
@@ -198,7 +237,7 @@ impl DiskStore {
     }
 
     fn note_use(&self, key: &BlobKey, entry: &Entry) {
-        let age = index::unix_now().saturating_sub(entry.atime);
+        let age = crate::store::unix_now().saturating_sub(entry.atime);
         if age >= self.cfg.touch_interval.as_secs() {
             // Best effort: under overload, LRU order may lag rather than slow reads.
             let _ = self.tx.try_send(Op::Touch(*key));
@@ -216,7 +255,12 @@ impl DiskStore {
         tmp: &PathBuf,
         req: PutRequest,
     ) -> Result<(u64, u64, Encoding), StoreError> {
-        let PutRequest { key, size, encoding, body } = req;
+        let PutRequest {
+            key,
+            size,
+            encoding,
+            body,
+        } = req;
         let mut input: BlobReader = match encoding {
             Encoding::Identity => body,
             Encoding::Zstd => {
@@ -238,7 +282,10 @@ impl DiskStore {
         let mut hasher = Hasher::new();
         let mut filled = 0;
         loop {
-            let n = input.read(&mut buf[filled..]).await.map_err(StoreError::Body)?;
+            let n = input
+                .read(&mut buf[filled..])
+                .await
+                .map_err(StoreError::Body)?;
             if n == 0 {
                 break;
             }
@@ -248,9 +295,15 @@ impl DiskStore {
             if seen > limit {
                 return Err(match size {
                     Some(expected) if seen > expected && expected <= self.cfg.max_blob_size => {
-                        StoreError::SizeMismatch { expected, actual: seen }
+                        StoreError::SizeMismatch {
+                            expected,
+                            actual: seen,
+                        }
                     }
-                    _ => StoreError::TooLarge { size: seen, limit: self.cfg.max_blob_size },
+                    _ => StoreError::TooLarge {
+                        size: seen,
+                        limit: self.cfg.max_blob_size,
+                    },
                 });
             }
             if seen > self.cfg.max_size_bytes {
@@ -269,11 +322,17 @@ impl DiskStore {
         if let Some(expected) = size
             && expected != logical
         {
-            return Err(StoreError::SizeMismatch { expected, actual: logical });
+            return Err(StoreError::SizeMismatch {
+                expected,
+                actual: logical,
+            });
         }
         let actual = hasher.finish();
         if key.kind == Kind::Cas && actual != key.hash {
-            return Err(StoreError::DigestMismatch { expected: key.hash, actual });
+            return Err(StoreError::DigestMismatch {
+                expected: key.hash,
+                actual,
+            });
         }
         let (file, stored) = sink.finish().await?;
         if self.cfg.fsync {
@@ -293,7 +352,9 @@ impl Sink {
     fn new(file: File, encoding: Encoding) -> Self {
         match encoding {
             Encoding::Identity => Sink::Plain(file, 0),
-            Encoding::Zstd => Sink::Zstd(ZstdEncoder::with_quality(file, Level::Precise(ZSTD_LEVEL))),
+            Encoding::Zstd => {
+                Sink::Zstd(ZstdEncoder::with_quality(file, Level::Precise(ZSTD_LEVEL)))
+            }
         }
     }
 
@@ -325,22 +386,27 @@ impl Sink {
     }
 }
 
-/// Bytes promised to a write in flight; eviction makes room for them.
-struct Reservation<'a> {
-    stats: &'a SharedStats,
-    bytes: u64,
+/// A write's temp file, removed on drop unless handed to the writer. A put
+/// whose future is dropped mid-body (client gone, request timeout) runs no
+/// error path; without this its file stayed in tmp/, unaccounted, until the
+/// next start.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
 }
 
-impl<'a> Reservation<'a> {
-    fn new(stats: &'a SharedStats, bytes: u64) -> Self {
-        stats.reserved.fetch_add(bytes, Ordering::Relaxed);
-        Reservation { stats, bytes }
+impl TempFile {
+    /// The writer owns the file now (it renames it, or removes it on failure).
+    fn hand_over(mut self) {
+        self.armed = false;
     }
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for TempFile {
     fn drop(&mut self) {
-        self.stats.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -413,7 +479,10 @@ impl Store for DiskStore {
     async fn put(&self, req: PutRequest) -> Result<(), StoreError> {
         if let Some(size) = req.size {
             if size > self.cfg.max_blob_size {
-                return Err(StoreError::TooLarge { size, limit: self.cfg.max_blob_size });
+                return Err(StoreError::TooLarge {
+                    size,
+                    limit: self.cfg.max_blob_size,
+                });
             }
             if size > self.cfg.max_size_bytes {
                 return Err(StoreError::InsufficientStorage {
@@ -423,27 +492,32 @@ impl Store for DiskStore {
             }
         }
         let key = req.key;
-        let _reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
-        let tmp = self.layout.tmp_path();
-        let written = self.write_temp(&tmp, req).await;
-        let (size, stored, encoding) = match written {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&tmp).await;
-                return Err(e);
-            }
+        let reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
+        // Removed on every early return, and if this future is dropped.
+        let tmp = TempFile {
+            path: self.layout.tmp_path(),
+            armed: true,
         };
+        let (size, stored, encoding) = self.write_temp(&tmp.path, req).await?;
         if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
             // Verified empty; the empty blob always exists without a file.
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Ok(());
         }
         let (done, wait) = oneshot::channel();
-        let insert = Insert { key, from: tmp.clone(), size, stored, encoding, adopt: false };
+        let insert = Insert {
+            key,
+            from: tmp.path.clone(),
+            size,
+            stored,
+            encoding,
+            adopt: false,
+            // The writer releases it when it counts the blob as stored.
+            reservation: Some(reservation),
+        };
         if self.tx.send(Op::Insert(insert, done)).await.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
             return Err(StoreError::Closed);
         }
+        tmp.hand_over();
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -459,8 +533,12 @@ impl Drop for DiskStore {
         self.cancel_recovery.store(true, Ordering::Relaxed);
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
+        // The writer stops once recovery (cancelled above) drops its sender.
+        for thread in [self.writer.take(), self.recovery_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
         }
     }
 }

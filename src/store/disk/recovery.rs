@@ -39,7 +39,10 @@ pub fn reconcile(
     tx: &mpsc::Sender<Op>,
     cancel: &AtomicBool,
 ) -> Result<RecoveryReport, StoreError> {
-    let mut report = RecoveryReport { ran: true, ..Default::default() };
+    let mut report = RecoveryReport {
+        ran: true,
+        ..Default::default()
+    };
     for kind in Kind::ALL {
         for shard in std::fs::read_dir(layout.kind_dir(kind))? {
             let shard = shard?;
@@ -52,7 +55,8 @@ pub fn reconcile(
                 }
                 let file = file?;
                 let name = file.file_name();
-                let Some((key, encoding)) = name.to_str().and_then(|n| Layout::parse_file_name(kind, n))
+                let Some((key, encoding)) =
+                    name.to_str().and_then(|n| Layout::parse_file_name(kind, n))
                 else {
                     tracing::warn!(path = %file.path().display(), "ignoring a file that is not a blob");
                     continue;
@@ -66,8 +70,17 @@ pub fn reconcile(
                 match verify(&file.path(), &key, encoding) {
                     Ok(size) => {
                         let (done, _) = oneshot::channel();
-                        let adopt = Insert { key, from: file.path(), size, stored, encoding, adopt: true };
-                        tx.blocking_send(Op::Insert(adopt, done)).map_err(|_| StoreError::Closed)?;
+                        let adopt = Insert {
+                            key,
+                            from: file.path(),
+                            size,
+                            stored,
+                            encoding,
+                            adopt: true,
+                            reservation: None,
+                        };
+                        tx.blocking_send(Op::Insert(adopt, done))
+                            .map_err(|_| StoreError::Closed)?;
                         report.adopted += 1;
                     }
                     Err(e) => {
@@ -89,11 +102,13 @@ pub fn reconcile(
     })?;
     report.entries_dropped = missing.len() as u64;
     for key in missing {
-        tx.blocking_send(Op::Forget(key)).map_err(|_| StoreError::Closed)?;
+        tx.blocking_send(Op::Forget(key))
+            .map_err(|_| StoreError::Closed)?;
     }
     // Make the reconciled index durable before reporting success.
     let (done, wait) = oneshot::channel();
-    tx.blocking_send(Op::Flush(done)).map_err(|_| StoreError::Closed)?;
+    tx.blocking_send(Op::Flush(done))
+        .map_err(|_| StoreError::Closed)?;
     let _ = wait.blocking_recv();
     Ok(report)
 }
@@ -117,7 +132,10 @@ fn verify(path: &Path, key: &BlobKey, encoding: Encoding) -> io::Result<u64> {
     }
     let size = hasher.len();
     if key.kind == Kind::Cas && hasher.finish() != key.hash {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "content does not match its hash"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "content does not match its hash",
+        ));
     }
     Ok(size)
 }
