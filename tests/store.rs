@@ -734,9 +734,10 @@ async fn stats_track_puts_overwrites_and_evictions() {
     assert_serves(&store, &action, &smaller).await;
     assert_stats_match_disk(&store, root);
 
-    // Putting a CAS blob again replaces it: counted once.
+    // Putting a CAS blob again verifies it and keeps the stored copy:
+    // counted once, nothing overwritten.
     put_ok(&store, cas(&x), &x).await;
-    assert_eq!(store.stats(), expect(3, 5500, 5500, 0));
+    assert_eq!(store.stats(), expect(3, 5500, 3500, 0));
     assert_serves(&store, &cas(&x), &x).await;
     assert_stats_match_disk(&store, root);
 
@@ -1018,7 +1019,8 @@ async fn clean_restart_keeps_everything_with_fsync() {
     let fresh = text_bytes(10_000, 1234);
     put_ok(&store, cas(&fresh), &fresh).await;
     assert!(std::fs::read(store.blob_path(&cas(&fresh)).unwrap().unwrap()).unwrap() == fresh);
-    // Re-putting a blob stored compressed replaces the .zst file.
+    // Re-putting a blob stored compressed keeps the stored .zst file: an
+    // identical CAS blob is verified, not rewritten.
     let (k0, d0) = kept
         .iter()
         .rev()
@@ -1028,8 +1030,8 @@ async fn clean_restart_keeps_everything_with_fsync() {
     let old_path = store.blob_path(&k0).unwrap().unwrap();
     put_ok(&store, k0, &d0).await;
     let new_path = store.blob_path(&k0).unwrap().unwrap();
-    assert_ne!(old_path, new_path);
-    assert!(!old_path.exists(), "the replaced .zst file must be removed");
+    assert_eq!(old_path, new_path);
+    assert!(old_path.exists());
     assert_serves(&store, &k0, &d0).await;
     store.flush().await.unwrap();
     assert_stats_match_disk(&store, root);
@@ -1630,5 +1632,40 @@ async fn a_removed_shard_directory_is_recreated_on_write() {
         .await
         .unwrap();
     assert_eq!(got, data);
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn re_uploading_a_stored_cas_blob_verifies_but_does_not_rewrite() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&config(dir.path(), 1 << 20, Encoding::Zstd)).await;
+    let data = text_bytes(50_000, 9);
+    let key = cas(&data);
+    put_ok(&store, key, &data).await;
+    let path = store.blob_path(&key).unwrap().unwrap();
+    let inode = std::fs::metadata(&path).unwrap().ino();
+    let before = store.stats();
+
+    put_ok(&store, key, &data).await;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().ino(),
+        inode,
+        "file was rewritten"
+    );
+    assert_eq!(store.stats(), before);
+
+    // A wrong body for a stored digest is still refused.
+    let mut wrong = data.clone();
+    wrong[0] ^= 1;
+    let err = put(&store, key, &wrong).await.unwrap_err();
+    assert!(matches!(err, StoreError::DigestMismatch { .. }), "{err}");
+    assert_eq!(get_bytes(&store, &key).await, Some(data));
+    assert!(
+        std::fs::read_dir(dir.path().join("tmp"))
+            .unwrap()
+            .next()
+            .is_none()
+    );
     store.close().await;
 }

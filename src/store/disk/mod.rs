@@ -252,7 +252,7 @@ impl DiskStore {
     /// encode for storage. Returns (logical size, stored size, stored encoding).
     async fn write_temp(
         &self,
-        tmp: &PathBuf,
+        tmp: Option<&PathBuf>,
         req: PutRequest,
     ) -> Result<(u64, u64, Encoding), StoreError> {
         let PutRequest {
@@ -273,8 +273,10 @@ impl DiskStore {
             Kind::Cas => self.cfg.cas_encoding,
             Kind::Ac => Encoding::Identity,
         };
-        let file = File::create(tmp).await?;
-        let mut sink = Sink::new(file, stored_encoding);
+        let mut sink = match tmp {
+            Some(path) => Sink::new(File::create(path).await?, stored_encoding),
+            None => Sink::Discard,
+        };
 
         let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
         let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
@@ -335,17 +337,21 @@ impl DiskStore {
             });
         }
         let (file, stored) = sink.finish().await?;
-        if self.cfg.fsync {
+        if let Some(file) = file
+            && self.cfg.fsync
+        {
             file.sync_all().await?;
         }
         Ok((logical, stored, stored_encoding))
     }
 }
 
-/// Where a write's bytes go: the temp file, through a zstd encoder or not.
+/// Where a write's bytes go: the temp file, through a zstd encoder or not,
+/// or nowhere when an identical CAS blob is already stored.
 enum Sink {
     Plain(File, u64),
     Zstd(ZstdEncoder<File>),
+    Discard,
 }
 
 impl Sink {
@@ -366,21 +372,23 @@ impl Sink {
                 Ok(())
             }
             Sink::Zstd(z) => z.write_all(bytes).await,
+            Sink::Discard => Ok(()),
         }
     }
 
     /// Flushes everything and returns the file with its length.
-    async fn finish(self) -> io::Result<(File, u64)> {
+    async fn finish(self) -> io::Result<(Option<File>, u64)> {
         match self {
+            Sink::Discard => Ok((None, 0)),
             Sink::Plain(mut f, n) => {
                 f.flush().await?;
-                Ok((f, n))
+                Ok((Some(f), n))
             }
             Sink::Zstd(mut z) => {
                 z.shutdown().await?;
                 let f = z.into_inner();
                 let n = f.metadata().await?.len();
-                Ok((f, n))
+                Ok((Some(f), n))
             }
         }
     }
@@ -492,13 +500,22 @@ impl Store for DiskStore {
             }
         }
         let key = req.key;
+        if key.kind == Kind::Cas && key.hash != EMPTY_SHA256 && self.reader.get(&key)?.is_some() {
+            // Already stored (clients re-upload what others built): verify the
+            // bytes, so a bad upload still gets its error, but write nothing.
+            self.write_temp(None, req).await?;
+            if let Some(entry) = self.reader.get(&key)? {
+                self.note_use(&key, &entry);
+            }
+            return Ok(());
+        }
         let reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
         // Removed on every early return, and if this future is dropped.
         let tmp = TempFile {
             path: self.layout.tmp_path(),
             armed: true,
         };
-        let (size, stored, encoding) = self.write_temp(&tmp.path, req).await?;
+        let (size, stored, encoding) = self.write_temp(Some(&tmp.path), req).await?;
         if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
             // Verified empty; the empty blob always exists without a file.
             return Ok(());
