@@ -175,3 +175,22 @@ fn restart_keeps_the_index_and_the_data() {
     );
     assert_eq!(s.num_files(), 1);
 }
+
+#[test]
+fn idle_timeout_stops_the_server_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let out = bin()
+        .args(["--dir", dir.path().to_str().unwrap(), "--http_address", "127.0.0.1:0"])
+        .args(["--grpc_address", "none", "--idle_timeout", "1s"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed() < Duration::from_secs(20));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("idle timeout"), "{stderr}");
+    // A clean stop: the next start runs no recovery.
+    let s = common::Server::start_with_dir(dir.path(), &[]);
+    let (_, stderr) = s.output();
+    assert!(!stderr.contains("did not stop cleanly"), "{stderr}");
+}
