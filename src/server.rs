@@ -154,10 +154,25 @@ impl Server {
             }
         };
         http::serve(self.http, state, stop, DRAIN).await;
-        match Arc::try_unwrap(self.store) {
-            Ok(store) => store.close().await,
+        close_when_released(self.store).await;
+    }
+}
+
+/// Closes the store once the last connection task has let go of it (tasks
+/// drop their handles a moment after the drain completes). A store still held
+/// after that is left to its Drop, and the next start runs recovery.
+async fn close_when_released(mut store: Arc<DiskStore>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        match Arc::try_unwrap(store) {
+            Ok(store) => return store.close().await,
+            Err(still_shared) if std::time::Instant::now() < deadline => {
+                store = still_shared;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             Err(_) => {
-                tracing::warn!("store still in use at shutdown; the next start will run recovery")
+                tracing::warn!("store still in use at shutdown; the next start will run recovery");
+                return;
             }
         }
     }

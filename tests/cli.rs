@@ -181,11 +181,20 @@ fn idle_timeout_stops_the_server_cleanly() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let out = bin()
-        .args(["--dir", dir.path().to_str().unwrap(), "--http_address", "127.0.0.1:0"])
+        .args([
+            "--dir",
+            dir.path().to_str().unwrap(),
+            "--http_address",
+            "127.0.0.1:0",
+        ])
         .args(["--grpc_address", "none", "--idle_timeout", "1s"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(started.elapsed() < Duration::from_secs(20));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("idle timeout"), "{stderr}");
