@@ -6,7 +6,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
 use crate::digest::{BlobKey, Digest, Hash};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, read_all};
 
 pub use re::ActionResult;
 
@@ -106,14 +106,61 @@ pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
     digests.filter_map(|d| parse_digest(d).ok()).collect()
 }
 
-/// True when every blob the ActionResult references is in the store.
-pub async fn is_complete(store: &dyn Store, ar: &ActionResult) -> Result<bool, StoreError> {
+/// Whether the store holds a blob of exactly this digest.
+async fn present(store: &dyn Store, d: &Digest) -> Result<bool, StoreError> {
+    Ok(store.contains(&BlobKey::cas(d.hash)).await? == Some(d.size))
+}
+
+/// Every blob the ActionResult needs that the CAS lacks: its direct
+/// references and, for output directories, every file inside their Trees.
+/// A Tree that is present but does not decode counts as missing.
+pub async fn missing_blobs(
+    store: &dyn Store,
+    ar: &ActionResult,
+) -> Result<Vec<Digest>, StoreError> {
+    let mut missing = Vec::new();
     for d in referenced_blobs(ar) {
-        if store.contains(&BlobKey::cas(d.hash)).await?.is_none() {
-            return Ok(false);
+        if !present(store, &d).await? {
+            missing.push(d);
         }
     }
-    Ok(true)
+    for dir in &ar.output_directories {
+        let Some(tree_digest) = dir.tree_digest.as_ref().and_then(|d| parse_digest(d).ok()) else {
+            continue;
+        };
+        if missing.contains(&tree_digest) {
+            continue;
+        }
+        let key = BlobKey::cas(tree_digest.hash);
+        let tree = match read_all(store, &key, MAX_ACTION_RESULT_BYTES).await {
+            Ok(Some(bytes)) => re::Tree::decode(bytes.as_slice()).ok(),
+            Ok(None) | Err(StoreError::TooLarge { .. }) => None,
+            Err(e) => return Err(e),
+        };
+        let Some(tree) = tree else {
+            missing.push(tree_digest);
+            continue;
+        };
+        let files = tree
+            .root
+            .iter()
+            .chain(&tree.children)
+            .flat_map(|d| &d.files);
+        for d in files
+            .filter_map(|f| f.digest.as_ref())
+            .filter_map(|d| parse_digest(d).ok())
+        {
+            if !missing.contains(&d) && !present(store, &d).await? {
+                missing.push(d);
+            }
+        }
+    }
+    Ok(missing)
+}
+
+/// True when every blob the ActionResult needs is in the store.
+pub async fn is_complete(store: &dyn Store, ar: &ActionResult) -> Result<bool, StoreError> {
+    Ok(missing_blobs(store, ar).await?.is_empty())
 }
 
 #[cfg(test)]

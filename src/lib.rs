@@ -4,6 +4,8 @@
 pub mod ac;
 pub mod config;
 pub mod digest;
+pub mod grpc;
 pub mod http;
+pub mod listen;
 pub mod server;
 pub mod store;

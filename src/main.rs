@@ -61,7 +61,7 @@ async fn serve(config: Config) -> ExitCode {
     let mut out = std::io::stdout().lock();
     let _ = write!(
         out,
-        "# bazel-cache is serving {}; add to .bazelrc:\n{}",
+        "# bazel-cache is serving {}; add one of these lines to .bazelrc:\n{}",
         dir.display(),
         server.bazelrc()
     );

@@ -7,8 +7,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
 use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode};
-use crate::http::{self, HttpOptions, HttpState, Listener};
+use crate::grpc::{self, GrpcOptions, GrpcState};
+use crate::http::{self, HttpOptions, HttpState};
+use crate::listen::{self, Listener};
 use crate::store::disk::{DiskConfig, DiskStore};
 use crate::store::{Encoding, Store, StoreError, unix_now};
 
@@ -58,9 +62,6 @@ fn warn_unserved(config: &Config) {
             "s3_proxy is configured but the S3 backend is not implemented yet: serving from the local disk only"
         );
     }
-    if config.grpc_address.is_some() {
-        tracing::warn!("gRPC is not served yet: only the HTTP protocol is available");
-    }
 }
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -68,6 +69,7 @@ pub struct Server {
     config: Config,
     store: Arc<DiskStore>,
     http: Listener,
+    grpc: Option<Listener>,
 }
 
 impl Server {
@@ -91,11 +93,28 @@ impl Server {
                 dir: config.dir.display().to_string(),
                 source,
             })?;
-        let http = bind(&config.http_address, "http_address").await?;
+        let bind = |key: &'static str, addr: &ListenAddr| {
+            let addr = addr.clone();
+            async move {
+                listen::bind(&addr)
+                    .await
+                    .map_err(|source| ServerError::Bind {
+                        key,
+                        addr: format!("{addr:?}"),
+                        source,
+                    })
+            }
+        };
+        let http = bind("http_address", &config.http_address).await?;
+        let grpc = match &config.grpc_address {
+            Some(addr) => Some(bind("grpc_address", addr).await?),
+            None => None,
+        };
         Ok(Server {
             config,
             store: Arc::new(store),
             http,
+            grpc,
         })
     }
 
@@ -103,29 +122,23 @@ impl Server {
         self.http.local_tcp_addr()
     }
 
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().and_then(Listener::local_tcp_addr)
+    }
+
     pub fn store(&self) -> &Arc<DiskStore> {
         &self.store
     }
 
-    /// The `.bazelrc` lines that point Bazel at this server.
+    /// The `.bazelrc` lines that point Bazel at this server: gRPC first
+    /// (the faster protocol for Bazel), then HTTP; either one works.
     pub fn bazelrc(&self) -> String {
-        match (&self.config.http_address, self.http_addr()) {
-            (_, Some(addr)) => {
-                let host = if addr.ip().is_unspecified() {
-                    "localhost".to_string()
-                } else if addr.is_ipv6() {
-                    format!("[{}]", addr.ip())
-                } else {
-                    addr.ip().to_string()
-                };
-                format!("build --remote_cache=http://{host}:{}\n", addr.port())
-            }
-            (ListenAddr::Unix(path), None) => format!(
-                "build --remote_proxy=unix:{}\nbuild --remote_cache=http://localhost\n",
-                path.display()
-            ),
-            (ListenAddr::Tcp(addr), None) => format!("build --remote_cache=http://{addr}\n"),
+        let mut out = String::new();
+        if let Some(grpc) = &self.grpc {
+            out += &remote_cache_line("grpc", self.config.grpc_address.as_ref(), grpc);
         }
+        out += &remote_cache_line("http", Some(&self.config.http_address), &self.http);
+        out
     }
 
     /// Serves until `shutdown` resolves or the idle timeout passes.
@@ -146,15 +159,63 @@ impl Server {
             },
             on_request: Box::new(move || touched.store(unix_now(), Ordering::Relaxed)),
         });
+        let grpc_touched = last_request.clone();
+        let grpc_state = Arc::new(GrpcState {
+            store: self.store.clone() as Arc<dyn Store>,
+            options: GrpcOptions {
+                mangle_ac_keys: self.config.enable_ac_key_instance_mangling,
+                check_ac_deps: !self.config.disable_grpc_ac_deps_check,
+                max_blob_size: self.config.max_blob_size,
+            },
+            on_request: Box::new(move || grpc_touched.store(unix_now(), Ordering::Relaxed)),
+        });
         let idle = idle_watch(self.config.idle_timeout, last_request);
-        let stop = async move {
+        let stopping = CancellationToken::new();
+        let trigger = stopping.clone();
+        let watcher = async move {
             tokio::select! {
                 _ = shutdown => tracing::info!("shutting down"),
                 _ = idle => tracing::info!("idle timeout reached; shutting down"),
             }
+            trigger.cancel();
         };
-        http::serve(self.http, state, stop, DRAIN).await;
+        let grpc = self.grpc.map(|listener| {
+            let stop = stopping.clone().cancelled_owned();
+            tokio::spawn(async move {
+                if let Err(e) = grpc::serve(listener, grpc_state, stop).await {
+                    tracing::error!(error = %e, "gRPC server failed");
+                }
+            })
+        });
+        let http = http::serve(self.http, state, stopping.cancelled_owned(), DRAIN);
+        tokio::join!(watcher, http);
+        if let Some(grpc) = grpc {
+            let _ = tokio::time::timeout(DRAIN, grpc).await;
+        }
         close_when_released(self.store).await;
+    }
+}
+
+fn remote_cache_line(scheme: &str, configured: Option<&ListenAddr>, bound: &Listener) -> String {
+    match (bound.local_tcp_addr(), configured) {
+        (Some(addr), _) => {
+            let host = if addr.ip().is_unspecified() {
+                "localhost".to_string()
+            } else if addr.is_ipv6() {
+                format!("[{}]", addr.ip())
+            } else {
+                addr.ip().to_string()
+            };
+            format!("build --remote_cache={scheme}://{host}:{}\n", addr.port())
+        }
+        (None, Some(ListenAddr::Unix(path))) if scheme == "grpc" => {
+            format!("build --remote_cache=unix://{}\n", path.display())
+        }
+        (None, Some(ListenAddr::Unix(path))) => format!(
+            "build --remote_proxy=unix:{}\nbuild --remote_cache=http://localhost\n",
+            path.display()
+        ),
+        (None, _) => String::new(),
     }
 }
 
@@ -174,31 +235,6 @@ async fn close_when_released(mut store: Arc<DiskStore>) {
                 tracing::warn!("store still in use at shutdown; the next start will run recovery");
                 return;
             }
-        }
-    }
-}
-
-async fn bind(addr: &ListenAddr, key: &'static str) -> Result<Listener, ServerError> {
-    let err = |source| ServerError::Bind {
-        key,
-        addr: format!("{addr:?}"),
-        source,
-    };
-    match addr {
-        ListenAddr::Tcp(sa) => Ok(Listener::Tcp(
-            tokio::net::TcpListener::bind(sa).await.map_err(err)?,
-        )),
-        ListenAddr::Unix(path) => {
-            // A socket file left by a previous run would make bind fail.
-            if std::fs::symlink_metadata(path).is_ok_and(|m| {
-                use std::os::unix::fs::FileTypeExt;
-                m.file_type().is_socket()
-            }) {
-                let _ = std::fs::remove_file(path);
-            }
-            Ok(Listener::Unix(
-                tokio::net::UnixListener::bind(path).map_err(err)?,
-            ))
         }
     }
 }

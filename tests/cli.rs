@@ -38,7 +38,7 @@ fn starts_with_no_arguments_on_the_embedded_default() {
     let mut seen = Vec::new();
     while Instant::now() < deadline {
         match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) if line.starts_with("build --remote_cache=") => {
+            Ok(line) if line.starts_with("build --remote_cache=http") => {
                 seen.push(line);
                 break;
             }

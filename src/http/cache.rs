@@ -14,7 +14,7 @@ use super::path::{self, PathError};
 use super::{Body, HttpState, empty, error, full, method_not_allowed};
 use crate::ac;
 use crate::digest::{BlobKey, Kind, mangle_ac_key};
-use crate::store::{Blob, Encoding, PutRequest, StoreError};
+use crate::store::{Blob, Encoding, PutRequest, StoreError, read_all};
 
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.
@@ -130,17 +130,11 @@ async fn valid_action_result(
     state: &HttpState,
     key: &BlobKey,
 ) -> Result<Option<Bytes>, StoreError> {
-    let Some(blob) = state.store.get(key, false).await? else {
-        return Ok(None);
+    let bytes = match read_all(state.store.as_ref(), key, ac::MAX_ACTION_RESULT_BYTES).await {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) | Err(StoreError::TooLarge { .. }) => return Ok(None),
+        Err(e) => return Err(e),
     };
-    if blob.size > ac::MAX_ACTION_RESULT_BYTES {
-        return Ok(None);
-    }
-    let mut bytes = Vec::with_capacity(blob.size as usize);
-    blob.body
-        .take(ac::MAX_ACTION_RESULT_BYTES)
-        .read_to_end(&mut bytes)
-        .await?;
     let ar = match ac::decode(&bytes) {
         Ok(ar) => ar,
         Err(e) => {

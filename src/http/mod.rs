@@ -9,7 +9,6 @@ pub mod path;
 
 use std::convert::Infallible;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,9 +20,8 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, UnixListener};
 
+use crate::listen::Listener;
 use crate::store::Store;
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -61,38 +59,6 @@ pub struct HttpState {
     /// Called at the start of every request (idle-timeout bookkeeping).
     pub on_request: Box<dyn Fn() + Send + Sync>,
 }
-
-/// A bound listener: TCP or a Unix socket (bazel-remote's `unix://` addresses).
-pub enum Listener {
-    Tcp(TcpListener),
-    Unix(UnixListener),
-}
-
-impl Listener {
-    pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Listener::Tcp(l) => l.local_addr().ok(),
-            Listener::Unix(_) => None,
-        }
-    }
-
-    async fn accept(&self) -> io::Result<(Box<dyn Io>, String)> {
-        match self {
-            Listener::Tcp(l) => {
-                let (s, peer) = l.accept().await?;
-                let _ = s.set_nodelay(true);
-                Ok((Box::new(s), peer.to_string()))
-            }
-            Listener::Unix(l) => {
-                let (s, _) = l.accept().await?;
-                Ok((Box::new(s), "unix".to_string()))
-            }
-        }
-    }
-}
-
-trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests
 /// in flight up to `drain` to finish.

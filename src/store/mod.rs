@@ -12,7 +12,7 @@ use std::pin::Pin;
 use async_trait::async_trait;
 use tokio::io::AsyncRead;
 
-use crate::digest::{BlobKey, Hash};
+use crate::digest::{BlobKey, Digest, Hash};
 
 /// A body being read or written. Boxed so stores and front ends can hand each
 /// other files, decoders or network streams without sharing concrete types.
@@ -114,6 +114,35 @@ impl StoreError {
     }
 }
 
+/// Reads a whole blob into memory — only for small metadata blobs
+/// (ActionResults, Trees, batch reads), bounded by `limit`.
+/// `Ok(None)` when absent; `TooLarge` when bigger than `limit`.
+pub async fn read_all(
+    store: &dyn Store,
+    key: &BlobKey,
+    limit: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    use tokio::io::AsyncReadExt;
+    let Some(blob) = store.get(key, false).await? else {
+        return Ok(None);
+    };
+    if blob.size > limit {
+        return Err(StoreError::TooLarge {
+            size: blob.size,
+            limit,
+        });
+    }
+    let mut bytes = Vec::with_capacity(blob.size as usize);
+    blob.body.take(limit + 1).read_to_end(&mut bytes).await?;
+    if bytes.len() as u64 > limit {
+        return Err(StoreError::TooLarge {
+            size: bytes.len() as u64,
+            limit,
+        });
+    }
+    Ok(Some(bytes))
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
@@ -131,6 +160,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// The logical size of a blob, if present.
     async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError>;
+
+    /// The CAS digests the store lacks (or holds with another size), in
+    /// request order. Stores override it to answer a batch in one pass.
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        let mut missing = Vec::new();
+        for d in digests {
+            if self.contains(&BlobKey::cas(d.hash)).await? != Some(d.size) {
+                missing.push(*d);
+            }
+        }
+        Ok(missing)
+    }
 
     /// Streams a blob in. On success the blob is durable (as configured) and
     /// visible to readers; on any error nothing is stored.

@@ -172,6 +172,24 @@ impl Server {
         }
     }
 
+    /// `grpc://127.0.0.1:PORT` when the server was started with a gRPC
+    /// listener (pass `--grpc_address 127.0.0.1:0`); it prints that line
+    /// before the HTTP one.
+    pub fn grpc_url(&self) -> Option<String> {
+        let out = self.stdout.lock().unwrap();
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix("build --remote_cache=grpc://"))
+            .map(|rest| format!("grpc://{}", rest.trim()))
+    }
+
+    /// `http://127.0.0.1:PORT` for tonic clients (which want an http URI).
+    pub fn grpc_endpoint(&self) -> String {
+        let url = self
+            .grpc_url()
+            .expect("server started without a gRPC listener");
+        url.replacen("grpc://", "http://", 1)
+    }
+
     /// The `host:port` part of `http_url`.
     pub fn http_addr(&self) -> &str {
         self.http_url.trim_start_matches("http://")

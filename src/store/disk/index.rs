@@ -236,6 +236,20 @@ impl Reader {
         Ok(found.and_then(|v| Entry::decode(v.value())))
     }
 
+    /// Looks up many keys in one snapshot (FindMissingBlobs).
+    pub fn get_many(
+        &self,
+        keys: impl Iterator<Item = BlobKey>,
+    ) -> Result<Vec<Option<Entry>>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let table = txn.open_table(ENTRIES).map_err(index_err)?;
+        keys.map(|key| {
+            let found = table.get(encode_key(&key).as_slice()).map_err(index_err)?;
+            Ok(found.and_then(|v| Entry::decode(v.value())))
+        })
+        .collect()
+    }
+
     /// Visits every entry (recovery and tests); `f` returns false to stop.
     pub fn for_each(&self, mut f: impl FnMut(BlobKey, Entry) -> bool) -> Result<(), StoreError> {
         let txn = self.db.begin_read().map_err(index_err)?;

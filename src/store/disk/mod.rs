@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
-use crate::digest::{BlobKey, EMPTY_SHA256, Hasher, Kind};
+use crate::digest::{BlobKey, Digest, EMPTY_SHA256, Hasher, Kind};
 use crate::store::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
 
 pub use self::recovery::RecoveryReport;
@@ -482,6 +482,20 @@ impl Store for DiskStore {
         };
         self.note_use(key, &entry);
         Ok(Some(entry.size))
+    }
+
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        let keys = digests.iter().map(|d| BlobKey::cas(d.hash));
+        let entries = self.reader.get_many(keys)?;
+        let mut missing = Vec::new();
+        for (d, entry) in digests.iter().zip(entries) {
+            match entry {
+                _ if d.hash == EMPTY_SHA256 && d.size == 0 => {}
+                Some(e) if e.size == d.size => self.note_use(&BlobKey::cas(d.hash), &e),
+                _ => missing.push(*d),
+            }
+        }
+        Ok(missing)
     }
 
     async fn put(&self, req: PutRequest) -> Result<(), StoreError> {

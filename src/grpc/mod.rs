@@ -1,0 +1,154 @@
+//! The gRPC front end: REAPI v2 cache services (Capabilities, ActionCache,
+//! ContentAddressableStorage), ByteStream and grpc.health.v1, on tonic.
+//!
+//! Like the HTTP front end, handlers translate messages into [`Store`] calls
+//! and store errors into status codes; action-cache rules live in `ac.rs`.
+
+mod action_cache;
+mod bytestream;
+mod capabilities;
+mod cas;
+pub mod resource;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use tonic::{Code, Status};
+
+use crate::digest::{Digest, Hash, mangle_ac_key};
+use crate::listen::Listener;
+use crate::store::{Store, StoreError};
+
+/// `max_batch_total_size_bytes` announced in Capabilities: the most blob
+/// bytes one BatchUpdateBlobs / BatchReadBlobs may carry. Larger blobs go
+/// through ByteStream. 4 MiB matches gRPC's customary message size.
+pub const MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024;
+/// Largest gRPC message accepted or sent: a full batch plus the per-blob
+/// framing (digests, statuses) of up to tens of thousands of small blobs.
+pub const MAX_MESSAGE_SIZE: usize = 2 * MAX_BATCH_TOTAL_SIZE as usize + 1024 * 1024;
+
+/// What the gRPC front end needs to know, taken from the validated config.
+#[derive(Debug, Clone)]
+pub struct GrpcOptions {
+    pub mangle_ac_keys: bool,
+    /// Check that the blobs an ActionResult references are in the CAS, on
+    /// UpdateActionResult (refuse) and GetActionResult (answer NOT_FOUND).
+    /// bazel-remote's `disable_grpc_ac_deps_check` turns it off.
+    pub check_ac_deps: bool,
+    pub max_blob_size: u64,
+}
+
+impl Default for GrpcOptions {
+    fn default() -> Self {
+        GrpcOptions {
+            mangle_ac_keys: false,
+            check_ac_deps: true,
+            max_blob_size: u64::MAX,
+        }
+    }
+}
+
+/// Shared state of every gRPC service.
+pub struct GrpcState {
+    pub store: Arc<dyn Store>,
+    pub options: GrpcOptions,
+    /// Called at the start of every request (idle-timeout bookkeeping).
+    pub on_request: Box<dyn Fn() + Send + Sync>,
+}
+
+/// Serves the gRPC services until `shutdown` resolves.
+pub async fn serve(
+    listener: Listener,
+    state: Arc<GrpcState>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), tonic::transport::Error> {
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    for name in [
+        "",
+        "build.bazel.remote.execution.v2.Capabilities",
+        "build.bazel.remote.execution.v2.ActionCache",
+        "build.bazel.remote.execution.v2.ContentAddressableStorage",
+        "google.bytestream.ByteStream",
+    ] {
+        health_reporter
+            .set_service_status(name, tonic_health::ServingStatus::Serving)
+            .await;
+    }
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .add_service(health)
+        .add_service(capabilities::service(state.clone()))
+        .add_service(action_cache::service(state.clone()))
+        .add_service(cas::service(state.clone()))
+        .add_service(bytestream::service(state));
+    match listener {
+        Listener::Tcp(l) => {
+            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+        Listener::Unix(l) => {
+            let incoming = futures_util::stream::unfold(l, |l| async move {
+                let conn = l.accept().await.map(|(stream, _)| stream);
+                Some((conn, l))
+            });
+            router
+                .serve_with_incoming_shutdown(incoming, shutdown)
+                .await
+        }
+    }
+}
+
+/// Maps a store failure to the status the REAPI spec names for it.
+pub(crate) fn store_status(e: StoreError) -> Status {
+    match &e {
+        StoreError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
+        _ if e.is_out_of_space() => Status::resource_exhausted(e.to_string()),
+        _ if e.is_client_error() => Status::invalid_argument(e.to_string()),
+        StoreError::Closed => Status::unavailable(e.to_string()),
+        _ => {
+            tracing::error!(error = %e, "store failure");
+            Status::internal(e.to_string())
+        }
+    }
+}
+
+/// Parses a required digest field, naming the field in the error.
+pub(crate) fn parse_digest(d: Option<&re::Digest>, field: &str) -> Result<Digest, Status> {
+    let d = d.ok_or_else(|| Status::invalid_argument(format!("{field}: missing digest")))?;
+    crate::ac::parse_digest(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// Refuses digest functions other than SHA-256 (0 = unspecified means SHA-256).
+pub(crate) fn check_digest_function(value: i32) -> Result<(), Status> {
+    match re::digest_function::Value::try_from(value) {
+        Ok(re::digest_function::Value::Unknown | re::digest_function::Value::Sha256) => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "digest function {value} is not supported; this server speaks SHA256"
+        ))),
+    }
+}
+
+/// The store key of an action-cache entry, mangled with the instance name
+/// when `enable_ac_key_instance_mangling` is on (as bazel-remote does).
+pub(crate) fn ac_hash(state: &GrpcState, instance: &str, hash: Hash) -> Hash {
+    if state.options.mangle_ac_keys {
+        mangle_ac_key(hash, instance)
+    } else {
+        hash
+    }
+}
+
+/// The code a status maps to, for per-blob responses (`google.rpc.Status`).
+pub(crate) fn rpc_status(
+    code: Code,
+    message: impl Into<String>,
+) -> bazel_remote_apis::google::rpc::Status {
+    bazel_remote_apis::google::rpc::Status {
+        code: code as i32,
+        message: message.into(),
+        details: vec![],
+    }
+}

@@ -1,0 +1,1 @@
+//! ByteStream resource names (see bytestream.rs).
