@@ -109,7 +109,10 @@ async fn capabilities_announce_the_cache() {
             .unwrap()
             .update_enabled
     );
-    assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
+    assert_eq!(
+        cache.max_batch_total_size_bytes as u64,
+        bazel_cache::grpc::MAX_BATCH_TOTAL_SIZE
+    );
     assert_eq!(cache.max_cas_blob_size_bytes, 1_000_000);
     let zstd = re::compressor::Value::Zstd as i32;
     assert_eq!(cache.supported_compressors, vec![zstd]);
@@ -298,6 +301,28 @@ async fn batches_over_the_limit_are_refused_before_anything_is_stored() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    // A batch of exactly max_batch_total_size_bytes fits the message limits
+    // of a client with gRPC's default 4 MiB limit, both ways.
+    let limit = bazel_cache::grpc::MAX_BATCH_TOTAL_SIZE as usize;
+    let mut at_limit: Vec<Vec<u8>> = (0..3).map(|i| noise(1 << 20, 10 + i)).collect();
+    at_limit.push(noise(limit - (3 << 20), 13));
+    let refs: Vec<&[u8]> = at_limit.iter().map(|b| b.as_slice()).collect();
+    upload(&mut cas, &refs).await;
+    let resp = cas
+        .batch_read_blobs(re::BatchReadBlobsRequest {
+            digests: at_limit.iter().map(|b| digest(b)).collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(resp.responses.len(), 4);
+    assert!(
+        resp.responses
+            .iter()
+            .zip(&at_limit)
+            .all(|(r, b)| &r.data == b)
+    );
     // A message far over the size limit is refused by the transport, not buffered.
     let huge = noise(20 << 20, 9);
     let err = cas

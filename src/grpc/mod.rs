@@ -22,8 +22,10 @@ use crate::store::{Store, StoreError};
 
 /// `max_batch_total_size_bytes` announced in Capabilities: the most blob
 /// bytes one BatchUpdateBlobs / BatchReadBlobs may carry. Larger blobs go
-/// through ByteStream. 4 MiB matches gRPC's customary message size.
-pub const MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024;
+/// through ByteStream. gRPC clients refuse messages over 4 MiB by default,
+/// so a full batch plus its per-blob framing (digests, statuses: ~80 bytes
+/// a blob) must stay under that: 256 KiB are left for the framing.
+pub const MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024 - 256 * 1024;
 /// Largest gRPC message accepted or sent: a full batch plus the per-blob
 /// framing (digests, statuses) of up to tens of thousands of small blobs.
 pub const MAX_MESSAGE_SIZE: usize = 2 * MAX_BATCH_TOTAL_SIZE as usize + 1024 * 1024;
