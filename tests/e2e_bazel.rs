@@ -1,18 +1,35 @@
-//! End-to-end test with a real Bazel (Debian 12's `bazel-bootstrap`, 4.2.3)
-//! against the server's HTTP cache:
+//! End-to-end tests with a real Bazel (Debian 12's `bazel-bootstrap`, 4.2.3)
+//! against the server, over HTTP and over gRPC.
 //!
-//! 1. build + test the fixture workspace `tests/e2e/bazel-workspace` with
-//!    `--remote_cache=http://...`: every action runs locally and is uploaded;
+//! Both tests start with the same two steps ([`cold_then_all_hits`]):
+//!
+//! 1. build + test the fixture workspace `tests/e2e/bazel-workspace` against
+//!    an empty cache: every action runs locally and is uploaded;
 //! 2. wipe Bazel's local state (`clean --expunge`), build again: every
 //!    cacheable action must be a remote cache hit, and the outputs (a 5 MiB
-//!    file, an empty file, a C++ binary, ...) must be intact;
+//!    file, an empty file, a C++ binary, ...) must be intact.
+//!
+//! Over HTTP (`--remote_cache=http://...`), then:
+//!
 //! 3. restart the server on the same `--dir`, wipe and build again: still
 //!    all hits, so the cache survives a restart.
+//!
+//! Over gRPC (`--remote_cache=grpc://...`: Capabilities, ActionCache,
+//! ContentAddressableStorage, ByteStream), then:
+//!
+//! 3. the HTTP port of the same server serves the blobs Bazel uploaded over
+//!    gRPC (the 5 MiB one went through ByteStream), byte for byte;
+//! 4. wipe and build with `--remote_download_minimal` ("builds without the
+//!    bytes": outputs stay in the cache, only metadata is fetched): all hits;
+//! 5. wipe and build over HTTP against the same server: all hits with intact
+//!    outputs, so action-cache entries written over gRPC are valid over HTTP.
 //!
 //! Bazel runs in `--batch` mode (no Bazel server process can outlive the
 //! test) with a private `--output_user_root` inside a temp dir, `--nohome_rc`
 //! and `--disk_cache=` (so neither the user's Bazel state nor a disk cache
-//! takes part). Every Bazel invocation has a time limit.
+//! takes part). Every Bazel invocation has a time limit, and a build whose
+//! output mentions a remote cache error fails the test even when Bazel
+//! carried on without the cache.
 
 mod common;
 
@@ -86,42 +103,53 @@ impl Workspace {
         out
     }
 
-    /// `bazel test //...` against the remote cache; panics unless it succeeds.
+    /// `bazel test //...` against the remote cache (`http://...` or
+    /// `grpc://...`), with `extra_args` (e.g. `--remote_download_minimal`)
+    /// added; panics unless it succeeds without any remote cache error.
     /// `step` names the execution log file (`<tmp>/exec-<step>.json`).
-    fn build_and_test(&self, remote_cache: &str, step: &str) -> Build {
+    fn build_and_test(&self, remote_cache: &str, step: &str, extra_args: &[&str]) -> Build {
         let exec_log = self.tmp.path().join(format!("exec-{step}.json"));
         let remote_cache_flag = format!("--remote_cache={remote_cache}");
         let exec_log_flag = format!("--execution_log_json_file={}", exec_log.display());
-        let out = self.bazel(
-            "test",
-            &[
-                &remote_cache_flag,
-                // Override any --disk_cache from a system bazelrc: only the
-                // remote cache may serve hits.
-                "--disk_cache=",
-                // The fixture must build offline (local_repository stand-ins
-                // for everything Bazel would otherwise download); make a
-                // missing stand-in fail loudly even where there is internet.
-                "--experimental_repository_disable_download",
-                "--remote_upload_local_results",
-                "--remote_accept_cached",
-                "--remote_timeout=60",
-                // Stable action keys: PATH etc. from the caller don't leak in.
-                "--incompatible_strict_action_env",
-                // Debian's system bazelrc turns this on; it floods stderr.
-                "--nosandbox_debug",
-                "--color=no",
-                "--curses=no",
-                "--show_progress_rate_limit=10",
-                "--verbose_failures",
-                "--test_output=errors",
-                // Every spawn with its runner ("remote cache hit",
-                // "linux-sandbox", ...) and output digests, for diagnostics.
-                &exec_log_flag,
-                "//...",
-            ],
-        );
+        let mut args: Vec<&str> = vec![
+            &remote_cache_flag,
+            // Override any --disk_cache from a system bazelrc: only the
+            // remote cache may serve hits.
+            "--disk_cache=",
+            // The fixture must build offline (local_repository stand-ins
+            // for everything Bazel would otherwise download); make a
+            // missing stand-in fail loudly even where there is internet.
+            "--experimental_repository_disable_download",
+            "--remote_upload_local_results",
+            "--remote_accept_cached",
+            "--remote_timeout=60",
+            // Stable action keys: PATH etc. from the caller don't leak in.
+            "--incompatible_strict_action_env",
+            // Debian's system bazelrc turns this on; it floods stderr.
+            "--nosandbox_debug",
+            "--color=no",
+            "--curses=no",
+            "--show_progress_rate_limit=10",
+            "--verbose_failures",
+            "--test_output=errors",
+            // Every spawn with its runner ("remote cache hit",
+            // "linux-sandbox", ...) and output digests, for diagnostics.
+            &exec_log_flag,
+        ];
+        args.extend_from_slice(extra_args);
+        args.push("//...");
+        let out = self.bazel("test", &args);
         out.assert_success("bazel test //...");
+        // Bazel carries on without the cache when an upload or download
+        // fails (it only warns), so a successful build proves little.
+        let errors = remote_cache_errors(&out);
+        assert!(
+            errors.is_empty(),
+            "bazel test //... against {remote_cache} ({step}) reported remote cache errors:\n{}\n\
+             --- start of bazel stderr ---\n{}",
+            errors.join("\n"),
+            head(&out.stderr, 60)
+        );
         let stats = parse_process_stats(&out);
         Build {
             out,
@@ -307,6 +335,58 @@ fn parse_process_stats(out: &RunOutput) -> ProcessStats {
     }
 }
 
+/// The remote cache errors in Bazel's output, deduplicated and counted, in
+/// order of first appearance: each `WARNING: Writing to Remote Cache:` (or
+/// `Reading from`, or an `ERROR:` naming the remote cache) with the exception
+/// line after it, and every distinct `Caused by: ...` line of those stack
+/// traces, e.g. `Caused by: io.grpc.StatusRuntimeException: UNIMPLEMENTED: ...`
+/// (the gRPC status the server answered).
+fn remote_cache_errors(out: &RunOutput) -> Vec<String> {
+    let text = format!("{}\n{}", out.stdout, out.stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut found: Vec<(String, usize)> = Vec::new();
+    let mut note = |s: String| match found.iter_mut().find(|(k, _)| *k == s) {
+        Some((_, n)) => *n += 1,
+        None => found.push((s, 1)),
+    };
+    let mut in_report = false;
+    for (i, line) in lines.iter().enumerate() {
+        if line.starts_with("WARNING:") || line.starts_with("ERROR:") || line.starts_with("INFO:") {
+            in_report =
+                !line.starts_with("INFO:") && line.to_ascii_lowercase().contains("remote cache");
+            if in_report {
+                // `WARNING: Writing to Remote Cache:` has the exception on
+                // the next line.
+                match lines.get(i + 1) {
+                    Some(next) if line.ends_with(':') => note(format!("{line} {next}")),
+                    _ => note(line.to_string()),
+                }
+            }
+        } else if in_report && line.starts_with("Caused by:") {
+            note(line.to_string());
+        }
+    }
+    found
+        .into_iter()
+        .map(|(s, n)| {
+            if n > 1 {
+                format!("{s}  [{n} times]")
+            } else {
+                s
+            }
+        })
+        .collect()
+}
+
+/// The first `n` lines of `text`.
+fn head(text: &str, n: usize) -> String {
+    let mut lines: Vec<&str> = text.lines().take(n + 1).collect();
+    if lines.len() > n {
+        lines[n] = "...";
+    }
+    lines.join("\n")
+}
+
 /// The expected content of `big.txt`: `seq 1 1000000` cut to 5 MiB.
 fn expected_big() -> Vec<u8> {
     let mut v = Vec::with_capacity(BIG_SIZE + 16);
@@ -407,55 +487,108 @@ fn server_file_count(dir: &Path) -> usize {
     n
 }
 
-#[test]
-fn bazel_builds_are_served_from_the_remote_cache() {
+/// Logs Bazel's version; panics with an installation hint when it is missing.
+fn require_bazel() {
     let version = common::require_tool(
         &bazel_program(),
         &["--version"],
         "apt-get install -y bazel-bootstrap",
     );
     eprintln!("[e2e_bazel] {}", version.trim());
+}
 
-    let server = Server::start(&[]);
+/// What [`cold_then_all_hits`] learnt.
+struct Baseline {
+    /// The cold build: `stats.executed()` is the number of cacheable
+    /// processes every later build must find in the cache.
+    cold: Build,
+    /// `NumFiles` from `/status` after the cold build.
+    num_files: u64,
+}
+
+/// Steps 1 and 2 of both tests, against `remote_cache` (the server's
+/// `http://` or `grpc://` URL): a cold build against the empty cache runs
+/// and uploads everything; after `clean --expunge` a rebuild is served
+/// entirely from the cache, with intact outputs. `label` prefixes the step
+/// names (execution log files).
+fn cold_then_all_hits(
+    server: &Server,
+    ws: &Workspace,
+    remote_cache: &str,
+    label: &str,
+) -> Baseline {
     eprintln!(
-        "[e2e_bazel] server at {} (dir {})",
-        server.http_url,
+        "[e2e_bazel] {label}: server at {remote_cache} (dir {})",
         server.dir.display()
     );
-    let ws = Workspace::new();
 
     // 1. Cold build: nothing in the cache yet, everything runs locally and
     //    gets uploaded.
-    let cold = ws.build_and_test(&server.http_url, "1-cold");
-    eprintln!("[e2e_bazel] cold build: {}", cold.stats.line);
+    let cold = ws.build_and_test(remote_cache, &format!("{label}-1-cold"), &[]);
+    eprintln!("[e2e_bazel] {label}: cold build: {}", cold.stats.line);
     assert!(
         cold.stats.remote_cache_hits() == 0 && cold.stats.executed() > 0,
-        "cold build against an empty cache: expected no remote cache hits and some executed processes, got: {}",
+        "{label}: cold build against an empty cache: expected no remote cache hits and some executed processes, got: {}",
         cold.stats.line
     );
-    check_outputs(&ws);
+    check_outputs(ws);
 
     let num_files = server.num_files();
     eprintln!(
-        "[e2e_bazel] after cold build: /status NumFiles={num_files}, {} files under --dir",
+        "[e2e_bazel] {label}: after cold build: /status NumFiles={num_files}, {} files under --dir",
         server_file_count(&server.dir)
     );
     assert!(
         num_files > 0,
-        "the cold build uploaded nothing? /status: {}",
+        "{label}: the cold build uploaded nothing? /status: {}",
         server.status()
     );
 
     // 2. Wipe Bazel's local state and rebuild: all hits.
     ws.expunge();
-    let warm = ws.build_and_test(&server.http_url, "2-expunged");
-    assert_all_remote_hits("rebuild after clean --expunge", &warm, &cold);
-    check_outputs(&ws);
+    let warm = ws.build_and_test(remote_cache, &format!("{label}-2-expunged"), &[]);
+    assert_all_remote_hits(
+        &format!("{label}: rebuild after clean --expunge"),
+        &warm,
+        &cold,
+    );
+    check_outputs(ws);
+
+    Baseline { cold, num_files }
+}
+
+/// `GET /cas/<sha256>` on the server's HTTP port must return `expected`.
+fn assert_http_serves_blob(server: &Server, what: &str, expected: &[u8]) {
+    let hash = hex::encode(Sha256::digest(expected));
+    let (code, body) = server.get(&format!("/cas/{hash}"));
+    assert_eq!(
+        code,
+        200,
+        "GET /cas/{hash} ({what}, {} bytes): {}",
+        expected.len(),
+        String::from_utf8_lossy(&body[..body.len().min(500)])
+    );
+    assert!(
+        body == expected,
+        "GET /cas/{hash} ({what}): got {} bytes that differ from the {} expected",
+        body.len(),
+        expected.len()
+    );
+}
+
+#[test]
+fn bazel_builds_are_served_from_the_remote_cache() {
+    require_bazel();
+    let server = Server::start(&[]);
+    let ws = Workspace::new();
+
+    // 1. + 2.
+    let Baseline { cold, num_files } = cold_then_all_hits(&server, &ws, &server.http_url, "http");
 
     // 3. Restart the server on the same --dir: the cache must persist.
     let dir = server.stop().expect("Server::start owns its dir");
     let server = Server::start_with_dir(dir.path(), &[]);
-    eprintln!("[e2e_bazel] restarted server at {}", server.http_url);
+    eprintln!("[e2e_bazel] http: restarted server at {}", server.http_url);
     let status = server.status();
     assert_eq!(
         status["NumFiles"].as_u64(),
@@ -463,13 +596,56 @@ fn bazel_builds_are_served_from_the_remote_cache() {
         "NumFiles changed across a restart: {status}"
     );
     ws.expunge();
-    let restarted = ws.build_and_test(&server.http_url, "3-restarted");
-    assert_all_remote_hits("rebuild after server restart", &restarted, &cold);
+    let restarted = ws.build_and_test(&server.http_url, "http-3-restarted", &[]);
+    assert_all_remote_hits("http: rebuild after server restart", &restarted, &cold);
     check_outputs(&ws);
 
     ws.expunge();
     drop(server);
     drop(dir);
+}
+
+#[test]
+fn bazel_builds_over_grpc_are_served_from_the_remote_cache() {
+    require_bazel();
+    let server = Server::start(&["--grpc_address", "127.0.0.1:0"]);
+    let grpc_url = server
+        .grpc_url()
+        .expect("the server printed no `build --remote_cache=grpc://...` line");
+    let ws = Workspace::new();
+
+    // 1. + 2. over gRPC.
+    let Baseline { cold, .. } = cold_then_all_hits(&server, &ws, &grpc_url, "grpc");
+
+    // 3. The HTTP port serves what Bazel uploaded over gRPC: the 5 MiB
+    //    output (more than a gRPC batch carries, so it went through
+    //    ByteStream) and a small one.
+    assert_http_serves_blob(&server, "big.txt", &expected_big());
+    assert_http_serves_blob(&server, "hello_out.txt", b"Hello, bazel-cache!\n5050\n");
+
+    // 4. Builds without the bytes: metadata only, outputs stay remote.
+    ws.expunge();
+    let minimal = ws.build_and_test(&grpc_url, "grpc-3-minimal", &["--remote_download_minimal"]);
+    assert_all_remote_hits(
+        "grpc: rebuild with --remote_download_minimal",
+        &minimal,
+        &cold,
+    );
+    let big = ws.bin("big.txt");
+    assert!(
+        !big.exists(),
+        "grpc: --remote_download_minimal downloaded {} anyway: is the flag in effect?",
+        big.display()
+    );
+
+    // 5. The same server over HTTP: the action-cache entries and blobs
+    //    written over gRPC serve an HTTP build, all hits, intact outputs.
+    ws.expunge();
+    let http = ws.build_and_test(&server.http_url, "grpc-4-http", &[]);
+    assert_all_remote_hits("grpc: HTTP rebuild after the gRPC builds", &http, &cold);
+    check_outputs(&ws);
+
+    ws.expunge();
 }
 
 #[test]
@@ -496,4 +672,45 @@ fn process_stats_parsing() {
     assert_eq!((s.total, s.executed()), (0, 0));
     let s = parse("INFO: 1 process: 1 internal.");
     assert_eq!((s.total, s.executed()), (1, 0));
+}
+
+#[test]
+fn remote_cache_error_summary() {
+    fn errors(stderr: &str) -> Vec<String> {
+        remote_cache_errors(&RunOutput {
+            status: std::process::ExitStatus::default(),
+            stdout: String::new(),
+            stderr: stderr.to_string(),
+            elapsed: Duration::ZERO,
+        })
+    }
+    // What Bazel 4.2.3 printed against a server without ByteStream.
+    let trace = "WARNING: Writing to Remote Cache:\n\
+        com.google.devtools.build.lib.remote.BulkTransferException: 3 errors during bulk transfer\n\
+        \tat com.google.devtools.build.lib.remote.RemoteCache.waitForBulkTransfer(RemoteCache.java:291)\n\
+        Caused by: java.io.IOException: io.grpc.StatusRuntimeException: UNIMPLEMENTED: soon\n\
+        \tat com.google.devtools.build.lib.remote.ByteStreamUploader.lambda(ByteStreamUploader.java:1)\n\
+        \tCaused by: io.grpc.StatusRuntimeException: UNIMPLEMENTED: soon\n\
+        \t\tat io.grpc.Status.asRuntimeException(Status.java:526)\n";
+    let out = format!(
+        "INFO: Analyzed 7 targets (18 packages loaded, 105 targets configured).\n{trace}\
+         [3 / 20] Executing genrule //:big\n{trace}\
+         INFO: 28 processes: 12 internal, 16 linux-sandbox.\n\
+         Caused by: something unrelated after the report\n"
+    );
+    assert_eq!(
+        errors(&out),
+        [
+            "WARNING: Writing to Remote Cache: com.google.devtools.build.lib.remote.BulkTransferException: 3 errors during bulk transfer  [2 times]",
+            "Caused by: java.io.IOException: io.grpc.StatusRuntimeException: UNIMPLEMENTED: soon  [2 times]",
+            "Caused by: io.grpc.StatusRuntimeException: UNIMPLEMENTED: soon  [2 times]",
+        ]
+    );
+    assert_eq!(
+        errors("WARNING: Remote Cache: UNAVAILABLE: io exception\n[1 / 2] x\n"),
+        ["WARNING: Remote Cache: UNAVAILABLE: io exception"]
+    );
+    // A clean build, and warnings that have nothing to do with the cache.
+    assert!(errors("INFO: Build completed successfully, 28 total actions\n").is_empty());
+    assert!(errors("WARNING: some/BUILD:1:1: target is deprecated\n").is_empty());
 }
