@@ -79,6 +79,9 @@ pub async fn serve(
     }
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        // Large blobs stream over one HTTP/2 stream: let flow-control windows
+        // grow with the bandwidth-delay product instead of 64 KiB defaults.
+        .http2_adaptive_window(Some(true))
         .add_service(health)
         .add_service(capabilities::service(state.clone()))
         .add_service(action_cache::service(state.clone()))
