@@ -106,24 +106,14 @@ pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
     digests.filter_map(|d| parse_digest(d).ok()).collect()
 }
 
-/// Whether the store holds a blob of exactly this digest.
-async fn present(store: &dyn Store, d: &Digest) -> Result<bool, StoreError> {
-    Ok(store.contains(&BlobKey::cas(d.hash)).await? == Some(d.size))
-}
-
 /// Every blob the ActionResult needs that the CAS lacks: its direct
 /// references and, for output directories, every file inside their Trees.
-/// A Tree that is present but does not decode counts as missing.
-pub async fn missing_blobs(
-    store: &dyn Store,
-    ar: &ActionResult,
-) -> Result<Vec<Digest>, StoreError> {
-    let mut missing = Vec::new();
-    for d in referenced_blobs(ar) {
-        if !present(store, &d).await? {
-            missing.push(d);
-        }
-    }
+/// A Tree that is present but does not decode counts as missing. Presence is
+/// asked in batches (`find_missing`), so a proxy backend can answer with
+/// metadata requests instead of downloads.
+pub async fn missing_blobs(store: &dyn Store, ar: &ActionResult) -> Result<Vec<Digest>, StoreError> {
+    let mut missing = store.find_missing(&referenced_blobs(ar)).await?;
+    let mut tree_files = Vec::new();
     for dir in &ar.output_directories {
         let Some(tree_digest) = dir.tree_digest.as_ref().and_then(|d| parse_digest(d).ok()) else {
             continue;
@@ -141,18 +131,14 @@ pub async fn missing_blobs(
             missing.push(tree_digest);
             continue;
         };
-        let files = tree
-            .root
-            .iter()
-            .chain(&tree.children)
-            .flat_map(|d| &d.files);
-        for d in files
-            .filter_map(|f| f.digest.as_ref())
-            .filter_map(|d| parse_digest(d).ok())
-        {
-            if !missing.contains(&d) && !present(store, &d).await? {
-                missing.push(d);
-            }
+        let files = tree.root.iter().chain(&tree.children).flat_map(|d| &d.files);
+        tree_files.extend(files.filter_map(|f| f.digest.as_ref()).filter_map(|d| parse_digest(d).ok()));
+    }
+    tree_files.sort_by_key(|d| (d.hash, d.size));
+    tree_files.dedup();
+    for d in store.find_missing(&tree_files).await? {
+        if !missing.contains(&d) {
+            missing.push(d);
         }
     }
     Ok(missing)

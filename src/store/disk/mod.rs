@@ -228,6 +228,26 @@ impl DiskStore {
         self.reader.lru_order()
     }
 
+    /// Opens a blob's file for a backend upload: the open file stays
+    /// readable even if the entry is evicted meanwhile. Returns the file,
+    /// how it is encoded and the blob's logical size.
+    pub fn open_blob(&self, key: &BlobKey) -> Result<Option<(std::fs::File, Encoding, u64)>, StoreError> {
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        match std::fs::File::open(self.layout.blob_path(key, entry.encoding)) {
+            Ok(f) => Ok(Some((f, entry.encoding, entry.size))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A path for a scratch file on the store's file system (backend
+    /// uploads spool re-encoded blobs there); removed at the next start.
+    pub fn scratch_path(&self) -> PathBuf {
+        self.layout.tmp_path()
+    }
+
     /// The file holding a blob, if indexed (tests and diagnostics).
     pub fn blob_path(&self, key: &BlobKey) -> Result<Option<PathBuf>, StoreError> {
         Ok(self
