@@ -518,3 +518,5 @@ pub fn parse_tab_counters(text: &str) -> HashMap<String, u64> {
         })
         .collect()
 }
+
+pub mod s3;

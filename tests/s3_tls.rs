@@ -1,0 +1,197 @@
+//! The S3 client over https: s3s-fs behind a TLS-terminating proxy whose
+//! certificate is signed by a throw-away CA, trusted through `SSL_CERT_FILE`
+//! (how operators add a private CA). Its own test binary, with a single
+//! test, because it sets an environment variable.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+use bazel_cache::store::s3::client::{S3Client, S3Error};
+use common::s3::S3Server;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::AsyncReadExt;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run openssl (the openssl package is a dependency of ca-certificates)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA (`name`.pem) and, when `leaf`, a server certificate for 127.0.0.1
+/// signed by it (`name`-server.pem / `name`-server.key).
+fn make_ca(dir: &Path, name: &str, leaf: bool) {
+    let ca_key = format!("{name}.key");
+    let ca_pem = format!("{name}.pem");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &ca_key,
+            "-out",
+            &ca_pem,
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+    if !leaf {
+        return;
+    }
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    let key = format!("{name}-server.key");
+    let csr = format!("{name}-server.csr");
+    let pem = format!("{name}-server.pem");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            "/CN=localhost",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+/// Terminates TLS on a local port and forwards the bytes to `upstream`.
+async fn tls_proxy(dir: &Path, upstream: String) -> SocketAddr {
+    let certs = CertificateDer::pem_file_iter(dir.join("test-ca-server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(dir.join("test-ca-server.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut up) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut tls, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+#[test]
+fn https_with_a_private_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    make_ca(dir.path(), "test-ca", true);
+    make_ca(dir.path(), "other-ca", false);
+    let s3 = S3Server::start();
+
+    // Clients load the CA store when built: build them all before any other
+    // thread exists, so setting the variable races with nothing.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let proxy = rt.block_on(tls_proxy(dir.path(), s3.endpoint.clone()));
+    let mut cfg = s3.config();
+    cfg.endpoint = proxy.to_string();
+    cfg.disable_ssl = false;
+    // SAFETY: single-threaded at this point (the runtime is current-thread
+    // and idle; this binary has one test).
+    unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("test-ca.pem")) };
+    let trusting = S3Client::new(&cfg).unwrap();
+    unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("other-ca.pem")) };
+    let distrusting = S3Client::new(&cfg).unwrap();
+    unsafe { std::env::remove_var("SSL_CERT_FILE") };
+    assert!(trusting.base_url().starts_with("https://127.0.0.1:"));
+
+    rt.block_on(async {
+        let data = b"over tls".repeat(10_000);
+        let mut tmp = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut tmp, &data).unwrap();
+        let file = Arc::new(tmp.reopen().unwrap());
+        trusting
+            .put_file("p/tls", file, data.len() as u64)
+            .await
+            .unwrap();
+        assert_eq!(
+            trusting.head("p/tls").await.unwrap(),
+            Some(data.len() as u64)
+        );
+        let mut out = Vec::new();
+        let obj = trusting.get("p/tls").await.unwrap().unwrap();
+        let mut body = obj.body;
+        body.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, data);
+        trusting.touch("p/tls").await.unwrap();
+
+        let err = distrusting.head("p/tls").await.unwrap_err();
+        assert!(matches!(err, S3Error::Connection { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("certificate"),
+            "not a certificate error: {err}"
+        );
+    });
+}
