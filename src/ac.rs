@@ -111,7 +111,10 @@ pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
 /// A Tree that is present but does not decode counts as missing. Presence is
 /// asked in batches (`find_missing`), so a proxy backend can answer with
 /// metadata requests instead of downloads.
-pub async fn missing_blobs(store: &dyn Store, ar: &ActionResult) -> Result<Vec<Digest>, StoreError> {
+pub async fn missing_blobs(
+    store: &dyn Store,
+    ar: &ActionResult,
+) -> Result<Vec<Digest>, StoreError> {
     let mut missing = store.find_missing(&referenced_blobs(ar)).await?;
     let mut tree_files = Vec::new();
     for dir in &ar.output_directories {
@@ -131,8 +134,16 @@ pub async fn missing_blobs(store: &dyn Store, ar: &ActionResult) -> Result<Vec<D
             missing.push(tree_digest);
             continue;
         };
-        let files = tree.root.iter().chain(&tree.children).flat_map(|d| &d.files);
-        tree_files.extend(files.filter_map(|f| f.digest.as_ref()).filter_map(|d| parse_digest(d).ok()));
+        let files = tree
+            .root
+            .iter()
+            .chain(&tree.children)
+            .flat_map(|d| &d.files);
+        tree_files.extend(
+            files
+                .filter_map(|f| f.digest.as_ref())
+                .filter_map(|d| parse_digest(d).ok()),
+        );
     }
     tree_files.sort_by_key(|d| (d.hash, d.size));
     tree_files.dedup();

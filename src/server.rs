@@ -14,6 +14,7 @@ use crate::grpc::{self, GrpcOptions, GrpcState};
 use crate::http::{self, HttpOptions, HttpState};
 use crate::listen::{self, Listener};
 use crate::store::disk::{DiskConfig, DiskStore};
+use crate::store::s3::{ProxyConfig, S3Client, S3ProxyStore};
 use crate::store::{Encoding, Store, StoreError, unix_now};
 
 /// How long requests in flight may take to finish after a shutdown signal.
@@ -29,6 +30,8 @@ pub enum ServerError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("s3_proxy: {0}")]
+    S3(String),
     #[error("{key}: {what} is not implemented yet; refusing to start rather than serve without it")]
     Unsupported {
         key: &'static str,
@@ -54,20 +57,14 @@ fn refuse_unimplemented(config: &Config) -> Result<(), ServerError> {
     Ok(())
 }
 
-/// Settings accepted now and served by later work; the cache still works
-/// without them, so they are logged, not fatal.
-fn warn_unserved(config: &Config) {
-    if config.s3_proxy.is_some() {
-        tracing::warn!(
-            "s3_proxy is configured but the S3 backend is not implemented yet: serving from the local disk only"
-        );
-    }
-}
-
 /// A server whose store is open and whose listeners are bound, not yet serving.
 pub struct Server {
     config: Config,
     store: Arc<DiskStore>,
+    /// What the front ends talk to: the disk store, or the S3 proxy over it.
+    front: Arc<dyn Store>,
+    /// The S3 proxy, when configured (its counters feed `/status`).
+    s3: Option<Arc<S3ProxyStore>>,
     http: Listener,
     grpc: Option<Listener>,
 }
@@ -75,7 +72,6 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
         refuse_unimplemented(&config)?;
-        warn_unserved(&config);
         let disk = DiskConfig {
             dir: config.dir.clone(),
             max_size_bytes: config.max_size_bytes,
@@ -110,9 +106,37 @@ impl Server {
             Some(addr) => Some(bind("grpc_address", addr).await?),
             None => None,
         };
+        let store = Arc::new(store);
+        let s3 = match &config.s3_proxy {
+            Some(s3cfg) => {
+                let client = S3Client::new(s3cfg).map_err(|e| ServerError::S3(e.to_string()))?;
+                let proxy = ProxyConfig {
+                    prefix: s3cfg.prefix.clone(),
+                    casblob: config.storage_mode == StorageMode::Zstd,
+                    update_timestamps: s3cfg.update_timestamps,
+                    num_uploaders: config.num_uploaders,
+                    max_queued_uploads: config.max_queued_uploads,
+                    max_proxy_blob_size: config.max_proxy_blob_size,
+                };
+                let started = S3ProxyStore::start(store.clone(), client, proxy, &config.dir)
+                    .map_err(|source| ServerError::Store {
+                        dir: config.dir.display().to_string(),
+                        source,
+                    })?;
+                tracing::info!(endpoint = %s3cfg.endpoint, bucket = %s3cfg.bucket, prefix = %s3cfg.prefix, "S3 proxy enabled");
+                Some(started)
+            }
+            None => None,
+        };
+        let front: Arc<dyn Store> = match &s3 {
+            Some(proxy) => proxy.clone(),
+            None => store.clone(),
+        };
         Ok(Server {
             config,
-            store: Arc::new(store),
+            store,
+            front,
+            s3,
             http,
             grpc,
         })
@@ -146,7 +170,7 @@ impl Server {
         let last_request = Arc::new(AtomicU64::new(unix_now()));
         let touched = last_request.clone();
         let state = Arc::new(HttpState {
-            store: self.store.clone() as Arc<dyn Store>,
+            store: self.front.clone(),
             options: HttpOptions {
                 validate_ac: !self.config.disable_http_ac_validation,
                 mangle_ac_keys: self.config.enable_ac_key_instance_mangling,
@@ -158,10 +182,14 @@ impl Server {
                     .unwrap_or(HttpOptions::default().header_read_timeout),
             },
             on_request: Box::new(move || touched.store(unix_now(), Ordering::Relaxed)),
+            backend_status: self.s3.clone().map(|proxy| {
+                Box::new(move || proxy.status_json())
+                    as Box<dyn Fn() -> serde_json::Value + Send + Sync>
+            }),
         });
         let grpc_touched = last_request.clone();
         let grpc_state = Arc::new(GrpcState {
-            store: self.store.clone() as Arc<dyn Store>,
+            store: self.front.clone(),
             options: GrpcOptions {
                 mangle_ac_keys: self.config.enable_ac_key_instance_mangling,
                 check_ac_deps: !self.config.disable_grpc_ac_deps_check,
@@ -192,6 +220,9 @@ impl Server {
         if let Some(grpc) = grpc {
             let _ = tokio::time::timeout(DRAIN, grpc).await;
         }
+        // The proxy holds the disk store; let it go so the store can close.
+        drop(self.front);
+        drop(self.s3);
         close_when_released(self.store).await;
     }
 }

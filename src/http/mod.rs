@@ -58,6 +58,8 @@ pub struct HttpState {
     pub options: HttpOptions,
     /// Called at the start of every request (idle-timeout bookkeeping).
     pub on_request: Box<dyn Fn() + Send + Sync>,
+    /// Extra `/status` fields from a proxy backend (upload queue, S3 counters).
+    pub backend_status: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests
@@ -160,6 +162,10 @@ fn status(state: &HttpState) -> Response<Body> {
         "NumGoroutines": tokio::runtime::Handle::current().metrics().num_alive_tasks(),
         "Version": env!("CARGO_PKG_VERSION"),
     });
+    let mut body = body;
+    if let Some(extra) = &state.backend_status {
+        body["Backend"] = extra();
+    }
     let mut text = serde_json::to_vec_pretty(&body).expect("status JSON");
     text.push(b'\n');
     Response::builder()

@@ -5,6 +5,7 @@
 //! a proxy backend (S3) can wrap the disk store behind the same trait.
 
 pub mod disk;
+pub mod s3;
 
 use std::io;
 use std::pin::Pin;

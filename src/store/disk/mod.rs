@@ -228,10 +228,70 @@ impl DiskStore {
         self.reader.lru_order()
     }
 
+    /// [`Store::put`], telling whether bytes were written or an identical
+    /// CAS blob was already there (a proxy then has nothing new to upload).
+    pub async fn put_blob(&self, req: PutRequest) -> Result<Written, StoreError> {
+        if let Some(size) = req.size {
+            if size > self.cfg.max_blob_size {
+                return Err(StoreError::TooLarge {
+                    size,
+                    limit: self.cfg.max_blob_size,
+                });
+            }
+            if size > self.cfg.max_size_bytes {
+                return Err(StoreError::InsufficientStorage {
+                    size,
+                    capacity: self.cfg.max_size_bytes,
+                });
+            }
+        }
+        let key = req.key;
+        if key.kind == Kind::Cas && key.hash != EMPTY_SHA256 && self.reader.get(&key)?.is_some() {
+            // Already stored (clients re-upload what others built): verify the
+            // bytes, so a bad upload still gets its error, but write nothing.
+            self.write_temp(None, req).await?;
+            if let Some(entry) = self.reader.get(&key)? {
+                self.note_use(&key, &entry);
+            }
+            return Ok(Written::AlreadyPresent);
+        }
+        let reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
+        // Removed on every early return, and if this future is dropped.
+        let tmp = TempFile {
+            path: self.layout.tmp_path(),
+            armed: true,
+        };
+        let (size, stored, encoding) = self.write_temp(Some(&tmp.path), req).await?;
+        if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
+            // Verified empty; the empty blob always exists without a file.
+            return Ok(Written::AlreadyPresent);
+        }
+        let (done, wait) = oneshot::channel();
+        let insert = Insert {
+            key,
+            from: tmp.path.clone(),
+            size,
+            stored,
+            encoding,
+            adopt: false,
+            // The writer releases it when it counts the blob as stored.
+            reservation: Some(reservation),
+        };
+        if self.tx.send(Op::Insert(insert, done)).await.is_err() {
+            return Err(StoreError::Closed);
+        }
+        tmp.hand_over();
+        wait.await.map_err(|_| StoreError::Closed)??;
+        Ok(Written::Stored)
+    }
+
     /// Opens a blob's file for a backend upload: the open file stays
     /// readable even if the entry is evicted meanwhile. Returns the file,
     /// how it is encoded and the blob's logical size.
-    pub fn open_blob(&self, key: &BlobKey) -> Result<Option<(std::fs::File, Encoding, u64)>, StoreError> {
+    pub fn open_blob(
+        &self,
+        key: &BlobKey,
+    ) -> Result<Option<(std::fs::File, Encoding, u64)>, StoreError> {
         let Some(entry) = self.reader.get(key)? else {
             return Ok(None);
         };
@@ -364,6 +424,14 @@ impl DiskStore {
         }
         Ok((logical, stored, stored_encoding))
     }
+}
+
+/// What a successful put did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Stored,
+    /// An identical CAS blob (or the empty blob) was already there.
+    AlreadyPresent,
 }
 
 /// Where a write's bytes go: the temp file, through a zstd encoder or not,
@@ -519,57 +587,7 @@ impl Store for DiskStore {
     }
 
     async fn put(&self, req: PutRequest) -> Result<(), StoreError> {
-        if let Some(size) = req.size {
-            if size > self.cfg.max_blob_size {
-                return Err(StoreError::TooLarge {
-                    size,
-                    limit: self.cfg.max_blob_size,
-                });
-            }
-            if size > self.cfg.max_size_bytes {
-                return Err(StoreError::InsufficientStorage {
-                    size,
-                    capacity: self.cfg.max_size_bytes,
-                });
-            }
-        }
-        let key = req.key;
-        if key.kind == Kind::Cas && key.hash != EMPTY_SHA256 && self.reader.get(&key)?.is_some() {
-            // Already stored (clients re-upload what others built): verify the
-            // bytes, so a bad upload still gets its error, but write nothing.
-            self.write_temp(None, req).await?;
-            if let Some(entry) = self.reader.get(&key)? {
-                self.note_use(&key, &entry);
-            }
-            return Ok(());
-        }
-        let reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
-        // Removed on every early return, and if this future is dropped.
-        let tmp = TempFile {
-            path: self.layout.tmp_path(),
-            armed: true,
-        };
-        let (size, stored, encoding) = self.write_temp(Some(&tmp.path), req).await?;
-        if key.kind == Kind::Cas && key.hash == EMPTY_SHA256 {
-            // Verified empty; the empty blob always exists without a file.
-            return Ok(());
-        }
-        let (done, wait) = oneshot::channel();
-        let insert = Insert {
-            key,
-            from: tmp.path.clone(),
-            size,
-            stored,
-            encoding,
-            adopt: false,
-            // The writer releases it when it counts the blob as stored.
-            reservation: Some(reservation),
-        };
-        if self.tx.send(Op::Insert(insert, done)).await.is_err() {
-            return Err(StoreError::Closed);
-        }
-        tmp.hand_over();
-        wait.await.map_err(|_| StoreError::Closed)?
+        self.put_blob(req).await.map(|_| ())
     }
 
     fn stats(&self) -> StoreStats {

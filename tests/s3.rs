@@ -1,0 +1,315 @@
+//! The S3 proxy against a real S3 server that checks SigV4 signatures
+//! (s3s-fs): two replicas sharing a bucket, bad credentials, crashes with
+//! uploads queued, an S3 outage, and corrupt objects.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use bazel_cache::digest::Hash;
+use common::Server;
+use common::s3::S3Server;
+
+fn s3_args(s3: &S3Server, secret: &str) -> Vec<String> {
+    [
+        "--s3.endpoint",
+        &s3.endpoint,
+        "--s3.bucket",
+        &s3.bucket,
+        "--s3.auth_method",
+        "access_key",
+        "--s3.access_key_id",
+        &s3.access_key,
+        "--s3.secret_access_key",
+        secret,
+        "--s3.disable_ssl",
+        "--s3.bucket_lookup_type",
+        "path",
+        "--num_uploaders",
+        "4",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start(
+    s3: &S3Server,
+    dir: Option<&std::path::Path>,
+    extra: &[&str],
+    secret: Option<&str>,
+) -> Server {
+    let mut args = s3_args(s3, secret.unwrap_or(&s3.secret_key));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    match dir {
+        Some(d) => Server::start_with_dir(d, &refs),
+        None => Server::start(&refs),
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
+    client()
+        .put(format!("{}{path}", s.http_url))
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
+    let r = client()
+        .get(format!("{}{path}", s.http_url))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+}
+
+async fn status(s: &Server) -> serde_json::Value {
+    let r = client()
+        .get(format!("{}/status", s.http_url))
+        .send()
+        .await
+        .unwrap();
+    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
+}
+
+/// Polls `/status` until `done` holds for its `Backend` section.
+async fn wait_backend(
+    s: &Server,
+    what: &str,
+    timeout: Duration,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = status(s).await;
+        if done(&st["Backend"]) {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; /status: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn blob(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    (0..len)
+        .map(|i| {
+            if i % 3 == 0 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+            }
+            (x >> (i % 3 * 8)) as u8 & 0x7f
+        })
+        .collect()
+}
+
+fn cas(data: &[u8]) -> String {
+    format!("/cas/{}", Hash::of(data))
+}
+
+/// The object s3s-fs keeps for a key, as a file under its root.
+fn object_file(s3: &S3Server, key: &str) -> std::path::PathBuf {
+    s3.root.path().join(&s3.bucket).join(key)
+}
+
+#[tokio::test]
+async fn two_replicas_share_blobs_through_the_bucket() {
+    let s3 = S3Server::start();
+    for mode in ["zstd", "uncompressed"] {
+        let a = start(
+            &s3,
+            None,
+            &["--storage_mode", mode, "--disable_http_ac_validation"],
+            None,
+        );
+        let small = blob(3000, 1 + mode.len() as u64);
+        let big = blob(3 << 20, 2 + mode.len() as u64);
+        let ac_key = format!("/ac/{}", Hash::of(mode.as_bytes()));
+        assert_eq!(put(&a, &cas(&small), &small).await, 200);
+        assert_eq!(put(&a, &cas(&big), &big).await, 200);
+        assert_eq!(put(&a, &ac_key, b"action result bytes").await, 200);
+        wait_backend(&a, "uploads", Duration::from_secs(30), |b| {
+            b["UploadsPending"] == 0 && b["UploadsDone"] == 3
+        })
+        .await;
+
+        // bazel-remote's key layout: cas.v2 in zstd mode, cas otherwise.
+        let dir = if mode == "zstd" { "cas.v2" } else { "cas" };
+        let h = Hash::of(&big).to_hex();
+        let object = object_file(&s3, &format!("{dir}/{}/{h}", &h[..2]));
+        assert!(object.exists(), "{mode}: {} missing", object.display());
+        if mode == "uncompressed" {
+            assert_eq!(std::fs::read(&object).unwrap(), big);
+        }
+
+        // A second replica with an empty disk reads everything through S3.
+        let b = start(
+            &s3,
+            None,
+            &["--storage_mode", mode, "--disable_http_ac_validation"],
+            None,
+        );
+        assert_eq!(get(&b, &cas(&big)).await, (200, big.clone()), "{mode}");
+        assert_eq!(get(&b, &cas(&small)).await, (200, small.clone()), "{mode}");
+        assert_eq!(
+            get(&b, &ac_key).await,
+            (200, b"action result bytes".to_vec()),
+            "{mode}"
+        );
+        let st = status(&b).await;
+        assert_eq!(
+            st["NumFiles"], 3,
+            "{mode}: read-through stores locally: {st}"
+        );
+        assert_eq!(
+            st["Backend"]["UploadsPending"], 0,
+            "read-through must not re-upload"
+        );
+        assert!(st["Backend"]["Hits"].as_u64().unwrap() >= 3);
+        // Misses stay misses.
+        assert_eq!(get(&b, &cas(b"never stored")).await.0, 404);
+    }
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_reported_clearly_and_not_retried_forever() {
+    let s3 = S3Server::start();
+    let wrong = "definitely-not-the-secret";
+    let s = start(&s3, None, &[], Some(wrong));
+    let data = blob(1000, 3);
+    // The write is acknowledged from local disk...
+    assert_eq!(put(&s, &cas(&data), &data).await, 200);
+    assert_eq!(get(&s, &cas(&data)).await, (200, data.clone()));
+    // ...the upload is refused by S3, counted, and given up after a few tries.
+    let st = wait_backend(&s, "abandoned upload", Duration::from_secs(30), |b| {
+        b["UploadsAbandoned"] == 1
+    })
+    .await;
+    assert_eq!(st["Backend"]["UploadsPending"], 0);
+    assert!(st["Backend"]["Errors"].as_u64().unwrap() >= 1);
+    let (_, stderr) = s.output();
+    assert!(
+        stderr.contains("SignatureDoesNotMatch")
+            || stderr.contains("InvalidAccessKeyId")
+            || stderr.contains("403"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(wrong), "the secret leaked into the log");
+    let reported = stderr.matches("S3 request failed").count();
+    assert!(
+        reported <= 2,
+        "a refused credential should be logged once, not per attempt:\n{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn acknowledged_uploads_survive_kill_9() {
+    let mut s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    s3.stop();
+    let blobs: Vec<Vec<u8>> = (0..20).map(|i| blob(2000 + i, 100 + i as u64)).collect();
+    {
+        let s = start(&s3, Some(dir.path()), &[], None);
+        for b in &blobs {
+            assert_eq!(put(&s, &cas(b), b).await, 200);
+        }
+        let st = status(&s).await;
+        assert_eq!(st["Backend"]["UploadsPending"], 20, "{st}");
+        // Dropping a Server sends SIGKILL: no shutdown of any kind.
+    }
+    s3.restart();
+    let s = start(&s3, Some(dir.path()), &[], None);
+    wait_backend(
+        &s,
+        "queued uploads after restart",
+        Duration::from_secs(60),
+        |b| b["UploadsPending"] == 0,
+    )
+    .await;
+    let fresh = start(&s3, None, &[], None);
+    for b in &blobs {
+        assert_eq!(get(&fresh, &cas(b)).await, (200, b.clone()));
+    }
+}
+
+#[tokio::test]
+async fn an_s3_outage_does_not_stop_the_cache_and_uploads_catch_up() {
+    let mut s3 = S3Server::start();
+    let s = start(&s3, None, &[], None);
+    let before = blob(5000, 7);
+    assert_eq!(put(&s, &cas(&before), &before).await, 200);
+    wait_backend(&s, "first upload", Duration::from_secs(30), |b| {
+        b["UploadsDone"] == 1
+    })
+    .await;
+
+    s3.stop();
+    let during: Vec<Vec<u8>> = (0..5).map(|i| blob(4000, 20 + i)).collect();
+    let started = Instant::now();
+    for b in &during {
+        assert_eq!(put(&s, &cas(b), b).await, 200);
+        assert_eq!(get(&s, &cas(b)).await, (200, b.clone()));
+    }
+    // A miss asks the dead backend, which must not hold the request long.
+    assert_eq!(get(&s, &cas(b"not anywhere")).await.0, 404);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "requests were held by the dead backend"
+    );
+
+    s3.restart();
+    wait_backend(
+        &s,
+        "uploads after the outage",
+        Duration::from_secs(90),
+        |b| b["UploadsPending"] == 0 && b["UploadsDone"] == 6,
+    )
+    .await;
+    let fresh = start(&s3, None, &[], None);
+    for b in &during {
+        assert_eq!(get(&fresh, &cas(b)).await, (200, b.clone()));
+    }
+}
+
+#[tokio::test]
+async fn a_corrupt_object_is_never_served_or_kept() {
+    let s3 = S3Server::start();
+    for mode in ["uncompressed", "zstd"] {
+        let a = start(&s3, None, &["--storage_mode", mode], None);
+        let data = blob(50_000, 30 + mode.len() as u64);
+        assert_eq!(put(&a, &cas(&data), &data).await, 200);
+        wait_backend(&a, "upload", Duration::from_secs(30), |b| {
+            b["UploadsDone"] == 1
+        })
+        .await;
+        let dir = if mode == "zstd" { "cas.v2" } else { "cas" };
+        let h = Hash::of(&data).to_hex();
+        let object = object_file(&s3, &format!("{dir}/{}/{h}", &h[..2]));
+        let mut bytes = std::fs::read(&object).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x55;
+        std::fs::write(&object, &bytes).unwrap();
+
+        let b = start(&s3, None, &["--storage_mode", mode], None);
+        assert_eq!(get(&b, &cas(&data)).await.0, 404, "{mode}");
+        let st = status(&b).await;
+        assert_eq!(st["NumFiles"], 0, "{mode}: {st}");
+        assert_eq!(st["Backend"]["CorruptObjects"], 1, "{mode}: {st}");
+    }
+}
