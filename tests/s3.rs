@@ -313,3 +313,157 @@ async fn a_corrupt_object_is_never_served_or_kept() {
         assert_eq!(st["Backend"]["CorruptObjects"], 1, "{mode}: {st}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_misses_fetch_once_and_hits_refresh_timestamps() {
+    let s3 = S3Server::start();
+    let a = start(&s3, None, &["--storage_mode", "uncompressed"], None);
+    let data = blob(200_000, 40);
+    assert_eq!(put(&a, &cas(&data), &data).await, 200);
+    wait_backend(&a, "upload", Duration::from_secs(30), |b| {
+        b["UploadsDone"] == 1
+    })
+    .await;
+    let h = Hash::of(&data).to_hex();
+    let object = object_file(&s3, &format!("cas/{}/{h}", &h[..2]));
+    let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(&object)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+
+    let b = start(
+        &s3,
+        None,
+        &["--storage_mode", "uncompressed", "--s3.update_timestamps"],
+        None,
+    );
+    let path = cas(&data);
+    let gets = (0..12).map(|_| get(&b, &path));
+    for (status, body) in futures_util::future::join_all(gets).await {
+        assert_eq!(status, 200);
+        assert_eq!(body, data);
+    }
+    let st = status(&b).await;
+    assert_eq!(
+        st["Backend"]["Hits"], 1,
+        "12 concurrent misses must share one download: {st}"
+    );
+    // update_timestamps: the hit refreshed the object's modification time.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&object).unwrap().modified().unwrap() <= old + Duration::from_secs(60) {
+        assert!(
+            Instant::now() < deadline,
+            "object timestamp was not refreshed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing in /status or the logs gives the credentials away.
+    assert!(!st.to_string().contains(&s3.secret_key));
+    let (out, err) = b.output();
+    assert!(!out.contains(&s3.secret_key) && !err.contains(&s3.secret_key));
+}
+
+#[tokio::test]
+async fn grpc_find_missing_sees_blobs_that_are_only_in_s3() {
+    use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+    let s3 = S3Server::start();
+    let a = start(&s3, None, &[], None);
+    let data = blob(10_000, 50);
+    assert_eq!(put(&a, &cas(&data), &data).await, 200);
+    wait_backend(&a, "upload", Duration::from_secs(30), |b| {
+        b["UploadsDone"] == 1
+    })
+    .await;
+
+    let b = start(&s3, None, &["--grpc_address", "127.0.0.1:0"], None);
+    let ch = tonic::transport::Channel::from_shared(b.grpc_endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut cas_client =
+        re::content_addressable_storage_client::ContentAddressableStorageClient::new(ch);
+    let present = re::Digest {
+        hash: Hash::of(&data).to_hex(),
+        size_bytes: data.len() as i64,
+    };
+    let absent = re::Digest {
+        hash: Hash::of(b"nowhere").to_hex(),
+        size_bytes: 7,
+    };
+    let missing = cas_client
+        .find_missing_blobs(re::FindMissingBlobsRequest {
+            blob_digests: vec![present, absent.clone()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .missing_blob_digests;
+    assert_eq!(missing, vec![absent]);
+    // HEAD only: nothing was downloaded into B's disk.
+    assert_eq!(status(&b).await["NumFiles"], 0);
+}
+
+/// The design document's Deployment: a ConfigMap-rendered config file plus
+/// S3 credentials only in BAZEL_REMOTE_S3_* environment variables.
+#[tokio::test]
+async fn the_design_deployment_gets_its_credentials_from_the_environment() {
+    use std::io::{BufRead, BufReader};
+    let s3 = S3Server::start();
+    let dir = tempfile::tempdir().unwrap();
+    let design = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/design-configmap.yaml"
+    ))
+    .unwrap();
+    let config = design
+        .replace("minio.attic-cache.svc.cluster.local:9000", &s3.endpoint)
+        .replace("\"bazel-cache\"", &format!("\"{}\"", s3.bucket))
+        .replace(
+            "\"/data\"",
+            &format!("\"{}\"", dir.path().join("data").display()),
+        )
+        .replace("\"0.0.0.0:8080\"", "\"127.0.0.1:0\"")
+        .replace("\"grpc_port\": 9092", "\"grpc_port\": 0");
+    assert_ne!(config, design);
+    let file = dir.path().join("config.yaml");
+    std::fs::write(&file, config).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_bazel-cache"))
+        .arg(format!("--config_file={}", file.display()))
+        .env("BAZEL_REMOTE_S3_ACCESS_KEY_ID", &s3.access_key)
+        .env("BAZEL_REMOTE_S3_SECRET_ACCESS_KEY", &s3.secret_key)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let url = stdout
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("build --remote_cache=").map(str::to_string))
+        .expect("server printed no .bazelrc line");
+    let data = blob(8000, 60);
+    let r = client()
+        .put(format!("{url}{}", cas(&data)))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h = Hash::of(&data).to_hex();
+    let object = object_file(&s3, &format!("cas.v2/{}/{h}", &h[..2]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !object.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "upload with env credentials never reached S3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
