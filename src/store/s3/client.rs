@@ -1180,7 +1180,13 @@ impl S3Client {
                 error_chain(&err)
             )
         } else {
-            error_chain(&err)
+            // A pooled connection that broke (e.g. the server restarted):
+            // still name the endpoint, so an operator sees which one.
+            format!(
+                "talking to {}: {}",
+                self.inner.addr.host(),
+                error_chain(&err)
+            )
         };
         S3Error::Connection {
             op: op.label(),
