@@ -3,7 +3,8 @@
 //!
 //! Run: `cargo bench --bench http_throughput`
 //! Knobs (env): BENCH_SECONDS (default 5 per phase), BENCH_CONCURRENCY (16),
-//! BENCH_FSYNC (true), BENCH_STORAGE_MODE (zstd).
+//! BENCH_FSYNC (true), BENCH_STORAGE_MODE (zstd), BENCH_ENDPOINT_METRICS
+//! (false; `true` serves with `--enable_endpoint_metrics`).
 //!
 //! Prints one line per phase: requests/s, MiB/s and p50/p99 latency.
 
@@ -121,6 +122,7 @@ async fn main() {
     let concurrency: usize = env_or("BENCH_CONCURRENCY", "16").parse().unwrap();
     let fsync = env_or("BENCH_FSYNC", "true");
     let mode = env_or("BENCH_STORAGE_MODE", "zstd");
+    let endpoint_metrics = env_or("BENCH_ENDPOINT_METRICS", "false");
     let dir = tempfile::tempdir().unwrap();
     let args = [
         "bazel-cache",
@@ -137,6 +139,7 @@ async fn main() {
         &format!("--fsync={fsync}"),
         "--storage_mode",
         &mode,
+        &format!("--enable_endpoint_metrics={endpoint_metrics}"),
     ];
     let cfg = config::from_args_and_env(args, &|_| None)
         .expect("bench config")
@@ -149,7 +152,7 @@ async fn main() {
     }));
 
     println!(
-        "bazel-cache HTTP benchmark: {concurrency} connections, {seconds} s per phase, fsync={fsync}, storage_mode={mode}, {} cores",
+        "bazel-cache HTTP benchmark: {concurrency} connections, {seconds} s per phase, fsync={fsync}, storage_mode={mode}, endpoint_metrics={endpoint_metrics}, {} cores",
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)

@@ -7,5 +7,6 @@ pub mod digest;
 pub mod grpc;
 pub mod http;
 pub mod listen;
+pub mod metrics;
 pub mod server;
 pub mod store;

@@ -13,6 +13,7 @@ use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode};
 use crate::grpc::{self, GrpcOptions, GrpcState};
 use crate::http::{self, HttpOptions, HttpState};
 use crate::listen::{self, Listener};
+use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use crate::store::disk::{DiskConfig, DiskStore};
 use crate::store::s3::{ProxyConfig, S3Client, S3ProxyStore};
 use crate::store::{Encoding, Store, StoreError, unix_now};
@@ -167,6 +168,15 @@ impl Server {
 
     /// Serves until `shutdown` resolves or the idle timeout passes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let metrics = Arc::new(Metrics::new(
+            &MetricsOptions::from_config(&self.config),
+            &self.store,
+            self.s3.as_ref(),
+        ));
+        tracing::info!(
+            endpoint_metrics = self.config.enable_endpoint_metrics,
+            "Prometheus metrics on /metrics"
+        );
         let last_request = Arc::new(AtomicU64::new(unix_now()));
         let touched = last_request.clone();
         let state = Arc::new(HttpState {
@@ -186,10 +196,19 @@ impl Server {
                 Box::new(move || proxy.status_json())
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>
             }),
+            metrics: metrics.clone(),
         });
         let grpc_touched = last_request.clone();
+        // With endpoint metrics the gRPC services count their lookups
+        // through this store (HTTP counts in its request wrapper).
+        let grpc_store: Arc<dyn Store> = match metrics.lookups() {
+            Some(lookups) => Arc::new(CountingStore::new(self.front.clone(), lookups)),
+            None => self.front.clone(),
+        };
+        let grpc_metrics = metrics.grpc();
+        drop(metrics);
         let grpc_state = Arc::new(GrpcState {
-            store: self.front.clone(),
+            store: grpc_store,
             options: GrpcOptions {
                 mangle_ac_keys: self.config.enable_ac_key_instance_mangling,
                 check_ac_deps: !self.config.disable_grpc_ac_deps_check,
@@ -210,7 +229,7 @@ impl Server {
         let grpc = self.grpc.map(|listener| {
             let stop = stopping.clone().cancelled_owned();
             tokio::spawn(async move {
-                if let Err(e) = grpc::serve(listener, grpc_state, stop).await {
+                if let Err(e) = grpc::serve(listener, grpc_state, grpc_metrics, stop).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             })

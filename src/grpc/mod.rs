@@ -18,6 +18,7 @@ use tonic::{Code, Status};
 
 use crate::digest::{Digest, Hash, mangle_ac_key};
 use crate::listen::Listener;
+use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
 use crate::store::{Store, StoreError};
 
 /// `max_batch_total_size_bytes` announced in Capabilities: the most blob
@@ -59,10 +60,12 @@ pub struct GrpcState {
     pub on_request: Box<dyn Fn() + Send + Sync>,
 }
 
-/// Serves the gRPC services until `shutdown` resolves.
+/// Serves the gRPC services until `shutdown` resolves. With `metrics`
+/// (endpoint metrics), every call is counted and timed (`grpc_server_*`).
 pub async fn serve(
     listener: Listener,
     state: Arc<GrpcState>,
+    metrics: Option<Arc<GrpcMetrics>>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<(), tonic::transport::Error> {
     let (health_reporter, health) = tonic_health::server::health_reporter();
@@ -82,6 +85,7 @@ pub async fn serve(
         // Large blobs stream over one HTTP/2 stream: let flow-control windows
         // grow with the bandwidth-delay product instead of 64 KiB defaults.
         .http2_adaptive_window(Some(true))
+        .layer(GrpcMetricsLayer::new(metrics))
         .add_service(health)
         .add_service(capabilities::service(state.clone()))
         .add_service(action_cache::service(state.clone()))

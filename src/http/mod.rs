@@ -1,5 +1,5 @@
-//! The HTTP front end: bazel-remote's HTTP cache protocol (`/ac/`, `/cas/`)
-//! and `/status`, on hyper with HTTP/1.1 keep-alive and HTTP/2 (h2c).
+//! The HTTP front end: bazel-remote's HTTP cache protocol (`/ac/`, `/cas/`),
+//! `/status` and `/metrics`, on hyper with HTTP/1.1 keep-alive and HTTP/2 (h2c).
 //!
 //! Handlers translate requests into [`Store`] calls and store errors into
 //! status codes; no storage logic lives here.
@@ -22,6 +22,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 
 use crate::listen::Listener;
+use crate::metrics::{self, Endpoint, Metrics};
 use crate::store::Store;
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
@@ -60,6 +61,8 @@ pub struct HttpState {
     pub on_request: Box<dyn Fn() + Send + Sync>,
     /// Extra `/status` fields from a proxy backend (upload queue, S3 counters).
     pub backend_status: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
+    /// Every request is counted here; `/metrics` renders it.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests
@@ -120,7 +123,11 @@ async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Respon
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    let endpoint = Endpoint::of(&path);
     let resp = route(state, req).await;
+    let http_metrics = state.metrics.http();
+    http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
+    let timer = http_metrics.record(endpoint, &method, resp.status(), started);
     if state.options.access_log {
         let bytes = resp
             .headers()
@@ -133,13 +140,20 @@ async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Respon
             duration_ms = started.elapsed().as_secs_f64() * 1e3,
         );
     }
-    resp
+    match timer {
+        Some(timer) => resp.map(|body| timer.wrap(body).boxed_unsync()),
+        None => resp,
+    }
 }
 
 async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/status" => match *req.method() {
             Method::GET | Method::HEAD => status(state),
+            _ => method_not_allowed("GET, HEAD"),
+        },
+        "/metrics" => match *req.method() {
+            Method::GET | Method::HEAD => metrics_page(state).await,
             _ => method_not_allowed("GET, HEAD"),
         },
         _ => cache::handle(state, req).await,
@@ -170,6 +184,17 @@ fn status(state: &HttpState) -> Response<Body> {
     text.push(b'\n');
     Response::builder()
         .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, text.len())
+        .body(full(text))
+        .expect("static response")
+}
+
+/// Prometheus metrics (text format 0.0.4). Counters only, plus one bounded
+/// index read: it answers while the store is busy. Names no secret.
+async fn metrics_page(state: &HttpState) -> Response<Body> {
+    let text = state.metrics.render().await;
+    Response::builder()
+        .header(header::CONTENT_TYPE, metrics::CONTENT_TYPE)
         .header(header::CONTENT_LENGTH, text.len())
         .body(full(text))
         .expect("static response")

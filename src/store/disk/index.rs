@@ -127,6 +127,8 @@ pub struct SharedStats {
     pub entries: AtomicU64,
     pub reserved: AtomicU64,
     pub evicted: AtomicU64,
+    /// Entries removed by LRU eviction since start (metrics).
+    pub evictions: AtomicU64,
     pub overwritten: AtomicU64,
     pub max: AtomicU64,
 }
@@ -263,6 +265,22 @@ impl Reader {
             }
         }
         Ok(())
+    }
+
+    /// Last use (seconds since the Unix epoch) of the least recently used
+    /// entry, `None` when the index is empty. One snapshot, two lookups: the
+    /// head of the LRU table and its entry (for metrics scrapes).
+    pub fn lru_head_atime(&self) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.begin_read().map_err(index_err)?;
+        let lru = txn.open_table(LRU).map_err(index_err)?;
+        let Some((_, key)) = lru.first().map_err(index_err)? else {
+            return Ok(None);
+        };
+        let entries = txn.open_table(ENTRIES).map_err(index_err)?;
+        let found = entries.get(key.value()).map_err(index_err)?;
+        Ok(found
+            .and_then(|v| Entry::decode(v.value()))
+            .map(|e| e.atime))
     }
 
     /// Keys from least to most recently used (tests and diagnostics).
@@ -518,6 +536,7 @@ impl Writer {
         let mut unlink = Vec::new();
         let mut overwritten = 0u64;
         let mut evicted = 0u64;
+        let mut evictions = 0u64;
         let mut next_seq = self.next_seq;
         {
             let mut entries = txn.open_table(ENTRIES).map_err(index_err)?;
@@ -614,6 +633,7 @@ impl Writer {
                     debug_assert_eq!(old.seq, seq);
                     totals.remove(&old);
                     evicted += old.stored;
+                    evictions += 1;
                     unlink.push(self.layout.blob_path(&key, old.encoding));
                 }
             }
@@ -633,6 +653,7 @@ impl Writer {
             .overwritten
             .fetch_add(overwritten, Ordering::Relaxed);
         self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
+        self.stats.evictions.fetch_add(evictions, Ordering::Relaxed);
         Ok(CommitOutcome { unlink })
     }
 }

@@ -223,6 +223,18 @@ impl DiskStore {
         }
     }
 
+    /// Last use (seconds since the Unix epoch) of the least recently used
+    /// entry; `None` when empty. A read snapshot, no lock shared with the
+    /// writer (metrics: `longest_item_idle_time_seconds`).
+    pub fn oldest_access(&self) -> Result<Option<u64>, StoreError> {
+        self.reader.lru_head_atime()
+    }
+
+    /// Entries removed by LRU eviction since start (metrics).
+    pub fn evictions(&self) -> u64 {
+        self.stats.evictions.load(Ordering::Relaxed)
+    }
+
     /// Keys from least to most recently used (tests and diagnostics).
     pub fn lru_order(&self) -> Result<Vec<BlobKey>, StoreError> {
         self.reader.lru_order()

@@ -89,6 +89,7 @@ use tokio::io::{AsyncRead, ReadBuf};
 use tokio::task::JoinHandle;
 
 use crate::config::{BucketLookupType, S3AuthMethod, S3Config, S3SignatureType};
+use crate::metrics::AtomicHistogram;
 use crate::store::BlobReader;
 
 const MIB: u64 = 1024 * 1024;
@@ -316,6 +317,31 @@ enum Op {
 }
 
 impl Op {
+    const ALL: [Op; 8] = [
+        Op::Head,
+        Op::Get,
+        Op::Put,
+        Op::Copy,
+        Op::CreateMultipart,
+        Op::UploadPart,
+        Op::CompleteMultipart,
+        Op::AbortMultipart,
+    ];
+
+    /// The `operation` label of `bazel_remote_s3_request_duration_seconds`.
+    fn metric_label(self) -> &'static str {
+        match self {
+            Op::Head => "head",
+            Op::Get => "get",
+            Op::Put => "put",
+            Op::Copy => "copy",
+            Op::CreateMultipart => "create_multipart",
+            Op::UploadPart => "upload_part",
+            Op::CompleteMultipart => "complete_multipart",
+            Op::AbortMultipart => "abort_multipart",
+        }
+    }
+
     fn method(self) -> Method {
         match self {
             Op::Head => Method::HEAD,
@@ -561,6 +587,86 @@ impl Signer {
     }
 }
 
+/// Upper bounds (seconds) of the S3 request latency histogram: from a
+/// same-rack MinIO (milliseconds) to the 30 s request timeout.
+const LATENCY_BUCKETS: [f64; 13] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// Every request this client made, for metrics (read at scrape time): how
+/// it ended and how long it took, per operation.
+#[derive(Debug)]
+pub struct S3RequestStats {
+    /// Answered as expected.
+    pub ok: AtomicU64,
+    /// Answered 404 where that means "absent" (HEAD, GET: a cache miss).
+    pub not_found: AtomicU64,
+    /// Failed: connection, timeout, signing, any other error answer, or an
+    /// `<Error>` document in a 200 answer.
+    pub errors: AtomicU64,
+    /// Time to the answer (for uploads: sending the body, then the answer;
+    /// for GET: the response head, not the streamed body), per operation.
+    latency: Vec<AtomicHistogram>,
+}
+
+impl S3RequestStats {
+    fn new() -> Self {
+        S3RequestStats {
+            ok: AtomicU64::new(0),
+            not_found: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            latency: Op::ALL
+                .iter()
+                .map(|_| AtomicHistogram::new(&LATENCY_BUCKETS))
+                .collect(),
+        }
+    }
+
+    /// `(operation, histogram)` for each S3 operation.
+    pub fn latencies(&self) -> impl Iterator<Item = (&'static str, &AtomicHistogram)> {
+        Op::ALL
+            .iter()
+            .zip(&self.latency)
+            .map(|(op, h)| (op.metric_label(), h))
+    }
+
+    fn record(&self, op: Op, elapsed: Duration, outcome: Outcome) {
+        let counter = match outcome {
+            Outcome::Ok => &self.ok,
+            Outcome::NotFound => &self.not_found,
+            Outcome::Error => &self.errors,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let index = Op::ALL
+            .iter()
+            .position(|o| *o == op)
+            .expect("every Op is in ALL");
+        self.latency[index].observe(elapsed.as_secs_f64());
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Ok,
+    NotFound,
+    Error,
+}
+
+/// What an operation's successful result says: absent (404) or not.
+trait Found {
+    fn found(&self) -> bool {
+        true
+    }
+}
+
+impl Found for () {}
+impl Found for String {}
+impl<T> Found for Option<T> {
+    fn found(&self) -> bool {
+        self.is_some()
+    }
+}
+
 /// A cheap-to-clone S3 client for one bucket.
 #[derive(Clone)]
 pub struct S3Client {
@@ -572,6 +678,7 @@ struct Inner {
     addr: Addressing,
     signer: Signer,
     opts: S3ClientOptions,
+    stats: S3RequestStats,
 }
 
 impl fmt::Debug for S3Client {
@@ -661,12 +768,39 @@ impl S3Client {
                 addr,
                 signer,
                 opts,
+                stats: S3RequestStats::new(),
             }),
         })
     }
 
     pub fn options(&self) -> &S3ClientOptions {
         &self.inner.opts
+    }
+
+    /// Outcomes and latencies of every request so far (metrics).
+    pub fn request_stats(&self) -> &S3RequestStats {
+        &self.inner.stats
+    }
+
+    /// Runs one S3 request (`exchange`: build, send, read the answer) and
+    /// records its outcome and latency. Every operation below is exactly
+    /// one HTTP request and goes through here, so the metrics see each
+    /// request once, classified by what the operation made of the answer
+    /// (a 404 `NoSuchBucket` on GET is an error, a 404 on HEAD a miss).
+    async fn observed<T: Found>(
+        &self,
+        op: Op,
+        exchange: impl Future<Output = Result<T, S3Error>>,
+    ) -> Result<T, S3Error> {
+        let started = Instant::now();
+        let result = exchange.await;
+        let outcome = match &result {
+            Ok(v) if v.found() => Outcome::Ok,
+            Ok(_) => Outcome::NotFound,
+            Err(_) => Outcome::Error,
+        };
+        self.inner.stats.record(op, started.elapsed(), outcome);
+        result
     }
 
     /// `http(s)://host/[bucket]`, for logs.
@@ -682,6 +816,10 @@ impl S3Client {
     /// The object's size, or `None` if it doesn't exist (404). HEAD answers
     /// carry no error body, so a 404 for a missing bucket also reads as `None`.
     pub async fn head(&self, key: &str) -> Result<Option<u64>, S3Error> {
+        self.observed(Op::Head, self.head_exchange(key)).await
+    }
+
+    async fn head_exchange(&self, key: &str) -> Result<Option<u64>, S3Error> {
         let op = Op::Head;
         let req = self.request(
             op,
@@ -705,6 +843,10 @@ impl S3Client {
     /// (404 `NoSuchKey`; a 404 with another code, e.g. `NoSuchBucket`, is
     /// an error).
     pub async fn get(&self, key: &str) -> Result<Option<S3Object>, S3Error> {
+        self.observed(Op::Get, self.get_exchange(key)).await
+    }
+
+    async fn get_exchange(&self, key: &str) -> Result<Option<S3Object>, S3Error> {
         let op = Op::Get;
         let req = self.request(
             op,
@@ -760,6 +902,10 @@ impl S3Client {
     /// `x-amz-metadata-directive: REPLACE` (what bazel-remote's
     /// `update_timestamps` does). S3 can't copy objects over 5 GiB this way.
     pub async fn touch(&self, key: &str) -> Result<(), S3Error> {
+        self.observed(Op::Copy, self.touch_exchange(key)).await
+    }
+
+    async fn touch_exchange(&self, key: &str) -> Result<(), S3Error> {
         let op = Op::Copy;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -785,6 +931,16 @@ impl S3Client {
     }
 
     async fn put_single(&self, key: &str, file: Arc<File>, len: u64) -> Result<(), S3Error> {
+        self.observed(Op::Put, self.put_single_exchange(key, file, len))
+            .await
+    }
+
+    async fn put_single_exchange(
+        &self,
+        key: &str,
+        file: Arc<File>,
+        len: u64,
+    ) -> Result<(), S3Error> {
         let op = Op::Put;
         let progress = Arc::new(Progress::new());
         let body = FileBody::new(file, 0, len, progress.clone());
@@ -888,6 +1044,11 @@ impl S3Client {
     }
 
     async fn create_multipart(&self, key: &str) -> Result<String, S3Error> {
+        self.observed(Op::CreateMultipart, self.create_multipart_exchange(key))
+            .await
+    }
+
+    async fn create_multipart_exchange(&self, key: &str) -> Result<String, S3Error> {
         let op = Op::CreateMultipart;
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -924,6 +1085,22 @@ impl S3Client {
         offset: u64,
         size: u64,
     ) -> Result<String, S3Error> {
+        self.observed(
+            Op::UploadPart,
+            self.upload_part_exchange(key, upload_id, number, file, offset, size),
+        )
+        .await
+    }
+
+    async fn upload_part_exchange(
+        &self,
+        key: &str,
+        upload_id: &str,
+        number: u32,
+        file: Arc<File>,
+        offset: u64,
+        size: u64,
+    ) -> Result<String, S3Error> {
         let op = Op::UploadPart;
         let query = part_query(number, upload_id);
         let progress = Arc::new(Progress::new());
@@ -946,6 +1123,19 @@ impl S3Client {
     }
 
     async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(u32, String)],
+    ) -> Result<(), S3Error> {
+        self.observed(
+            Op::CompleteMultipart,
+            self.complete_multipart_exchange(key, upload_id, parts),
+        )
+        .await
+    }
+
+    async fn complete_multipart_exchange(
         &self,
         key: &str,
         upload_id: &str,
@@ -983,6 +1173,14 @@ impl S3Client {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
+        self.observed(
+            Op::AbortMultipart,
+            self.abort_multipart_exchange(key, upload_id),
+        )
+        .await
+    }
+
+    async fn abort_multipart_exchange(&self, key: &str, upload_id: &str) -> Result<(), S3Error> {
         let op = Op::AbortMultipart;
         let mut query = String::from("uploadId=");
         uri_encode(upload_id, false, &mut query);

@@ -13,6 +13,6 @@ mod keys;
 mod proxy;
 mod queue;
 
-pub use client::{S3Client, S3Error};
+pub use client::{S3Client, S3Error, S3RequestStats};
 pub use proxy::{ProxyConfig, S3ProxyStore, S3Stats};
 pub use queue::QueueStats;

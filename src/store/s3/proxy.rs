@@ -134,6 +134,16 @@ impl S3ProxyStore {
         &self.queue.stats
     }
 
+    /// Outcomes and latencies of the S3 requests made so far (metrics).
+    pub fn request_stats(&self) -> &super::client::S3RequestStats {
+        self.s3.request_stats()
+    }
+
+    /// `max_queued_uploads`: the queue length at which uploads are dropped.
+    pub fn max_queued_uploads(&self) -> usize {
+        self.cfg.max_queued_uploads
+    }
+
     /// Counters for `/status` (never credentials).
     pub fn status_json(&self) -> serde_json::Value {
         let q = &self.queue.stats;
