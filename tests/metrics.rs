@@ -625,14 +625,31 @@ async fn grpc_metrics_need_endpoint_metrics() {
 // ---------------------------------------------------------------------------
 
 /// The design document's PrometheusRule expressions (section 2.5,
-/// monitoring.tf: the `expr = "..."` lines), unescaped.
+/// monitoring.tf: the `expr = "..."` lines), unescaped. Read from the design
+/// document beside the repository (`../shared/design/`, as CI lays it out);
+/// `tests/fixtures/design-monitoring-tf.txt` is a copy of that section for
+/// checkouts without it, and must not drift from the original.
 fn design_alert_expressions() -> Vec<String> {
-    let path = concat!(
+    let design = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../shared/design/remote-cache-design.txt"
     );
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("reading the design document {path}: {e}"));
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/design-monitoring-tf.txt"
+    );
+    let copy = alert_expressions_in(&std::fs::read_to_string(fixture).expect("fixture"));
+    match std::fs::read_to_string(design) {
+        Ok(text) => {
+            let exprs = alert_expressions_in(&text);
+            assert_eq!(exprs, copy, "{fixture} differs from the design document");
+            exprs
+        }
+        Err(_) => copy,
+    }
+}
+
+fn alert_expressions_in(text: &str) -> Vec<String> {
     let section = text
         .split_once("2.5 Monitoring (monitoring.tf)")
         .expect("section 2.5 of the design document")
