@@ -560,6 +560,29 @@ impl Writer {
                 totals.remove(&old);
             }
 
+            // Touches first: they record reads that happened before the
+            // writes in this batch, and a new blob is the most recent use.
+            // (The other order could rank a just-written blob oldest and
+            // evict it at once when the cache is full.)
+            for key in touches {
+                let k = encode_key(key);
+                let Some(mut entry) = entries
+                    .get(k.as_slice())
+                    .map_err(index_err)?
+                    .and_then(|v| Entry::decode(v.value()))
+                else {
+                    continue;
+                };
+                lru.remove(entry.seq).map_err(index_err)?;
+                entry.seq = next_seq;
+                entry.atime = now;
+                next_seq += 1;
+                entries
+                    .insert(k.as_slice(), entry.encode().as_slice())
+                    .map_err(index_err)?;
+                lru.insert(entry.seq, k.as_slice()).map_err(index_err)?;
+            }
+
             for (ins, dest, _) in placed {
                 let k = encode_key(&ins.key);
                 let old = entries
@@ -591,25 +614,6 @@ impl Writer {
                     .map_err(index_err)?;
                 lru.insert(entry.seq, k.as_slice()).map_err(index_err)?;
                 totals.add(&entry);
-            }
-
-            for key in touches {
-                let k = encode_key(key);
-                let Some(mut entry) = entries
-                    .get(k.as_slice())
-                    .map_err(index_err)?
-                    .and_then(|v| Entry::decode(v.value()))
-                else {
-                    continue;
-                };
-                lru.remove(entry.seq).map_err(index_err)?;
-                entry.seq = next_seq;
-                entry.atime = now;
-                next_seq += 1;
-                entries
-                    .insert(k.as_slice(), entry.encode().as_slice())
-                    .map_err(index_err)?;
-                lru.insert(entry.seq, k.as_slice()).map_err(index_err)?;
             }
 
             // Evict least recently used entries until the store, including
