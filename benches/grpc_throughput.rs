@@ -15,6 +15,10 @@
 //! GB = 10^9 bytes), the payload in MiB/s, and p50/p99 latency per call.
 //! A phase stops after BENCH_SECONDS or when its distinct blobs run out.
 
+mod support;
+
+use support::{env_num, env_or, percentile, random_bytes};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -34,30 +38,6 @@ const FIND_DIGESTS: usize = 1000;
 const BIG: usize = 64 << 20;
 /// Client-side message limit: well above any chunk or batch used here.
 const MAX_MESSAGE: usize = 16 << 20;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    let v = env_or(name, &default.to_string());
-    v.parse()
-        .unwrap_or_else(|_| panic!("{name}={v:?} is not a number"))
-}
-
-/// `size` pseudo-random (incompressible) bytes.
-fn random_bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut v = vec![0u8; size];
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    for chunk in v.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let b = x.to_le_bytes();
-        chunk.copy_from_slice(&b[..chunk.len()]);
-    }
-    v
-}
 
 fn digest(hash: [u8; 32], size: usize) -> re::Digest {
     re::Digest {
@@ -142,11 +122,7 @@ struct Phase {
 impl Phase {
     fn print(&mut self) {
         self.latencies.sort();
-        let pct = |p: f64| {
-            let i = ((self.latencies.len() as f64 * p) as usize)
-                .min(self.latencies.len().saturating_sub(1));
-            self.latencies.get(i).copied().unwrap_or_default()
-        };
+        let pct = |p: f64| percentile(&self.latencies, p);
         let secs = self.elapsed.as_secs_f64();
         let rate = match self.rate {
             Rate::PerSecond(unit) => format!("{:>9.0} {unit}/s", self.items as f64 / secs),

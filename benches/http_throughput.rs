@@ -8,35 +8,16 @@
 //!
 //! Prints one line per phase: requests/s, MiB/s and p50/p99 latency.
 
+mod support;
+
+use support::{blobs, env_or, percentile};
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bazel_cache::config;
-use bazel_cache::digest::Hash;
 use bazel_cache::server::Server;
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-/// Distinct blobs, made before timing so the client's own hashing is not measured.
-fn blobs(count: usize, size: usize, seed: u64) -> Vec<(String, bytes::Bytes)> {
-    (0..count)
-        .map(|i| {
-            let mut v = vec![0u8; size];
-            let mut x = seed ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15) | 1;
-            for chunk in v.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let b = x.to_le_bytes();
-                chunk.copy_from_slice(&b[..chunk.len()]);
-            }
-            (Hash::of(&v).to_hex(), bytes::Bytes::from(v))
-        })
-        .collect()
-}
 
 struct Phase {
     name: String,
@@ -49,11 +30,7 @@ struct Phase {
 impl Phase {
     fn print(&mut self) {
         self.latencies.sort();
-        let pct = |p: f64| {
-            let i = ((self.latencies.len() as f64 * p) as usize)
-                .min(self.latencies.len().saturating_sub(1));
-            self.latencies.get(i).copied().unwrap_or_default()
-        };
+        let pct = |p: f64| percentile(&self.latencies, p);
         let secs = self.elapsed.as_secs_f64();
         println!(
             "{:<22} {:>9.0} req/s {:>9.1} MiB/s   p50 {:>8.2} ms   p99 {:>8.2} ms   ({} requests)",

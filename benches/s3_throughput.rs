@@ -28,6 +28,10 @@
 //! 120), BENCH_DUMP_LATENCIES (unset), S3S_FS (the s3s-fs binary; else `s3s-fs` on PATH, else
 //! `~/.cargo/bin/s3s-fs`).
 
+mod support;
+
+use support::{blobs, env_num, env_or, percentile};
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,38 +46,6 @@ use bazel_cache::server::Server;
 const MIB: f64 = 1024.0 * 1024.0;
 const BLOB_SIZE: usize = 1 << 20;
 const INSTALL_HINT: &str = "install it with `cargo install s3s-fs@0.14.1 --locked --features binary`, or point S3S_FS at the binary";
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_string())
-}
-
-fn env_num(name: &str, default: usize) -> usize {
-    match std::env::var(name) {
-        Ok(v) => v
-            .parse()
-            .unwrap_or_else(|_| panic!("{name}={v:?} is not a number")),
-        Err(_) => default,
-    }
-}
-
-/// Distinct incompressible blobs, made before timing so the client's own
-/// hashing is not measured.
-fn blobs(count: usize, size: usize, seed: u64) -> Vec<(String, bytes::Bytes)> {
-    (0..count)
-        .map(|i| {
-            let mut v = vec![0u8; size];
-            let mut x = seed ^ (i as u64).wrapping_mul(0x9e3779b97f4a7c15) | 1;
-            for chunk in v.chunks_mut(8) {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                let b = x.to_le_bytes();
-                chunk.copy_from_slice(&b[..chunk.len()]);
-            }
-            (Hash::of(&v).to_hex(), bytes::Bytes::from(v))
-        })
-        .collect()
-}
 
 // ---------------------------------------------------------------- s3s-fs
 
@@ -376,11 +348,6 @@ struct Phase {
     latencies: Vec<Duration>,
 }
 
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1));
-    sorted.get(i).copied().unwrap_or_default()
-}
-
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
@@ -393,8 +360,8 @@ impl Phase {
             "{name:<34} {:>7.1} blobs/s {:>8.1} MiB/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {:.2} s)",
             self.requests as f64 / secs,
             self.bytes as f64 / secs / MIB,
-            ms(pct(&self.latencies, 0.50)),
-            ms(pct(&self.latencies, 0.99)),
+            ms(percentile(&self.latencies, 0.50)),
+            ms(percentile(&self.latencies, 0.99)),
             self.requests,
             secs,
         );
@@ -644,19 +611,19 @@ async fn main() {
     ] {
         println!(
             "{name:<34} p50 {:>7.2} ms   p99 {:>7.2} ms   (min {:.2}, p10 {:.2}, p90 {:.2}, mean {:.2} ms)",
-            ms(pct(lat, 0.50)),
-            ms(pct(lat, 0.99)),
+            ms(percentile(lat, 0.50)),
+            ms(percentile(lat, 0.99)),
             ms(lat[0]),
-            ms(pct(lat, 0.10)),
-            ms(pct(lat, 0.90)),
+            ms(percentile(lat, 0.10)),
+            ms(percentile(lat, 0.90)),
             ms(lat.iter().sum::<Duration>() / lat.len() as u32),
         );
     }
     println!(
         "{:<34} p50 {:>+7.2} ms   p99 {:>+7.2} ms",
         "added by a read-through miss",
-        ms(pct(&miss_lat, 0.50)) - ms(pct(&hit_lat, 0.50)),
-        ms(pct(&miss_lat, 0.99)) - ms(pct(&hit_lat, 0.99)),
+        ms(percentile(&miss_lat, 0.50)) - ms(percentile(&hit_lat, 0.50)),
+        ms(percentile(&miss_lat, 0.99)) - ms(percentile(&hit_lat, 0.99)),
     );
 
     let log = s3.log();
