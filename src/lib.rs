@@ -2,6 +2,7 @@
 //! ../shared/design/architecture.md for how the pieces fit.
 
 pub mod ac;
+pub mod auth;
 pub mod config;
 pub mod digest;
 pub mod grpc;
@@ -10,3 +11,4 @@ pub mod listen;
 pub mod metrics;
 pub mod server;
 pub mod store;
+pub mod tls;

@@ -1044,7 +1044,7 @@ impl GrpcMetrics {
 
     /// Counts the start of a call of `path` (`/service/method`); `None` for
     /// paths that are not one of our RPCs.
-    fn start(self: &Arc<Self>, path: &str) -> Option<GrpcCall> {
+    fn start(self: &Arc<Self>, path: &str) -> Option<(Arc<GrpcMetrics>, usize, Instant)> {
         let (service, method) = path.strip_prefix('/')?.split_once('/')?;
         let index = GRPC_METHODS
             .iter()
@@ -1053,9 +1053,7 @@ impl GrpcMetrics {
             .started
             .get_or_init(|| self.started.get_or_create_owned(&Self::labels(index)))
             .inc();
-        Some(GrpcCall {
-            call: Some((self.clone(), index, Instant::now())),
-        })
+        Some((self.clone(), index, Instant::now()))
     }
 
     fn finish(&self, index: usize, code: i32, elapsed: Duration) {
@@ -1086,22 +1084,50 @@ impl GrpcMetrics {
     }
 }
 
-/// One RPC in progress. Finishing records its code and duration; dropped
-/// unfinished (the client went away), it counts as `Canceled`.
+/// One RPC in progress. Finishing records its code and duration and writes
+/// its access-log line; dropped unfinished (the client went away), it
+/// counts as `Canceled`.
 struct GrpcCall {
-    call: Option<(Arc<GrpcMetrics>, usize, Instant)>,
+    metered: Option<(Arc<GrpcMetrics>, usize, Instant)>,
+    log: Option<AccessRecord>,
+}
+
+/// What the access-log line of one RPC says (`access_log_level: all`):
+/// one line per call, so FindMissingBlobs logs once, not per digest.
+struct AccessRecord {
+    rpc: Box<str>,
+    peer: Option<Arc<str>>,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: u64,
 }
 
 impl GrpcCall {
     fn is_action_cache(&self) -> bool {
-        self.call
+        self.metered
             .as_ref()
             .is_some_and(|(_, index, _)| GRPC_METHODS[*index].0 == ACTION_CACHE)
     }
 
     fn finish(&mut self, code: i32) {
-        if let Some((metrics, index, started)) = self.call.take() {
+        if let Some((metrics, index, started)) = self.metered.take() {
             metrics.finish(index, code, started.elapsed());
+        }
+        if let Some(log) = self.log.take() {
+            let status = usize::try_from(code)
+                .ok()
+                .and_then(|c| GRPC_CODES.get(c))
+                .copied()
+                .unwrap_or("Unknown");
+            tracing::info!(
+                target: "access",
+                rpc = &*log.rpc,
+                status,
+                bytes = log.bytes_out,
+                bytes_in = log.bytes_in.load(Ordering::Relaxed),
+                peer = log.peer.as_deref().unwrap_or("-"),
+                duration_ms = log.started.elapsed().as_secs_f64() * 1e3,
+            );
         }
     }
 }
@@ -1122,16 +1148,20 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
         .ok()
 }
 
-/// The tower layer that records the `grpc_server_*` metrics around the
-/// tonic router. Without metrics it passes calls through.
+/// The tower layer that records the `grpc_server_*` metrics and writes the
+/// access log around the tonic router. With neither, it passes calls through.
 #[derive(Clone, Default)]
 pub struct GrpcMetricsLayer {
     metrics: Option<Arc<GrpcMetrics>>,
+    access_log: bool,
 }
 
 impl GrpcMetricsLayer {
-    pub fn new(metrics: Option<Arc<GrpcMetrics>>) -> Self {
-        GrpcMetricsLayer { metrics }
+    pub fn new(metrics: Option<Arc<GrpcMetrics>>, access_log: bool) -> Self {
+        GrpcMetricsLayer {
+            metrics,
+            access_log,
+        }
     }
 }
 
@@ -1142,6 +1172,7 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
         GrpcMetricsService {
             inner,
             metrics: self.metrics.clone(),
+            access_log: self.access_log,
         }
     }
 }
@@ -1150,13 +1181,14 @@ impl<S> tower::Layer<S> for GrpcMetricsLayer {
 pub struct GrpcMetricsService<S> {
     inner: S,
     metrics: Option<Arc<GrpcMetrics>>,
+    access_log: bool,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for GrpcMetricsService<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<CountedBody<ReqBody>>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
     S::Error: 'static,
 {
@@ -1169,15 +1201,32 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let call = self
+        let metered = self
             .metrics
             .as_ref()
             .and_then(|m| m.start(req.uri().path()));
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let log = self.access_log.then(|| AccessRecord {
+            rpc: req.uri().path().into(),
+            peer: req
+                .extensions()
+                .get::<crate::grpc::incoming::ConnInfo>()
+                .map(|c| c.peer.clone()),
+            started: Instant::now(),
+            bytes_in: bytes_in.clone(),
+            bytes_out: 0,
+        });
+        let counting = log.is_some();
+        let req = req.map(|inner| CountedBody {
+            inner,
+            bytes: counting.then_some(bytes_in),
+        });
         let future = self.inner.call(req);
         Box::pin(async move {
-            let Some(mut call) = call else {
+            if metered.is_none() && log.is_none() {
                 return future.await.map(|resp| resp.map(MeteredBody::plain));
-            };
+            }
+            let mut call = GrpcCall { metered, log };
             let result = if call.is_action_cache() {
                 IN_ACTION_CACHE_RPC.scope((), future).await
             } else {
@@ -1205,6 +1254,39 @@ where
     }
 }
 
+/// A gRPC request body that counts the bytes it delivers (for the access
+/// log); without a counter it only passes frames on.
+pub struct CountedBody<B> {
+    inner: B,
+    bytes: Option<Arc<AtomicU64>>,
+}
+
+impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for CountedBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let (Some(Ok(frame)), Some(bytes)) = (&polled, &self.bytes)
+            && let Some(data) = frame.data_ref()
+        {
+            bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// A gRPC response body that records the call when its trailers (with
 /// `grpc-status`) go out: for streams, the handler's end.
 pub struct MeteredBody<B> {
@@ -1229,6 +1311,12 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for MeteredBody<B> {
         let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
+                if let (Some(data), Some(log)) = (
+                    frame.data_ref(),
+                    self.call.as_mut().and_then(|c| c.log.as_mut()),
+                ) {
+                    log.bytes_out += data.len() as u64;
+                }
                 if let Some(code) = frame.trailers_ref().and_then(grpc_status)
                     && let Some(mut call) = self.call.take()
                 {
@@ -1349,9 +1437,10 @@ mod tests {
         assert!(m.start("/google.bytestream.ByteStream/Read").is_some());
         assert!(m.start("/google.bytestream.ByteStream/Nope").is_none());
         assert!(m.start("/x.Y/Read").is_none());
-        let mut call = m
-            .start("/build.bazel.remote.execution.v2.ActionCache/GetActionResult")
-            .unwrap();
+        let mut call = GrpcCall {
+            metered: m.start("/build.bazel.remote.execution.v2.ActionCache/GetActionResult"),
+            log: None,
+        };
         assert!(call.is_action_cache());
         call.finish(CODE_NOT_FOUND);
         assert_eq!(
@@ -1361,7 +1450,10 @@ mod tests {
             1
         );
         // Dropped unfinished: Canceled.
-        drop(m.start("/grpc.health.v1.Health/Watch").unwrap());
+        drop(GrpcCall {
+            metered: m.start("/grpc.health.v1.Health/Watch"),
+            log: None,
+        });
         let mut registry = Registry::default();
         registry.register("grpc_server_handled", "h", m.handled.clone());
         let text = render(&registry);

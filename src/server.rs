@@ -9,14 +9,18 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Authenticator, HtpasswdError};
 use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode};
-use crate::grpc::{self, GrpcOptions, GrpcState};
+use crate::grpc::{self, GrpcOptions, GrpcServing, GrpcState};
 use crate::http::{self, HttpOptions, HttpState};
 use crate::listen::{self, Listener};
 use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use crate::store::disk::{DiskConfig, DiskStore};
 use crate::store::s3::{ProxyConfig, S3Client, S3ProxyStore};
 use crate::store::{Encoding, Store, StoreError, unix_now};
+use crate::tls::{self, TlsError};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -33,29 +37,10 @@ pub enum ServerError {
     },
     #[error("s3_proxy: {0}")]
     S3(String),
-    #[error("{key}: {what} is not implemented yet; refusing to start rather than serve without it")]
-    Unsupported {
-        key: &'static str,
-        what: &'static str,
-    },
-}
-
-/// Security settings this build cannot honour yet. Starting without them
-/// would expose a cache the operator believes protected, so start-up fails.
-fn refuse_unimplemented(config: &Config) -> Result<(), ServerError> {
-    if config.htpasswd_file.is_some() {
-        return Err(ServerError::Unsupported {
-            key: "htpasswd_file",
-            what: "basic authentication",
-        });
-    }
-    if config.tls.is_some() {
-        return Err(ServerError::Unsupported {
-            key: "tls_cert_file",
-            what: "TLS",
-        });
-    }
-    Ok(())
+    #[error("{0}")]
+    Auth(#[from] HtpasswdError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
 }
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -68,11 +53,31 @@ pub struct Server {
     s3: Option<Arc<S3ProxyStore>>,
     http: Listener,
     grpc: Option<Listener>,
+    auth: Arc<Authenticator>,
+    /// TLS for the HTTP port (ALPN h2 and http/1.1) and the gRPC port (h2).
+    http_tls: Option<TlsAcceptor>,
+    grpc_tls: Option<TlsAcceptor>,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        refuse_unimplemented(&config)?;
+        // Credentials and certificates first: a mistake there must stop the
+        // start before anything listens.
+        let auth = Arc::new(Authenticator::new(
+            config.htpasswd_file.as_deref(),
+            config.tls.as_ref().is_some_and(|t| t.ca_file.is_some()),
+            config.allow_unauthenticated_reads,
+        )?);
+        let (http_tls, grpc_tls) = match &config.tls {
+            Some(t) => {
+                let anonymous_reads = config.allow_unauthenticated_reads;
+                (
+                    Some(tls::acceptor(t, anonymous_reads, &[b"h2", b"http/1.1"])?),
+                    Some(tls::acceptor(t, anonymous_reads, &[b"h2"])?),
+                )
+            }
+            None => (None, None),
+        };
         let disk = DiskConfig {
             dir: config.dir.clone(),
             max_size_bytes: config.max_size_bytes,
@@ -140,6 +145,9 @@ impl Server {
             s3,
             http,
             grpc,
+            auth,
+            http_tls,
+            grpc_tls,
         })
     }
 
@@ -158,11 +166,14 @@ impl Server {
     /// The `.bazelrc` lines that point Bazel at this server: gRPC first
     /// (the faster protocol for Bazel), then HTTP; either one works.
     pub fn bazelrc(&self) -> String {
+        let tls = self.config.tls.is_some();
         let mut out = String::new();
         if let Some(grpc) = &self.grpc {
-            out += &remote_cache_line("grpc", self.config.grpc_address.as_ref(), grpc);
+            let scheme = if tls { "grpcs" } else { "grpc" };
+            out += &remote_cache_line(scheme, self.config.grpc_address.as_ref(), grpc);
         }
-        out += &remote_cache_line("http", Some(&self.config.http_address), &self.http);
+        let scheme = if tls { "https" } else { "http" };
+        out += &remote_cache_line(scheme, Some(&self.config.http_address), &self.http);
         out
     }
 
@@ -197,7 +208,9 @@ impl Server {
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>
             }),
             metrics: metrics.clone(),
+            auth: self.auth.clone(),
         });
+        self.auth.spawn_reloader();
         let grpc_touched = last_request.clone();
         // With endpoint metrics the gRPC services count their lookups
         // through this store (HTTP counts in its request wrapper).
@@ -226,15 +239,27 @@ impl Server {
             }
             trigger.cancel();
         };
+        let serving = GrpcServing {
+            tls: self.grpc_tls,
+            auth: self.auth,
+            metrics: grpc_metrics,
+            access_log: self.config.access_log_level == AccessLogLevel::All,
+        };
         let grpc = self.grpc.map(|listener| {
-            let stop = stopping.clone().cancelled_owned();
+            let stop = stopping.clone();
             tokio::spawn(async move {
-                if let Err(e) = grpc::serve(listener, grpc_state, grpc_metrics, stop).await {
+                if let Err(e) = grpc::serve(listener, grpc_state, serving, stop).await {
                     tracing::error!(error = %e, "gRPC server failed");
                 }
             })
         });
-        let http = http::serve(self.http, state, stopping.cancelled_owned(), DRAIN);
+        let http = http::serve(
+            self.http,
+            self.http_tls,
+            state,
+            stopping.cancelled_owned(),
+            DRAIN,
+        );
         tokio::join!(watcher, http);
         if let Some(grpc) = grpc {
             let _ = tokio::time::timeout(DRAIN, grpc).await;

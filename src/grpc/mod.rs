@@ -5,9 +5,11 @@
 //! and store errors into status codes; action-cache rules live in `ac.rs`.
 
 mod action_cache;
+mod auth;
 mod bytestream;
 mod capabilities;
 mod cas;
+pub mod incoming;
 pub mod resource;
 
 use std::sync::Arc;
@@ -16,6 +18,10 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use tonic::{Code, Status};
 
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
 use crate::digest::{Digest, Hash, mangle_ac_key};
 use crate::listen::Listener;
 use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
@@ -60,22 +66,34 @@ pub struct GrpcState {
     pub on_request: Box<dyn Fn() + Send + Sync>,
 }
 
-/// Serves the gRPC services until `shutdown` resolves. With `metrics`
-/// (endpoint metrics), every call is counted and timed (`grpc_server_*`).
+/// How the gRPC port is served, besides the services' shared state.
+pub struct GrpcServing {
+    pub tls: Option<TlsAcceptor>,
+    pub auth: Arc<Authenticator>,
+    /// `grpc_server_*` metrics (with endpoint metrics).
+    pub metrics: Option<Arc<GrpcMetrics>>,
+    /// One log line per RPC (`access_log_level: all`).
+    pub access_log: bool,
+}
+
+/// Serves the gRPC services until `stop` is cancelled. Health reports
+/// SERVING while the services answer and NOT_SERVING once shutdown begins,
+/// so a load balancer moves away while requests in flight finish.
 pub async fn serve(
     listener: Listener,
     state: Arc<GrpcState>,
-    metrics: Option<Arc<GrpcMetrics>>,
-    shutdown: impl std::future::Future<Output = ()> + Send,
+    serving: GrpcServing,
+    stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in [
+    const SERVICES: [&str; 5] = [
         "",
         "build.bazel.remote.execution.v2.Capabilities",
         "build.bazel.remote.execution.v2.ActionCache",
         "build.bazel.remote.execution.v2.ContentAddressableStorage",
         "google.bytestream.ByteStream",
-    ] {
+    ];
+    let (health_reporter, health) = tonic_health::server::health_reporter();
+    for name in SERVICES {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -85,29 +103,28 @@ pub async fn serve(
         // Large blobs stream over one HTTP/2 stream: let flow-control windows
         // grow with the bandwidth-delay product instead of 64 KiB defaults.
         .http2_adaptive_window(Some(true))
-        .layer(GrpcMetricsLayer::new(metrics))
+        .layer(GrpcMetricsLayer::new(serving.metrics, serving.access_log))
+        .layer(auth::AuthLayer::new(serving.auth))
         .add_service(health)
         .add_service(capabilities::service(state.clone()))
         .add_service(action_cache::service(state.clone()))
         .add_service(cas::service(state.clone()))
         .add_service(bytestream::service(state));
-    match listener {
-        Listener::Tcp(l) => {
-            let incoming = tonic::transport::server::TcpIncoming::from(l).with_nodelay(Some(true));
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
+    let shutdown = {
+        let stop = stop.clone();
+        async move {
+            stop.cancelled().await;
+            for name in SERVICES {
+                health_reporter
+                    .set_service_status(name, tonic_health::ServingStatus::NotServing)
+                    .await;
+            }
         }
-        Listener::Unix(l) => {
-            let incoming = futures_util::stream::unfold(l, |l| async move {
-                let conn = l.accept().await.map(|(stream, _)| stream);
-                Some((conn, l))
-            });
-            router
-                .serve_with_incoming_shutdown(incoming, shutdown)
-                .await
-        }
-    }
+    };
+    let incoming = incoming::incoming(listener, serving.tls, stop);
+    router
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
 }
 
 /// Maps a store failure to the status the REAPI spec names for it.

@@ -21,9 +21,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 
-use crate::listen::Listener;
+use crate::auth::{Access, Authenticator, Denied};
+use crate::listen::{Io, Listener};
 use crate::metrics::{self, Endpoint, Metrics};
 use crate::store::Store;
+use crate::tls;
+use tokio_rustls::TlsAcceptor;
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -63,12 +66,22 @@ pub struct HttpState {
     pub backend_status: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// Every request is counted here; `/metrics` renders it.
     pub metrics: Arc<Metrics>,
+    /// Who may read and write `/ac/` and `/cas/`.
+    pub auth: Arc<Authenticator>,
+}
+
+/// What a request knows of its connection.
+struct Conn {
+    peer: Box<str>,
+    /// The client presented a certificate the CA verified (mTLS).
+    client_cert: bool,
 }
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests
 /// in flight up to `drain` to finish.
 pub async fn serve(
     listener: Listener,
+    tls: Option<TlsAcceptor>,
     state: Arc<HttpState>,
     shutdown: impl std::future::Future<Output = ()>,
     drain: Duration,
@@ -96,18 +109,35 @@ pub async fn serve(
             _ = &mut shutdown => break,
         };
         let state = state.clone();
-        let peer = Arc::<str>::from(peer);
-        let service = service_fn(move |req| {
-            let state = state.clone();
-            let peer = peer.clone();
-            async move { Ok::<_, Infallible>(handle(&state, req, &peer).await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watcher().watch(conn);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let tls = tls.clone();
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
+            // The handshake runs in the connection's task, so a slow or
+            // silent client never holds up the accept loop.
+            let (io, client_cert): (Box<dyn Io>, bool) = match &tls {
+                Some(acceptor) => match tls::handshake(acceptor, io).await {
+                    Ok(accepted) => (Box::new(accepted.stream), accepted.client_cert),
+                    Err(e) => {
+                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                        return;
+                    }
+                },
+                None => (io, false),
+            };
+            let conn = Arc::new(Conn {
+                peer: peer.into(),
+                client_cert,
+            });
+            let service = service_fn(move |req| {
+                let state = state.clone();
+                let conn = conn.clone();
+                async move { Ok::<_, Infallible>(handle(&state, req, &conn).await) }
+            });
+            let conn = builder
+                .serve_connection(TokioIo::new(io), service)
+                .into_owned();
+            if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
@@ -118,13 +148,18 @@ pub async fn serve(
     }
 }
 
-async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Response<Body> {
+async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     (state.on_request)();
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let endpoint = Endpoint::of(&path);
-    let resp = route(state, req).await;
+    let bytes_in = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let resp = route(state, req, conn).await;
     let http_metrics = state.metrics.http();
     http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
     let timer = http_metrics.record(endpoint, &method, resp.status(), started);
@@ -134,9 +169,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Respon
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .unwrap_or("-");
+        let peer = &*conn.peer;
         tracing::info!(
             target: "access",
-            %method, %path, status = resp.status().as_u16(), bytes, peer,
+            %method, %path, status = resp.status().as_u16(), bytes, bytes_in, peer,
             duration_ms = started.elapsed().as_secs_f64() * 1e3,
         );
     }
@@ -146,7 +182,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, peer: &str) -> Respon
     }
 }
 
-async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
+async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Response<Body> {
     match req.uri().path() {
         "/status" => match *req.method() {
             Method::GET | Method::HEAD => status(state),
@@ -156,8 +192,46 @@ async fn route(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
             Method::GET | Method::HEAD => metrics_page(state).await,
             _ => method_not_allowed("GET, HEAD"),
         },
-        _ => cache::handle(state, req).await,
+        _ => match authorize(state, &req, conn) {
+            Ok(()) => cache::handle(state, req).await,
+            Err(denied) => unauthorized(state, denied),
+        },
     }
+}
+
+/// Applies [`Authenticator`] to a cache request: GET and HEAD read,
+/// everything else (PUT, and methods the cache will refuse) writes.
+fn authorize(state: &HttpState, req: &Request<Incoming>, conn: &Conn) -> Result<(), Denied> {
+    if !state.auth.enabled() {
+        return Ok(());
+    }
+    let access = match *req.method() {
+        Method::GET | Method::HEAD => Access::Read,
+        _ => Access::Write,
+    };
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    let result = state.auth.check(authorization, conn.client_cert, access);
+    if let Err(denied) = &result {
+        tracing::debug!(peer = %conn.peer, path = %req.uri().path(), reason = %denied, "request refused");
+    }
+    result
+}
+
+/// 401 with a Basic challenge (so curl and browsers know what to send),
+/// or 403 when only a client certificate would do.
+fn unauthorized(state: &HttpState, denied: Denied) -> Response<Body> {
+    if denied == Denied::NoClientCertificate && !state.auth.uses_basic_auth() {
+        return error(StatusCode::FORBIDDEN, denied);
+    }
+    let mut resp = error(StatusCode::UNAUTHORIZED, denied);
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        header::HeaderValue::from_static("Basic realm=\"bazel-cache\", charset=\"UTF-8\""),
+    );
+    resp
 }
 
 /// bazel-remote's `/status` JSON (same field names, so probes and scripts
