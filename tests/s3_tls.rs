@@ -7,103 +7,14 @@ mod common;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 
 use bazel_cache::store::s3::client::{S3Client, S3Error};
+use common::pki::Ca;
 use common::s3::S3Server;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run openssl (the openssl package is a dependency of ca-certificates)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A CA (`name`.pem) and, when `leaf`, a server certificate for 127.0.0.1
-/// signed by it (`name`-server.pem / `name`-server.key).
-fn make_ca(dir: &Path, name: &str, leaf: bool) {
-    let ca_key = format!("{name}.key");
-    let ca_pem = format!("{name}.pem");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &ca_key,
-            "-out",
-            &ca_pem,
-            "-days",
-            "2",
-            "-subj",
-            &format!("/CN={name}"),
-        ],
-    );
-    if !leaf {
-        return;
-    }
-    std::fs::write(
-        dir.join("ext.cnf"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    let key = format!("{name}-server.key");
-    let csr = format!("{name}-server.csr");
-    let pem = format!("{name}-server.pem");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-            "-subj",
-            "/CN=localhost",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            &ca_pem,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-out",
-            &pem,
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ],
-    );
-}
 
 /// Terminates TLS on a local port and forwards the bytes to `upstream`.
 async fn tls_proxy(dir: &Path, upstream: String) -> SocketAddr {
@@ -144,8 +55,9 @@ async fn tls_proxy(dir: &Path, upstream: String) -> SocketAddr {
 #[test]
 fn https_with_a_private_ca() {
     let dir = tempfile::tempdir().unwrap();
-    make_ca(dir.path(), "test-ca", true);
-    make_ca(dir.path(), "other-ca", false);
+    let ca = Ca::new(dir.path(), "test-ca");
+    ca.server("test-ca-server");
+    Ca::new(dir.path(), "other-ca");
     let s3 = S3Server::start();
 
     // Clients load the CA store when built: build them all before any other

@@ -25,8 +25,9 @@ const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a graceful stop (SIGTERM) may take before we SIGKILL.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The line prefix the server prints (to stdout) once its HTTP listener is up.
-const REMOTE_CACHE_LINE_PREFIX: &str = "build --remote_cache=http://";
+/// The line prefix the server prints (to stdout) once its HTTP listener is
+/// up (`https://` with TLS).
+const REMOTE_CACHE_LINE_PREFIX: &str = "build --remote_cache=http";
 
 /// A running server process. Killed (SIGKILL) when dropped; if the current
 /// thread is panicking, the server's output is printed first so a failing
@@ -172,14 +173,16 @@ impl Server {
         }
     }
 
-    /// `grpc://127.0.0.1:PORT` when the server was started with a gRPC
-    /// listener (pass `--grpc_address 127.0.0.1:0`); it prints that line
-    /// before the HTTP one.
+    /// `grpc://127.0.0.1:PORT` (`grpcs://` with TLS) when the server was
+    /// started with a gRPC listener (pass `--grpc_address 127.0.0.1:0`); it
+    /// prints that line before the HTTP one.
     pub fn grpc_url(&self) -> Option<String> {
         let out = self.stdout.lock().unwrap();
-        out.lines()
-            .find_map(|l| l.trim().strip_prefix("build --remote_cache=grpc://"))
-            .map(|rest| format!("grpc://{}", rest.trim()))
+        out.lines().find_map(|l| {
+            let rest = l.trim().strip_prefix("build --remote_cache=")?;
+            (rest.starts_with("grpc://") || rest.starts_with("grpcs://"))
+                .then(|| rest.trim().to_string())
+        })
     }
 
     /// `http://127.0.0.1:PORT` for tonic clients (which want an http URI).
@@ -187,12 +190,15 @@ impl Server {
         let url = self
             .grpc_url()
             .expect("server started without a gRPC listener");
-        url.replacen("grpc://", "http://", 1)
+        url.replacen("grpcs://", "https://", 1)
+            .replacen("grpc://", "http://", 1)
     }
 
     /// The `host:port` part of `http_url`.
     pub fn http_addr(&self) -> &str {
-        self.http_url.trim_start_matches("http://")
+        self.http_url
+            .trim_start_matches("http://")
+            .trim_start_matches("https://")
     }
 
     /// What the server has written to stdout and stderr so far.
@@ -283,7 +289,9 @@ impl Drop for Server {
 /// `build --remote_cache=http://127.0.0.1:40123` -> `http://127.0.0.1:40123`.
 fn parse_remote_cache_line(line: &str) -> Option<String> {
     let line = line.trim();
-    if !line.starts_with(REMOTE_CACHE_LINE_PREFIX) {
+    if !line.starts_with("build --remote_cache=http://")
+        && !line.starts_with("build --remote_cache=https://")
+    {
         return None;
     }
     let value = line["build --remote_cache=".len()..]
@@ -519,4 +527,5 @@ pub fn parse_tab_counters(text: &str) -> HashMap<String, u64> {
         .collect()
 }
 
+pub mod pki;
 pub mod s3;
