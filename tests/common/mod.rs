@@ -223,27 +223,37 @@ impl Server {
     /// period) and returns the temporary `--dir` it owned, if any, so the
     /// caller can restart on it with [`Server::start_with_dir`].
     pub fn stop(mut self) -> Option<tempfile::TempDir> {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + STOP_TIMEOUT;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        thread::sleep(Duration::from_millis(50))
-                    }
-                    _ => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
+        self.terminate();
+        self.collect_output();
+        self.tempdir.take()
+    }
+
+    /// Like [`Server::stop`], for tests about shutdown and logs: how the
+    /// process exited (`None`: it had to be killed) and all it wrote.
+    pub fn stop_with_output(mut self) -> (Option<ExitStatus>, String, String) {
+        let status = self.terminate();
+        let (out, err) = self.collect_output();
+        (status, out, err)
+    }
+
+    /// SIGTERM, then SIGKILL if the process has not exited in time.
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Some(status),
+                Ok(None) if Instant::now() < deadline => thread::sleep(Duration::from_millis(50)),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return None;
                 }
             }
         }
-        self.collect_output();
-        self.tempdir.take()
     }
 
     /// GET `path` (e.g. `/status`) on the HTTP listener.
