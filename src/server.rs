@@ -24,6 +24,31 @@ use crate::tls::{self, TlsError};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long start-up waits for another process to let go of the index.
+/// Longer than a previous instance's drain, so a restart that overlaps the
+/// old process (systemd restart, a pod rescheduled onto the same volume)
+/// waits for it instead of failing.
+const LOCK_WAIT: Duration = Duration::from_secs(90);
+
+/// Opens the store, waiting while another process holds its index. Nothing
+/// listens meanwhile, so probes see the server as not ready until the store
+/// is open.
+async fn open_when_free(disk: DiskConfig) -> Result<DiskStore, StoreError> {
+    let deadline = std::time::Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    loop {
+        match DiskStore::open(disk.clone()).await {
+            Err(StoreError::Locked(path)) if std::time::Instant::now() < deadline => {
+                if !logged {
+                    tracing::warn!(index = %path.display(), "the index is held by another process (a previous instance still stopping?); waiting for it");
+                    logged = true;
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            result => return result,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -87,9 +112,11 @@ impl Server {
             },
             max_blob_size: config.max_blob_size,
             fsync: config.fsync,
+            hard_limit_bytes: config.max_size_hard_limit_bytes,
+            max_concurrent_writes: config.max_concurrent_writes,
             ..DiskConfig::new(&config.dir, config.max_size_bytes)
         };
-        let store = DiskStore::open(disk)
+        let store = open_when_free(disk)
             .await
             .map_err(|source| ServerError::Store {
                 dir: config.dir.display().to_string(),

@@ -30,6 +30,7 @@ pub(super) struct Schema {
     pub max_blob_size: Option<Int>,
     pub max_proxy_blob_size: Option<Int>,
     pub fsync: Option<bool>,
+    pub max_concurrent_writes: Option<Int>,
 
     pub http_address: Option<String>,
     pub grpc_address: Option<String>,

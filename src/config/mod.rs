@@ -30,6 +30,7 @@ mod sources;
 
 pub use duration::parse_go_duration;
 pub use error::{ConfigError, Location};
+pub use resolve::DEFAULT_MAX_CONCURRENT_WRITES;
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,4 +265,6 @@ pub struct Config {
     /// Our extension: fsync each blob (and its directory) before it becomes
     /// visible, so an acknowledged write survives power loss. Default true.
     pub fsync: bool,
+    /// Our extension: blob writes in progress at once (default 256).
+    pub max_concurrent_writes: usize,
 }

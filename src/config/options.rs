@@ -150,6 +150,16 @@ pub(super) static OPTIONS: &[Opt] = &[
         heading: STORAGE,
     },
     Opt {
+        key: "max_concurrent_writes",
+        env: &["BAZEL_REMOTE_MAX_CONCURRENT_WRITES"],
+        kind: Kind::Int,
+        default: "256",
+        help: "Blob writes in progress at once (HTTP, gRPC and S3 read-through); more wait for a \
+               slot, up to a minute, then get 503 / UNAVAILABLE, so a burst cannot exhaust \
+               memory or file descriptors.",
+        heading: STORAGE,
+    },
+    Opt {
         key: "fsync",
         env: &["BAZEL_REMOTE_FSYNC"],
         kind: Kind::Bool,

@@ -23,6 +23,8 @@ const DEFAULT_HTTP_PORT: u16 = 8080;
 const DEFAULT_GRPC_PORT: u16 = 9092;
 const DEFAULT_NUM_UPLOADERS: usize = 100;
 const DEFAULT_MAX_QUEUED_UPLOADS: usize = 1_000_000;
+/// Blob writes in progress at once; see `max_concurrent_writes` in options.rs.
+pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 256;
 const DEFAULT_S3_MAX_IDLE_CONNS: usize = 1024;
 /// bazel-remote's default histogram buckets, in seconds.
 const DEFAULT_DURATION_BUCKETS: [f64; 10] =
@@ -146,6 +148,14 @@ impl Resolver<'_> {
             s.max_queued_uploads,
             DEFAULT_MAX_QUEUED_UPLOADS,
         )?;
+        let max_concurrent_writes = match self.count(
+            "max_concurrent_writes",
+            s.max_concurrent_writes,
+            DEFAULT_MAX_CONCURRENT_WRITES,
+        )? {
+            0 => return Err(self.invalid("max_concurrent_writes", "must be at least 1")),
+            n => n,
+        };
         let access_log_level = self.choice(
             "access_log_level",
             s.access_log_level,
@@ -203,6 +213,7 @@ impl Resolver<'_> {
             num_uploaders,
             max_queued_uploads,
             fsync: s.fsync.unwrap_or(true),
+            max_concurrent_writes,
         })
     }
 

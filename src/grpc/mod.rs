@@ -133,7 +133,7 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         StoreError::TooLarge { .. } => Status::resource_exhausted(e.to_string()),
         _ if e.is_out_of_space() => Status::resource_exhausted(e.to_string()),
         _ if e.is_client_error() => Status::invalid_argument(e.to_string()),
-        StoreError::Closed => Status::unavailable(e.to_string()),
+        StoreError::Closed | StoreError::Busy { .. } => Status::unavailable(e.to_string()),
         _ => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())

@@ -50,6 +50,12 @@ fn store_error(key: &BlobKey, e: StoreError) -> Response<Body> {
         error(StatusCode::BAD_REQUEST, format!("{key}: {e}"))
     } else if e.is_out_of_space() {
         error(StatusCode::INSUFFICIENT_STORAGE, format!("{key}: {e}"))
+    } else if matches!(e, StoreError::Busy { .. } | StoreError::Closed) {
+        // Retryable: Bazel and curl --retry honour 503 + Retry-After.
+        let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, format!("{key}: {e}"));
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+        resp
     } else {
         tracing::error!(%key, error = %e, "request failed");
         error(StatusCode::INTERNAL_SERVER_ERROR, format!("{key}: {e}"))

@@ -142,6 +142,9 @@ pub async fn serve(
             }
         });
     }
+    // Stop accepting at once: a listener kept open would let the kernel
+    // complete handshakes that nobody serves.
+    drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!("connections still open after the drain period; closing them"),

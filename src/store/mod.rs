@@ -90,6 +90,14 @@ pub enum StoreError {
     Index(String),
     #[error("store is shutting down")]
     Closed,
+    /// Another process holds the index (a previous instance still stopping,
+    /// or a second server pointed at the same `dir`).
+    #[error("{} is in use by another process", .0.display())]
+    Locked(std::path::PathBuf),
+    /// Every write slot (`max_concurrent_writes`) stayed taken while the
+    /// write waited: the client should retry (HTTP 503, gRPC UNAVAILABLE).
+    #[error("server busy: {writes} writes already in progress; retry later")]
+    Busy { writes: usize },
 }
 
 impl StoreError {

@@ -156,12 +156,42 @@ pub struct Reservation {
 }
 
 impl Reservation {
-    pub fn new(stats: &Arc<SharedStats>, bytes: u64) -> Self {
-        stats.reserved.fetch_add(bytes, Ordering::Relaxed);
-        Reservation {
-            stats: stats.clone(),
-            bytes,
+    /// Reserves `bytes` unless the bytes of all writes in flight, these
+    /// included, would exceed `limit`. Stored blobs don't count: eviction
+    /// can always make room for them, but not for bytes still arriving.
+    /// `Err` carries the bytes already in flight.
+    pub fn try_new(stats: &Arc<SharedStats>, bytes: u64, limit: u64) -> Result<Self, u64> {
+        let mut current = stats.reserved.load(Ordering::Relaxed);
+        loop {
+            let after = current.saturating_add(bytes);
+            if after > limit {
+                return Err(current);
+            }
+            match stats.reserved.compare_exchange_weak(
+                current,
+                after,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        stats: stats.clone(),
+                        bytes,
+                    });
+                }
+                Err(actual) => current = actual,
+            }
         }
+    }
+
+    /// True when stored plus in-flight bytes are over `max_size`: eviction
+    /// should run now rather than at the next write's commit.
+    pub fn needs_room(&self) -> bool {
+        let s = &self.stats;
+        s.stored
+            .load(Ordering::Relaxed)
+            .saturating_add(s.reserved.load(Ordering::Relaxed))
+            > s.max.load(Ordering::Relaxed)
     }
 }
 
@@ -183,9 +213,10 @@ pub struct Opened {
 pub fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, StoreError> {
     let path = layout.index_path();
     let existed = path.exists();
-    let db = Database::builder()
-        .create(&path)
-        .map_err(|e| StoreError::Index(format!("opening {}: {e}", path.display())))?;
+    let db = Database::builder().create(&path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
+        e => StoreError::Index(format!("opening {}: {e}", path.display())),
+    })?;
     let txn = db.begin_write().map_err(index_err)?;
     let was_clean;
     {
@@ -342,6 +373,10 @@ pub enum Op {
     Flush(oneshot::Sender<()>),
     /// Lets the writer make a periodic durable commit while idle.
     Tick,
+    /// A write reserved space that takes stored + in-flight bytes over
+    /// max_size: evict now, so the disk holds at most max_size plus what is
+    /// being written at this moment.
+    MakeRoom,
     /// Orderly shutdown: commit durably, stop. `clean` marks the index as
     /// matching the files, so the next start skips recovery: false when a
     /// recovery was cancelled before it finished.
@@ -436,6 +471,7 @@ impl Writer {
         let mut touches = BTreeSet::new();
         let mut forgets = Vec::new();
         let mut flushes = Vec::new();
+        let mut make_room = false;
         for op in batch {
             match op {
                 Op::Insert(ins, done) => inserts.push((ins, done)),
@@ -444,12 +480,20 @@ impl Writer {
                 }
                 Op::Forget(k) => forgets.push(k),
                 Op::Flush(done) => flushes.push(done),
+                Op::MakeRoom => make_room = true,
                 Op::Tick | Op::Shutdown { .. } => {}
             }
         }
         let durable = !flushes.is_empty()
             || (self.dirty_since_durable && self.last_durable.elapsed() >= DURABLE_EVERY);
-        if inserts.is_empty() && touches.is_empty() && forgets.is_empty() && !durable {
+        let over = make_room && {
+            let s = &self.stats;
+            s.stored
+                .load(Ordering::Relaxed)
+                .saturating_add(s.reserved.load(Ordering::Relaxed))
+                > s.max.load(Ordering::Relaxed)
+        };
+        if inserts.is_empty() && touches.is_empty() && forgets.is_empty() && !durable && !over {
             return;
         }
 

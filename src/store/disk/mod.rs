@@ -50,6 +50,13 @@ pub struct DiskConfig {
     /// A read moves an entry to the LRU tail at most once per this interval,
     /// so hot blobs don't turn every read into an index write.
     pub touch_interval: Duration,
+    /// `max_size_hard_limit`: writes are refused when the bytes in flight
+    /// (being received) would exceed it. `None`: max_size is the bound.
+    pub hard_limit_bytes: Option<u64>,
+    /// Writes in progress at once (`max_concurrent_writes`); more wait.
+    pub max_concurrent_writes: usize,
+    /// How long a write waits for a slot before it is refused as busy.
+    pub write_slot_wait: Duration,
 }
 
 impl DiskConfig {
@@ -61,12 +68,17 @@ impl DiskConfig {
             max_blob_size: u64::MAX,
             fsync: true,
             touch_interval: Duration::from_secs(60),
+            hard_limit_bytes: None,
+            max_concurrent_writes: crate::config::DEFAULT_MAX_CONCURRENT_WRITES,
+            write_slot_wait: Duration::from_secs(60),
         }
     }
 }
 
 pub struct DiskStore {
     cfg: DiskConfig,
+    /// One permit per write in progress: bounds open temp files and buffers.
+    write_slots: tokio::sync::Semaphore,
     layout: Layout,
     reader: index::Reader,
     tx: mpsc::Sender<Op>,
@@ -169,6 +181,7 @@ impl DiskStore {
         }
 
         Ok(DiskStore {
+            write_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_writes.max(1)),
             cfg,
             layout,
             reader,
@@ -240,6 +253,26 @@ impl DiskStore {
         self.reader.lru_order()
     }
 
+    /// Reserves room for a write of `bytes` (see [`Reservation::try_new`])
+    /// and, when that takes the store over max_size, has the writer evict
+    /// at once.
+    fn reserve(&self, bytes: u64) -> Result<Reservation, StoreError> {
+        let limit = self.cfg.hard_limit_bytes.unwrap_or(self.cfg.max_size_bytes);
+        let reservation =
+            Reservation::try_new(&self.stats, bytes, limit).map_err(|in_flight| {
+                StoreError::InsufficientStorage {
+                    size: bytes,
+                    capacity: limit.saturating_sub(in_flight),
+                }
+            })?;
+        if reservation.needs_room() {
+            // Best effort: a full channel means the writer is busy and will
+            // evict at its next commit anyway.
+            let _ = self.tx.try_send(Op::MakeRoom);
+        }
+        Ok(reservation)
+    }
+
     /// [`Store::put`], telling whether bytes were written or an identical
     /// CAS blob was already there (a proxy then has nothing new to upload).
     pub async fn put_blob(&self, req: PutRequest) -> Result<Written, StoreError> {
@@ -257,6 +290,17 @@ impl DiskStore {
                 });
             }
         }
+        let _slot = match tokio::time::timeout(self.cfg.write_slot_wait, self.write_slots.acquire())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => {
+                return Err(StoreError::Busy {
+                    writes: self.cfg.max_concurrent_writes,
+                });
+            }
+        };
         let key = req.key;
         if key.kind == Kind::Cas && key.hash != EMPTY_SHA256 && self.reader.get(&key)?.is_some() {
             // Already stored (clients re-upload what others built): verify the
@@ -267,7 +311,11 @@ impl DiskStore {
             }
             return Ok(Written::AlreadyPresent);
         }
-        let reservation = Reservation::new(&self.stats, req.size.unwrap_or(0));
+        // Unknown sizes (a compressed HTTP body) reserve once written.
+        let mut reservation = match req.size {
+            Some(size) => Some(self.reserve(size)?),
+            None => None,
+        };
         // Removed on every early return, and if this future is dropped.
         let tmp = TempFile {
             path: self.layout.tmp_path(),
@@ -278,6 +326,9 @@ impl DiskStore {
             // Verified empty; the empty blob always exists without a file.
             return Ok(Written::AlreadyPresent);
         }
+        if reservation.is_none() {
+            reservation = Some(self.reserve(stored)?);
+        }
         let (done, wait) = oneshot::channel();
         let insert = Insert {
             key,
@@ -287,7 +338,7 @@ impl DiskStore {
             encoding,
             adopt: false,
             // The writer releases it when it counts the blob as stored.
-            reservation: Some(reservation),
+            reservation,
         };
         if self.tx.send(Op::Insert(insert, done)).await.is_err() {
             return Err(StoreError::Closed);
