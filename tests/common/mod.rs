@@ -11,7 +11,8 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -199,6 +200,11 @@ impl Server {
         self.http_url
             .trim_start_matches("http://")
             .trim_start_matches("https://")
+    }
+
+    /// The server's process id (for signals and /proc readings).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("server stopped").id()
     }
 
     /// What the server has written to stdout and stderr so far.
@@ -535,6 +541,43 @@ pub fn parse_tab_counters(text: &str) -> HashMap<String, u64> {
             Some((k.trim().to_string(), v.trim().parse().ok()?))
         })
         .collect()
+}
+
+/// An HTTP PUT sent over a raw socket in two parts, so the test decides
+/// when the upload completes.
+pub struct SlowPut {
+    stream: TcpStream,
+    rest: Vec<u8>,
+}
+
+impl SlowPut {
+    /// Sends the headers and the first `sent` bytes of `data`.
+    pub fn start(addr: &str, data: &[u8], sent: usize) -> SlowPut {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(60)))
+            .unwrap();
+        let head = format!(
+            "PUT /cas/{} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(data)),
+            data.len()
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(&data[..sent]).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        SlowPut {
+            stream,
+            rest: data[sent..].to_vec(),
+        }
+    }
+
+    /// Sends the rest; returns the response status.
+    pub fn finish(mut self) -> u16 {
+        self.stream.write_all(&self.rest).unwrap();
+        let mut buf = [0u8; 12];
+        self.stream.read_exact(&mut buf).unwrap();
+        std::str::from_utf8(&buf[9..12]).unwrap().parse().unwrap()
+    }
 }
 
 pub mod pki;
