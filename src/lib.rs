@@ -9,6 +9,7 @@ pub mod grpc;
 pub mod http;
 pub mod listen;
 pub mod metrics;
+pub mod sd_notify;
 pub mod server;
 pub mod store;
 pub mod tls;
