@@ -30,6 +30,31 @@ const DRAIN: Duration = Duration::from_secs(30);
 /// waits for it instead of failing.
 const LOCK_WAIT: Duration = Duration::from_secs(90);
 
+/// Raises the soft limit on open files to the hard limit. Every connection
+/// and every write in progress holds a descriptor, and the usual soft limit
+/// (1024) is far below what a busy cache needs, while the hard limit is
+/// typically 512k or more (Go programs such as bazel-remote get the same
+/// raise from their runtime).
+fn raise_open_file_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let before = limit.rlim_cur;
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+                tracing::debug!(before, after = limit.rlim_cur, "raised the open-file limit");
+            }
+        }
+    }
+}
+
 /// Opens the store, waiting while another process holds its index. Nothing
 /// listens meanwhile, so probes see the server as not ready until the store
 /// is open.
@@ -86,6 +111,7 @@ pub struct Server {
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        raise_open_file_limit();
         // Credentials and certificates first: a mistake there must stop the
         // start before anything listens.
         let auth = Arc::new(Authenticator::new(
@@ -114,6 +140,9 @@ impl Server {
             fsync: config.fsync,
             hard_limit_bytes: config.max_size_hard_limit_bytes,
             max_concurrent_writes: config.max_concurrent_writes,
+            body_stall_timeout: config
+                .http_read_timeout
+                .unwrap_or(DiskConfig::new(&config.dir, 0).body_stall_timeout),
             ..DiskConfig::new(&config.dir, config.max_size_bytes)
         };
         let store = open_when_free(disk)
@@ -264,6 +293,7 @@ impl Server {
                 _ = shutdown => tracing::info!("shutting down"),
                 _ = idle => tracing::info!("idle timeout reached; shutting down"),
             }
+            crate::sd_notify::stopping();
             trigger.cancel();
         };
         let serving = GrpcServing {
@@ -280,6 +310,9 @@ impl Server {
                 }
             })
         });
+        // The store is open and both listeners are bound: tell systemd
+        // (Type=notify) that the service is ready.
+        crate::sd_notify::ready();
         let http = http::serve(
             self.http,
             self.http_tls,

@@ -75,3 +75,38 @@ fn a_second_instance_waits_for_the_index_and_is_not_ready_meanwhile() {
     let (_, stderr) = second.output();
     assert!(stderr.contains("held by another process"), "{stderr}");
 }
+
+/// systemd's `Type=notify` protocol (the NixOS module's unit): READY=1 once
+/// the store is open and the ports listen, STOPPING=1 at SIGTERM.
+#[test]
+fn systemd_hears_ready_then_stopping() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(common::server_binary())
+        .arg("--dir")
+        .arg(dir.path().join("cache"))
+        .args(["--http_address", "127.0.0.1:0", "--grpc_address", "none"])
+        .env("NOTIFY_SOCKET", &socket_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = socket.recv(&mut buf).expect("no READY=1 from the server");
+    let ready = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let n = socket
+        .recv(&mut buf)
+        .expect("no STOPPING=1 from the server");
+    let stopping = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    assert!(child.wait().unwrap().success());
+}

@@ -198,8 +198,9 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "http_read_timeout",
         env: &["BAZEL_REMOTE_HTTP_READ_TIMEOUT"],
         kind: Kind::Duration,
-        default: "0s, ie disabled",
-        help: "Time allowed to read a client request, as a Go duration (30s, 1h30m) or seconds.",
+        default: "30s for headers, 60s for a stalled body",
+        help: "Time allowed to send the request headers, and the longest an upload body may \
+               stall without a byte before it is abandoned; a Go duration (30s, 1h30m) or seconds.",
         heading: LISTEN,
     },
     Opt {
@@ -207,7 +208,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         env: &["BAZEL_REMOTE_HTTP_WRITE_TIMEOUT"],
         kind: Kind::Duration,
         default: "0s, ie disabled",
-        help: "Time allowed to write a response, as a Go duration (30s, 1h30m) or seconds.",
+        help: "Accepted for bazel-remote compatibility; not enforced.",
         heading: LISTEN,
     },
     Opt {

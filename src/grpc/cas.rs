@@ -161,7 +161,12 @@ impl ContentAddressableStorage for CasService {
             .enumerate()
             .map(|(i, d)| parse_digest(Some(d), &format!("digests[{i}]")))
             .collect::<Result<Vec<_>, _>>()?;
-        check_batch_size(digests.iter().map(|d| d.size).sum())?;
+        // Sizes are the client's claims: add them without overflow.
+        check_batch_size(
+            digests
+                .iter()
+                .fold(0u64, |total, d| total.saturating_add(d.size)),
+        )?;
         let zstd = req
             .acceptable_compressors
             .contains(&(re::compressor::Value::Zstd as i32));

@@ -162,7 +162,9 @@ async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respo
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let version = req.version();
     let resp = route(state, req, conn).await;
+    let resp = close_after_refused_body(&method, version, resp);
     let http_metrics = state.metrics.http();
     http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
     let timer = http_metrics.record(endpoint, &method, resp.status(), started);
@@ -200,6 +202,23 @@ async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respon
             Err(denied) => unauthorized(state, denied),
         },
     }
+}
+
+/// A write refused before its body was read (auth, size, full disk) leaves
+/// that body unread on the connection, so hyper closes it after answering.
+/// `Connection: close` tells an HTTP/1.1 client so, instead of letting it
+/// send its next request into a closing socket.
+fn close_after_refused_body(
+    method: &Method,
+    version: http::Version,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    let has_body = !matches!(*method, Method::GET | Method::HEAD);
+    if has_body && resp.status().as_u16() >= 400 && version <= http::Version::HTTP_11 {
+        resp.headers_mut()
+            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+    }
+    resp
 }
 
 /// Applies [`Authenticator`] to a cache request: GET and HEAD read,

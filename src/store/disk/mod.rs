@@ -27,6 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
 use crate::digest::{BlobKey, Digest, EMPTY_SHA256, Hasher, Kind};
+use crate::store::stall::StallGuard;
 use crate::store::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
 
 pub use self::recovery::RecoveryReport;
@@ -57,6 +58,9 @@ pub struct DiskConfig {
     pub max_concurrent_writes: usize,
     /// How long a write waits for a slot before it is refused as busy.
     pub write_slot_wait: Duration,
+    /// A body that sends nothing for this long is abandoned, freeing its
+    /// slot, reservation and temp file (`http_read_timeout`, default 60 s).
+    pub body_stall_timeout: Duration,
 }
 
 impl DiskConfig {
@@ -71,6 +75,7 @@ impl DiskConfig {
             hard_limit_bytes: None,
             max_concurrent_writes: crate::config::DEFAULT_MAX_CONCURRENT_WRITES,
             write_slot_wait: Duration::from_secs(60),
+            body_stall_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -404,6 +409,7 @@ impl DiskStore {
             encoding,
             body,
         } = req;
+        let body: BlobReader = Box::pin(StallGuard::new(body, self.cfg.body_stall_timeout));
         let mut input: BlobReader = match encoding {
             Encoding::Identity => body,
             Encoding::Zstd => {
