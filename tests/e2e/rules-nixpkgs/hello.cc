@@ -1,0 +1,8 @@
+#include <iostream>
+
+#include "greeting.h"
+
+int main() {
+  std::cout << greeting("bazel-cache") << std::endl;
+  return 0;
+}
