@@ -12,8 +12,9 @@
 //!    blobs only in S3, interleaved with sequential GETs of local hits;
 //!    p50/p99 of both and the difference.
 //!
-//! Bodies are compared with the blobs sent in every pass, and hashed in the
-//! latency pass (outside the timed part).
+//! The requests are `bazel-cache bench`'s HTTP client and load driver: every
+//! body is hashed as it arrives and checked against its name, inside the
+//! timed part as a real client's would be.
 //!
 //! s3s-fs does not set TCP_NODELAY on the connections it accepts, so some of
 //! its 1 MiB GET answers end with a ~40 ms Nagle/delayed-ACK stall (curl
@@ -30,21 +31,28 @@
 
 mod support;
 
-use support::{blobs, env_num, env_or, percentile};
+use support::{env_num, env_or};
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use bazel_cache::bench::blobs::{BlobId, SizeClass};
+use bazel_cache::bench::http::HttpClient;
+use bazel_cache::bench::report::Stats;
+use bazel_cache::bench::stats::{Recorder, percentile};
+use bazel_cache::bench::target::Target;
+use bazel_cache::bench::{Load, Measured, Outcome, drive};
 use bazel_cache::config;
-use bazel_cache::digest::Hash;
 use bazel_cache::server::Server;
 
 const MIB: f64 = 1024.0 * 1024.0;
-const BLOB_SIZE: usize = 1 << 20;
+const BLOB_SIZE: u64 = 1 << 20;
+/// Blob namespaces: the upload set and the blobs only in S3 for the latency pass.
+const SET: u64 = 1;
+const FRESH: u64 = 2;
 const INSTALL_HINT: &str = "install it with `cargo install s3s-fs@0.14.1 --locked --features binary`, or point S3S_FS at the binary";
 
 // ---------------------------------------------------------------- s3s-fs
@@ -341,135 +349,131 @@ async fn wait_drained(
 
 // ---------------------------------------------------------------- phases
 
-struct Phase {
-    requests: usize,
-    bytes: u64,
-    elapsed: Duration,
-    latencies: Vec<Duration>,
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
-
-impl Phase {
-    fn print(&mut self, name: &str) {
-        self.latencies.sort();
-        let secs = self.elapsed.as_secs_f64();
-        println!(
-            "{name:<34} {:>7.1} blobs/s {:>8.1} MiB/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {:.2} s)",
-            self.requests as f64 / secs,
-            self.bytes as f64 / secs / MIB,
-            ms(percentile(&self.latencies, 0.50)),
-            ms(percentile(&self.latencies, 0.99)),
-            self.requests,
-            secs,
-        );
-    }
-}
-
-/// Runs `op(i)` for every `i < count` from `concurrency` tasks.
-async fn run_phase<F, Fut>(concurrency: usize, count: usize, op: F) -> Phase
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = u64> + Send,
-{
-    let op = Arc::new(op);
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (op, next) = (op.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::new();
-            let mut bytes = 0;
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                let t = Instant::now();
-                bytes += op(i).await;
-                lat.push(t.elapsed());
-            }
-            (lat, bytes)
-        }));
-    }
-    let mut latencies = Vec::new();
-    let mut bytes = 0;
-    for t in tasks {
-        let (l, b) = t.await.unwrap();
-        latencies.extend(l);
-        bytes += b;
-    }
-    Phase {
-        requests: latencies.len(),
-        bytes,
-        elapsed: start.elapsed(),
-        latencies,
-    }
-}
-
-type Blobs = Arc<Vec<(String, bytes::Bytes)>>;
-
-async fn put_all(client: &reqwest::Client, base: &str, set: &Blobs, concurrency: usize) -> Phase {
-    let (c, b, s) = (client.clone(), base.to_owned(), set.clone());
-    run_phase(concurrency, set.len(), move |i| {
-        let (c, b, s) = (c.clone(), b.clone(), s.clone());
-        async move {
-            let (h, body) = &s[i];
-            let r = c
-                .put(format!("{b}/cas/{h}"))
-                .body(body.clone())
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200, "PUT /cas/{h}");
-            body.len() as u64
-        }
-    })
-    .await
-}
-
-/// GETs every blob of `set`, checking each body against what was sent.
-async fn get_all(client: &reqwest::Client, base: &str, set: &Blobs, concurrency: usize) -> Phase {
-    let (c, b, s) = (client.clone(), base.to_owned(), set.clone());
-    run_phase(concurrency, set.len(), move |i| {
-        let (c, b, s) = (c.clone(), b.clone(), s.clone());
-        async move {
-            let (h, want) = &s[i];
-            let r = c.get(format!("{b}/cas/{h}")).send().await.unwrap();
-            assert_eq!(r.status(), 200, "GET /cas/{h}");
-            let got = r.bytes().await.unwrap();
-            assert!(
-                got == *want,
-                "GET /cas/{h}: wrong body ({} bytes)",
-                got.len()
-            );
-            got.len() as u64
-        }
-    })
-    .await
-}
-
-/// One timed GET; the body is read completely inside the timer and its
-/// SHA-256 checked outside it.
-async fn timed_get(client: &reqwest::Client, base: &str, hash: &str) -> Duration {
-    let t = Instant::now();
-    let r = client
-        .get(format!("{base}/cas/{hash}"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "GET /cas/{hash}");
-    let body = r.bytes().await.unwrap();
-    let elapsed = t.elapsed();
-    assert_eq!(
-        Hash::of(&body).to_hex(),
-        hash,
-        "GET /cas/{hash}: wrong body"
+fn print_phase(name: &str, m: Measured) {
+    let record = m.rows.into_iter().next().unwrap_or_default();
+    let errors = record.error_count();
+    assert_eq!(errors, 0, "{name}: {:?}", record.samples);
+    let s = Stats::of(record, m.elapsed);
+    println!(
+        "{name:<34} {:>7.1} blobs/s {:>8.1} MiB/s   p50 {:>7.2} ms   p99 {:>7.2} ms   ({} requests, {:.2} s)",
+        s.blobs_per_second,
+        s.mib_per_second,
+        s.latency.p50_ms,
+        s.latency.p99_ms,
+        s.requests,
+        m.elapsed.as_secs_f64(),
     );
-    elapsed
+}
+
+/// An HTTP client of `bazel-cache bench` for the server at `base`.
+fn client(base: &str, concurrency: usize) -> Arc<HttpClient> {
+    let target = Target::parse(base).expect("server URL");
+    Arc::new(HttpClient::new(&target, None, "", concurrency).expect("HTTP client"))
+}
+
+/// PUTs blobs `0..count` of `namespace` from `concurrency` workers.
+async fn put_all(
+    base: &str,
+    class: &Arc<SizeClass>,
+    namespace: u64,
+    count: usize,
+    concurrency: usize,
+) -> Measured {
+    let (c, class) = (client(base, concurrency), class.clone());
+    let load = Load {
+        concurrency,
+        duration: None,
+        requests: Some(count as u64),
+        warmup: Duration::ZERO,
+    };
+    drive(&load, 1, move |t| {
+        let (c, class) = (c.clone(), class.clone());
+        async move {
+            let id = BlobId {
+                namespace,
+                index: t.index,
+            };
+            let result = c.put(&class, id).await;
+            Outcome {
+                row: 0,
+                blobs: 1,
+                bytes: *result.as_ref().unwrap_or(&0),
+                result: result.map(drop),
+            }
+        }
+    })
+    .await
+}
+
+/// GETs blobs `0..count` of `namespace`, each hashed as it arrives.
+async fn get_all(
+    base: &str,
+    class: &Arc<SizeClass>,
+    namespace: u64,
+    count: usize,
+    concurrency: usize,
+) -> Measured {
+    let (c, class) = (client(base, concurrency), class.clone());
+    let load = Load {
+        concurrency,
+        duration: None,
+        requests: Some(count as u64),
+        warmup: Duration::ZERO,
+    };
+    drive(&load, 1, move |t| {
+        let (c, class) = (c.clone(), class.clone());
+        async move {
+            let id = BlobId {
+                namespace,
+                index: t.index,
+            };
+            let result = c.get(&class, id).await;
+            Outcome {
+                row: 0,
+                blobs: 1,
+                bytes: *result.as_ref().unwrap_or(&0),
+                result: result.map(drop),
+            }
+        }
+    })
+    .await
+}
+
+/// One request at a time: a miss (blob `i` of [`FRESH`], only in S3) then
+/// a hit (blob `i` of [`SET`], local), `samples` times. Row 0 = misses,
+/// row 1 = hits, latencies in request order.
+async fn alternate(base: &str, class: &Arc<SizeClass>, samples: usize) -> (Recorder, Recorder) {
+    let (c, class) = (client(base, 1), class.clone());
+    let load = Load {
+        concurrency: 1,
+        duration: None,
+        requests: Some(2 * samples as u64),
+        warmup: Duration::ZERO,
+    };
+    let m = drive(&load, 2, move |t| {
+        let (c, class) = (c.clone(), class.clone());
+        async move {
+            let row = (t.index % 2) as usize;
+            let id = BlobId {
+                namespace: if row == 0 { FRESH } else { SET },
+                index: t.index / 2,
+            };
+            let result = c.get(&class, id).await;
+            Outcome {
+                row,
+                blobs: 1,
+                bytes: *result.as_ref().unwrap_or(&0),
+                result: result.map(drop),
+            }
+        }
+    })
+    .await;
+    let mut rows = m.rows.into_iter();
+    let (miss, hit) = (rows.next().unwrap(), rows.next().unwrap());
+    for r in [&miss, &hit] {
+        assert_eq!(r.error_count(), 0, "latency pass: {:?}", r.samples);
+    }
+    (miss, hit)
 }
 
 #[tokio::main]
@@ -504,23 +508,21 @@ async fn main() {
             .unwrap_or(1)
     );
     let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let set: Blobs = Arc::new(blobs(n, BLOB_SIZE, 0x5eed_0001));
-    let fresh: Blobs = Arc::new(blobs(samples, BLOB_SIZE, 0x5eed_0002));
+    let class = SizeClass::new(BLOB_SIZE);
     let total_mib = n as f64 * BLOB_SIZE as f64 / MIB;
 
     // 1. Upload: PUTs to A, then A's write-behind queue drains into S3.
     let a = start_server(&s3, &settings).await;
     let started = Instant::now();
-    let mut put = put_all(&client, &a.base, &set, concurrency).await;
+    let put = put_all(&a.base, &class, SET, n, concurrency).await;
     let acked = Instant::now();
     let (drained, st_a) = wait_drained(&client, &a.base, n as u64, drain_timeout).await;
     let drain = drained - started;
     println!("\n== upload: PUT {n} blobs to A, drain into S3");
-    put.print("client PUT (acknowledged locally)");
+    print_phase("client PUT (acknowledged locally)", put);
     println!(
         "{:<34} {:>7.1} blobs/s {:>8.1} MiB/s   first PUT → queue empty {:.2} s (last ack → empty {:.2} s)",
         "drain into S3",
@@ -536,7 +538,13 @@ async fn main() {
     assert_eq!(in_bucket, n, "every uploaded blob is an object in S3");
 
     // Fresh blobs for the latency phase, uploaded through A too.
-    put_all(&client, &a.base, &fresh, concurrency).await;
+    let fresh = put_all(&a.base, &class, FRESH, samples, concurrency).await;
+    assert_eq!(
+        fresh.rows[0].error_count(),
+        0,
+        "{:?}",
+        fresh.rows[0].samples
+    );
     let (_, st_a) = wait_drained(&client, &a.base, (n + samples) as u64, drain_timeout).await;
     assert_eq!(
         counter(&st_a, "UploadsDone"),
@@ -547,13 +555,13 @@ async fn main() {
 
     // 2. Read-through: B has an empty disk; every GET is a local miss.
     let b = start_server(&s3, &settings).await;
-    let mut miss = get_all(&client, &b.base, &set, concurrency).await;
+    let miss = get_all(&b.base, &class, SET, n, concurrency).await;
     let st_b = status(&client, &b.base).await;
-    let mut hit = get_all(&client, &b.base, &set, concurrency).await;
+    let hit = get_all(&b.base, &class, SET, n, concurrency).await;
     let st_b2 = status(&client, &b.base).await;
     println!("\n== read-through: GET {n} blobs from B (empty disk), then again");
-    miss.print("GET, local miss → S3 (read-through)");
-    hit.print("GET, local hit");
+    print_phase("GET, local miss → S3 (read-through)", miss);
+    print_phase("GET, local hit", hit);
     println!("B Backend after the misses: {}", st_b["Backend"]);
     println!(
         "B after the hits: NumFiles {}, Backend {}",
@@ -578,52 +586,48 @@ async fn main() {
     // first set (so they are local), then alternates a miss (a fresh blob,
     // only in S3) with a hit (one of those), one request at a time.
     let c = start_server(&s3, &settings).await;
-    let warm: Blobs = Arc::new(set[..samples].to_vec());
-    get_all(&client, &c.base, &warm, 1).await;
-    let mut miss_lat = Vec::with_capacity(samples);
-    let mut hit_lat = Vec::with_capacity(samples);
-    for i in 0..samples {
-        miss_lat.push(timed_get(&client, &c.base, &fresh[i].0).await);
-        hit_lat.push(timed_get(&client, &c.base, &warm[i].0).await);
-    }
+    let warm = get_all(&c.base, &class, SET, samples, 1).await;
+    assert_eq!(warm.rows[0].error_count(), 0, "{:?}", warm.rows[0].samples);
+    let (mut miss, mut hit) = alternate(&c.base, &class, samples).await;
     let st_c = status(&client, &c.base).await;
     assert_eq!(counter(&st_c, "Hits"), (2 * samples) as u64, "C: {st_c}");
     assert_eq!(counter(&st_c, "UploadsDone"), 0, "C: {st_c}");
     c.stop().await;
     if std::env::var_os("BENCH_DUMP_LATENCIES").is_some() {
-        let show = |lat: &[Duration]| {
+        let show = |lat: &[u64]| {
             lat.iter()
-                .map(|d| format!("{:.1}", ms(*d)))
+                .map(|ns| format!("{:.1}", *ns as f64 / 1e6))
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        println!("\nmiss latencies (ms, in order): {}", show(&miss_lat));
-        println!("hit latencies (ms, in order): {}", show(&hit_lat));
+        println!("\nmiss latencies (ms, in order): {}", show(&miss.latencies));
+        println!("hit latencies (ms, in order): {}", show(&hit.latencies));
     }
-    miss_lat.sort();
-    hit_lat.sort();
+    miss.latencies.sort_unstable();
+    hit.latencies.sort_unstable();
+    let at = |lat: &[u64], q: f64| percentile(lat, q) as f64 / 1e6;
     println!(
         "\n== latency: {samples} sequential GETs on C, miss (S3 → verify → store → serve) vs local hit"
     );
     for (name, lat) in [
-        ("GET miss (read-through)", &miss_lat),
-        ("GET local hit", &hit_lat),
+        ("GET miss (read-through)", &miss.latencies),
+        ("GET local hit", &hit.latencies),
     ] {
         println!(
             "{name:<34} p50 {:>7.2} ms   p99 {:>7.2} ms   (min {:.2}, p10 {:.2}, p90 {:.2}, mean {:.2} ms)",
-            ms(percentile(lat, 0.50)),
-            ms(percentile(lat, 0.99)),
-            ms(lat[0]),
-            ms(percentile(lat, 0.10)),
-            ms(percentile(lat, 0.90)),
-            ms(lat.iter().sum::<Duration>() / lat.len() as u32),
+            at(lat, 0.50),
+            at(lat, 0.99),
+            lat[0] as f64 / 1e6,
+            at(lat, 0.10),
+            at(lat, 0.90),
+            lat.iter().sum::<u64>() as f64 / lat.len() as f64 / 1e6,
         );
     }
     println!(
         "{:<34} p50 {:>+7.2} ms   p99 {:>+7.2} ms",
         "added by a read-through miss",
-        ms(percentile(&miss_lat, 0.50)) - ms(percentile(&hit_lat, 0.50)),
-        ms(percentile(&miss_lat, 0.99)) - ms(percentile(&hit_lat, 0.99)),
+        at(&miss.latencies, 0.50) - at(&hit.latencies, 0.50),
+        at(&miss.latencies, 0.99) - at(&hit.latencies, 0.99),
     );
 
     let log = s3.log();

@@ -3,6 +3,7 @@
 
 pub mod ac;
 pub mod auth;
+pub mod bench;
 pub mod config;
 pub mod digest;
 pub mod grpc;

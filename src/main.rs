@@ -1,5 +1,6 @@
 //! The `bazel-cache` binary: parse and validate the configuration, then serve
-//! (or, in `check-config` mode, report the configuration valid and exit).
+//! (or, in `check-config` mode, report the configuration valid and exit;
+//! `bench` runs the load generator of `bazel_cache::bench` instead).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -9,6 +10,12 @@ use bazel_cache::server::Server;
 use bazel_cache::store::Store as _;
 
 fn main() -> ExitCode {
+    // `bench` is a client: it runs before (and without) the server's configuration.
+    match bazel_cache::bench::from_command_line(std::env::args_os()) {
+        Ok(Some(args)) => return bazel_cache::bench::main(args),
+        Ok(None) => {}
+        Err(e) => e.exit(),
+    }
     let invocation = match config::from_process() {
         Ok(inv) => inv,
         Err(e) => e.exit(),

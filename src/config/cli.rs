@@ -21,6 +21,8 @@ use super::options::{CONFIG_FILE_ENV, Kind, OPTIONS, Opt, UNSUPPORTED, UNSUPPORT
 
 const CONFIG_FILE: &str = "config_file";
 const CHECK_CONFIG: &str = "check-config";
+/// The load generator; its options live in `crate::bench`.
+const BENCH: &str = "bench";
 
 /// What the command line asked for.
 pub(super) struct CommandLine {
@@ -58,7 +60,10 @@ pub(super) fn command() -> Command {
         .subcommand(
             Command::new(CHECK_CONFIG)
                 .about("Load and validate the configuration, then exit (status 0 when valid)"),
-        );
+        )
+        .subcommand(<crate::bench::BenchArgs as clap::Args>::augment_args(
+            Command::new(BENCH),
+        ));
 
     for opt in OPTIONS {
         command = command.arg(option_arg(opt));
@@ -125,6 +130,18 @@ where
     // subcommand's matches.
     let (mode, matches) = match matches.subcommand() {
         Some((CHECK_CONFIG, sub)) => (Mode::CheckConfig, sub),
+        // A client with no server configuration: the binary hands
+        // `bazel-cache bench ...` to `crate::bench::from_command_line` before
+        // reading any, so only server flags before `bench` get here.
+        Some((BENCH, _)) => {
+            return Err(ConfigError::Invalid {
+                key: BENCH.to_owned(),
+                message:
+                    "the load generator takes no server options: run `bazel-cache bench URL ...`"
+                        .to_owned(),
+                origin: None,
+            });
+        }
         Some((other, _)) => unreachable!("subcommand {other} is not declared"),
         None => (Mode::Serve, &matches),
     };
@@ -239,6 +256,15 @@ mod tests {
                 Ok(_) => panic!("{args:?} accepted"),
             }
         }
+    }
+
+    #[test]
+    fn bench_is_listed_but_takes_no_server_flags() {
+        assert!(command().find_subcommand("bench").is_some());
+        let err = parse(["bazel-cache", "--dir", "/x", "bench", "http://h:1"])
+            .err()
+            .unwrap();
+        assert_eq!(err.key(), Some("bench"));
     }
 
     #[test]

@@ -1,0 +1,139 @@
+//! One connected client of either protocol, with the operations the load
+//! is made of; HTTP requests carry one blob, gRPC calls as many as the
+//! server's batch limit allows.
+
+use std::sync::Arc;
+
+use super::blobs::{ABSENT, BlobId, SizeClass};
+use super::error::{BenchError, OpError};
+use super::grpc::GrpcClient;
+use super::http::HttpClient;
+use super::mix;
+use super::options::Options;
+use super::target::Protocol;
+use super::with_timeout;
+
+/// A connected client of either protocol.
+pub enum Client {
+    Http(Box<HttpClient>),
+    Grpc(GrpcClient),
+}
+
+impl Client {
+    /// Connects as `options` say (gRPC also asks for Capabilities).
+    pub async fn connect(options: &Options) -> Result<Client, BenchError> {
+        let loaded = if options.target.tls {
+            Some(options.tls.load()?)
+        } else {
+            None
+        };
+        match options.target.protocol {
+            Protocol::Http => {
+                let client = HttpClient::new(
+                    &options.target,
+                    loaded.as_ref(),
+                    &options.instance_name,
+                    options.connections,
+                )?;
+                // One request first, so an unreachable server, a TLS or an
+                // auth problem stops the run with one clear line.
+                let probe = SizeClass::new(mix::MIN_BLOB_SIZE);
+                let absent = BlobId {
+                    namespace: ABSENT,
+                    index: 0,
+                };
+                with_timeout(options.timeout, client.head(&probe, absent))
+                    .await
+                    .map_err(|e| BenchError::Connect {
+                        target: options.target.redacted(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Client::Http(Box::new(client)))
+            }
+            Protocol::Grpc => Ok(Client::Grpc(
+                GrpcClient::connect(
+                    &options.target,
+                    loaded.as_ref(),
+                    &options.instance_name,
+                    options.connections,
+                    options.chunk_size,
+                )
+                .await?,
+            )),
+        }
+    }
+
+    /// Blobs of `size` one request carries when `batch` are asked for:
+    /// HTTP always 1; gRPC as many as fit the batch limit, 1 for
+    /// ByteStream.
+    pub fn per_request(&self, size: u64, batch: usize) -> usize {
+        match self {
+            Client::Http(_) => 1,
+            Client::Grpc(g) => g.per_batch(size, batch).max(1),
+        }
+    }
+
+    pub async fn write(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        match self {
+            Client::Http(h) => {
+                let mut sent = 0;
+                for &id in ids {
+                    sent += h.put(class, id).await?;
+                }
+                Ok(sent)
+            }
+            Client::Grpc(g) => g.write(worker, class, ids).await,
+        }
+    }
+
+    pub async fn read(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        match self {
+            Client::Http(h) => {
+                let mut read = 0;
+                for &id in ids {
+                    read += h.get(class, id).await?;
+                }
+                Ok(read)
+            }
+            Client::Grpc(g) => g.read(worker, class, ids).await,
+        }
+    }
+
+    /// Which of `ids` the server lacks (HTTP: one HEAD each).
+    pub async fn missing(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<Vec<BlobId>, OpError> {
+        match self {
+            Client::Http(h) => {
+                let mut missing = Vec::new();
+                for &id in ids {
+                    if !h.head(class, id).await? {
+                        missing.push(id);
+                    }
+                }
+                Ok(missing)
+            }
+            Client::Grpc(g) => g.find_missing(worker, class, ids).await,
+        }
+    }
+
+    pub fn batch_limit(&self) -> Option<u64> {
+        match self {
+            Client::Http(_) => None,
+            Client::Grpc(g) => Some(g.batch_limit()),
+        }
+    }
+}
