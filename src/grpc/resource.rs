@@ -110,6 +110,25 @@ impl fmt::Display for ResourceError {
     }
 }
 
+/// Longest part of one segment kept in a [`Problem`]: the whole name is
+/// quoted next to it already (shortened), so the segment only needs to be
+/// recognisable, and a client's megabyte-long segment must not come back
+/// as a megabyte-long `grpc-message`.
+const MAX_SEGMENT: usize = 64;
+
+/// `segment`, cut to [`MAX_SEGMENT`] bytes (on a character boundary) with
+/// `...` marking the cut.
+fn clip(segment: &str) -> String {
+    if segment.len() <= MAX_SEGMENT {
+        return segment.to_string();
+    }
+    let mut end = MAX_SEGMENT;
+    while !segment.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &segment[..end])
+}
+
 /// `name` in double quotes (escaped), shortened to [`MAX_QUOTED`] bytes.
 pub fn quote(name: &str) -> String {
     if name.len() <= MAX_QUOTED {
@@ -137,7 +156,7 @@ pub fn parse_read(name: &str) -> Result<ReadResource<'_>, ResourceError> {
     let (encoding, rest) = blob_part(&segments[at..]).map_err(fail)?;
     let (digest, trailing) = digest_part(rest).map_err(fail)?;
     if !trailing.is_empty() {
-        return Err(fail(Problem::Trailing(trailing.join("/"))));
+        return Err(fail(Problem::Trailing(clip(&trailing.join("/")))));
     }
     Ok(ReadResource {
         instance,
@@ -187,7 +206,7 @@ pub fn parse_write(name: &str) -> Result<WriteResource<'_>, ResourceError> {
 /// The instance name: the segments before the keyword, as a prefix of `name`.
 fn instance<'a>(name: &'a str, segments: &[&str]) -> Result<&'a str, Problem> {
     if let Some(reserved) = segments.iter().find(|s| KEYWORDS.contains(s)) {
-        return Err(Problem::ReservedInstanceSegment(reserved.to_string()));
+        return Err(Problem::ReservedInstanceSegment(clip(reserved)));
     }
     let len = segments.iter().map(|s| s.len() + 1).sum::<usize>();
     Ok(&name[..len.saturating_sub(1)])
@@ -200,7 +219,7 @@ fn blob_part<'s, 'a>(segments: &'s [&'a str]) -> Result<(Encoding, &'s [&'a str]
         ["blobs", rest @ ..] => Ok((Encoding::Identity, rest)),
         ["compressed-blobs", "zstd", rest @ ..] => Ok((Encoding::Zstd, rest)),
         ["compressed-blobs"] | ["compressed-blobs", ""] => Err(Problem::MissingCompressor),
-        ["compressed-blobs", other, ..] => Err(Problem::UnsupportedCompressor(other.to_string())),
+        ["compressed-blobs", other, ..] => Err(Problem::UnsupportedCompressor(clip(other))),
         _ => Err(Problem::NotARead),
     }
 }
@@ -222,7 +241,7 @@ fn digest_part<'s, 'a>(segments: &'s [&'a str]) -> Result<(Digest, &'s [&'a str]
     };
     let size = match rest.get(1) {
         None | Some(&"") => return Err(Problem::MissingSize),
-        Some(s) => parse_size(s).ok_or_else(|| Problem::BadSize(s.to_string()))?,
+        Some(s) => parse_size(s).ok_or_else(|| Problem::BadSize(clip(s)))?,
     };
     Ok((Digest { hash, size }, &rest[2..]))
 }
@@ -447,5 +466,11 @@ mod tests {
         let msg = parse_read(&long).unwrap_err().to_string();
         assert!(msg.len() < 1000, "{msg}");
         assert!(msg.contains("(2000 bytes)"), "{msg}");
+
+        // The offending segment is shortened too (found by fuzz/bytestream_resource).
+        let trailing = format!("blobs/{HEX}/1/{}", "x".repeat(1 << 20));
+        let msg = parse_read(&trailing).unwrap_err().to_string();
+        assert!(msg.len() < 1000, "{} bytes", msg.len());
+        assert!(msg.contains("xxx...\""), "{msg}");
     }
 }
