@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use bazel_cache::digest::Hash;
@@ -13,6 +12,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use common::Server;
+use common::prometheus::Scrape;
 use common::s3::{S3Server, free_port};
 use re::action_cache_client::ActionCacheClient;
 use re::capabilities_client::CapabilitiesClient;
@@ -23,126 +23,6 @@ use tonic::transport::Channel;
 // ---------------------------------------------------------------------------
 // Scraping and reading the text format
 // ---------------------------------------------------------------------------
-
-/// One sample line: name, labels, value.
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// Parses the Prometheus text format (0.0.4): sample lines only.
-fn parse(text: &str) -> Vec<Sample> {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (name, rest) = match line.find(['{', ' ']) {
-            Some(i) => line.split_at(i),
-            None => panic!("bad sample line {line:?}"),
-        };
-        let mut labels = BTreeMap::new();
-        let rest = if let Some(body) = rest.strip_prefix('{') {
-            let mut chars = body.char_indices().peekable();
-            let mut end = None;
-            loop {
-                // key
-                let mut key = String::new();
-                for (i, c) in chars.by_ref() {
-                    if c == '}' {
-                        end = Some(i);
-                        break;
-                    }
-                    if c == '=' {
-                        break;
-                    }
-                    if c != ',' {
-                        key.push(c);
-                    }
-                }
-                if end.is_some() {
-                    break;
-                }
-                assert_eq!(chars.next().map(|(_, c)| c), Some('"'), "{line}");
-                let mut value = String::new();
-                while let Some((_, c)) = chars.next() {
-                    match c {
-                        '\\' => match chars.next().map(|(_, c)| c) {
-                            Some('n') => value.push('\n'),
-                            Some(c) => value.push(c),
-                            None => panic!("{line}"),
-                        },
-                        '"' => break,
-                        c => value.push(c),
-                    }
-                }
-                labels.insert(key, value);
-            }
-            &body[end.expect("closing brace") + 1..]
-        } else {
-            rest
-        };
-        let value = rest.split_whitespace().next().expect("value");
-        let value = match value {
-            "+Inf" => f64::INFINITY,
-            "-Inf" => f64::NEG_INFINITY,
-            v => v.parse().unwrap_or_else(|e| panic!("{line}: {e}")),
-        };
-        out.push(Sample {
-            name: name.to_string(),
-            labels,
-            value,
-        });
-    }
-    out
-}
-
-struct Scrape {
-    text: String,
-    samples: Vec<Sample>,
-}
-
-impl Scrape {
-    /// Samples of `name` whose labels include `labels`.
-    fn matching(&self, name: &str, labels: &[(&str, &str)]) -> Vec<&Sample> {
-        self.samples
-            .iter()
-            .filter(|s| {
-                s.name == name
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .collect()
-    }
-
-    /// The value of the one sample of `name` with exactly these labels
-    /// (`le` aside), or None.
-    fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let found: Vec<_> = self
-            .matching(name, labels)
-            .into_iter()
-            .filter(|s| s.labels.len() == labels.len())
-            .collect();
-        assert!(
-            found.len() <= 1,
-            "{name} {labels:?} is ambiguous: {found:?}"
-        );
-        found.first().map(|s| s.value)
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
-        self.get(name, labels)
-            .unwrap_or_else(|| panic!("no sample {name}{labels:?} in\n{}", self.text))
-    }
-
-    fn has(&self, name: &str) -> bool {
-        self.samples.iter().any(|s| s.name == name)
-    }
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -162,11 +42,7 @@ async fn scrape(s: &Server) -> Scrape {
         resp.headers()["content-type"],
         "text/plain; version=0.0.4; charset=utf-8"
     );
-    let text = resp.text().await.unwrap();
-    Scrape {
-        samples: parse(&text),
-        text,
-    }
+    Scrape::new(resp.text().await.unwrap())
 }
 
 async fn status(s: &Server) -> serde_json::Value {

@@ -581,4 +581,5 @@ impl SlowPut {
 }
 
 pub mod pki;
+pub mod prometheus;
 pub mod s3;
