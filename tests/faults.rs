@@ -38,19 +38,6 @@ const MIB: usize = 1024 * KIB;
 
 // ---------------------------------------------------------------- helpers
 
-/// Incompressible bytes (so stored sizes are close to logical sizes).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Compressible bytes, unique per seed.
 fn text(len: usize, seed: u64) -> Vec<u8> {
     let mut out = format!("seed {seed}\n").into_bytes();
@@ -228,7 +215,7 @@ fn open_files_limit(pid: u32) -> String {
 /// A normal client's PUT and GET of a fresh blob, on a new connection:
 /// proof that the server still serves others while abuse goes on.
 async fn normal_round_trip(s: &Server, seed: u64) {
-    let blob = noise(64 * KIB + seed as usize, seed);
+    let blob = common::noise(64 * KIB + seed as usize, seed);
     let url = format!("{}/cas/{}", s.http_url, hex(&blob));
     let client = http_client();
     let r = client.put(&url).body(blob.clone()).send().await;
@@ -273,7 +260,7 @@ fn load_blob(w: u64, i: u64) -> Vec<u8> {
         n => n,
     };
     if (i + w).is_multiple_of(2) {
-        noise(len, seed)
+        common::noise(len, seed)
     } else {
         text(len, seed)
     }
@@ -636,7 +623,7 @@ async fn eviction_under_concurrent_load_stays_within_max_size_and_serves_whole_b
             for i in 0..BLOBS_PER_WRITER {
                 let seed = w * 1000 + i + 1;
                 let len = [64 * KIB, 700 * KIB, LARGEST, 300 * KIB, 1100 * KIB][(i % 5) as usize];
-                let blob = noise(len - (seed as usize % 1000), seed);
+                let blob = common::noise(len - (seed as usize % 1000), seed);
                 let h = hex(&blob);
                 let r = client
                     .put(format!("{url}/cas/{h}"))
@@ -842,7 +829,7 @@ async fn stalled_upload_does_not_block_others_and_leaves_nothing_when_dropped() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds, files) = (fd_count(pid), status(&server).await["NumFiles"].clone());
 
-    let blob = noise(4 * MIB, 77);
+    let blob = common::noise(4 * MIB, 77);
     let stalled = partial_put(&server, &blob, 256 * KIB).await;
     // The write has started: its bytes are reserved and a temp file exists.
     let dir = server.dir.clone();
@@ -909,7 +896,7 @@ async fn http_read_timeout_cuts_stalled_uploads_and_frees_their_write_slots() {
     let dir = server.dir.clone();
     let mut stalled = Vec::new();
     for i in 0..SLOTS {
-        stalled.push(partial_put(&server, &noise(2 * MIB, 78 + i as u64), 64 * KIB).await);
+        stalled.push(partial_put(&server, &common::noise(2 * MIB, 78 + i as u64), 64 * KIB).await);
     }
     wait_until(
         "every stalled upload holds a temp file",
@@ -1031,7 +1018,7 @@ async fn clients_that_disconnect_mid_stream_leave_nothing_behind() {
     let server = Server::start(&["--grpc_address", "127.0.0.1:0"]);
     let pid = server.pid();
     let dir = server.dir.clone();
-    let big = noise(16 * MIB, 5);
+    let big = common::noise(16 * MIB, 5);
     let big_hex = hex(&big);
     let r = http_client()
         .put(format!("{}/cas/{big_hex}", server.http_url))
@@ -1048,7 +1035,7 @@ async fn clients_that_disconnect_mid_stream_leave_nothing_behind() {
     let channel = grpc_channel(&server).await;
     for round in 0..ROUNDS {
         // HTTP upload: 1 MiB of a 4 MiB body, then gone.
-        let blob = noise(4 * MIB, 1000 + round);
+        let blob = common::noise(4 * MIB, 1000 + round);
         let conn = partial_put(&server, &blob, MIB).await;
         drop(conn);
 
@@ -1078,7 +1065,7 @@ async fn clients_that_disconnect_mid_stream_leave_nothing_behind() {
 
     // ByteStream Write cut off mid-stream: resumable by design (the server
     // keeps it for the client to resume), then resumed to completion.
-    let blob = noise(3 * MIB, 99);
+    let blob = common::noise(3 * MIB, 99);
     let name = upload_name(&blob, 99);
     let (tx, rx) = tokio::sync::mpsc::channel::<WriteRequest>(4);
     let mut writer = bytestream(channel.clone());

@@ -42,19 +42,6 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-/// Incompressible bytes, so stored sizes are predictable in zstd mode.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 async fn upload(cas: &mut ContentAddressableStorageClient<Channel>, blobs: &[&[u8]]) {
     let requests = blobs
         .iter()
@@ -270,7 +257,7 @@ async fn cas_batches_and_find_missing() {
 async fn batches_over_the_limit_are_refused_before_anything_is_stored() {
     let s = start(&[]);
     let mut cas = ContentAddressableStorageClient::new(channel(&s).await);
-    let blobs: Vec<Vec<u8>> = (0..5).map(|i| noise(1 << 20, i)).collect();
+    let blobs: Vec<Vec<u8>> = (0..5).map(|i| common::noise(1 << 20, i)).collect();
     let requests = blobs
         .iter()
         .map(|b| re::batch_update_blobs_request::Request {
@@ -304,8 +291,8 @@ async fn batches_over_the_limit_are_refused_before_anything_is_stored() {
     // A batch of exactly max_batch_total_size_bytes fits the message limits
     // of a client with gRPC's default 4 MiB limit, both ways.
     let limit = bazel_cache::grpc::MAX_BATCH_TOTAL_SIZE as usize;
-    let mut at_limit: Vec<Vec<u8>> = (0..3).map(|i| noise(1 << 20, 10 + i)).collect();
-    at_limit.push(noise(limit - (3 << 20), 13));
+    let mut at_limit: Vec<Vec<u8>> = (0..3).map(|i| common::noise(1 << 20, 10 + i)).collect();
+    at_limit.push(common::noise(limit - (3 << 20), 13));
     let refs: Vec<&[u8]> = at_limit.iter().map(|b| b.as_slice()).collect();
     upload(&mut cas, &refs).await;
     let resp = cas
@@ -324,7 +311,7 @@ async fn batches_over_the_limit_are_refused_before_anything_is_stored() {
             .all(|(r, b)| &r.data == b)
     );
     // A message far over the size limit is refused by the transport, not buffered.
-    let huge = noise(20 << 20, 9);
+    let huge = common::noise(20 << 20, 9);
     let err = cas
         .batch_update_blobs(re::BatchUpdateBlobsRequest {
             requests: vec![re::batch_update_blobs_request::Request {
@@ -522,7 +509,7 @@ async fn evicted_outputs_turn_a_hit_into_not_found() {
     let ch = channel(&s).await;
     let mut cas = ContentAddressableStorageClient::new(ch.clone());
     let mut ac = ActionCacheClient::new(ch);
-    let out = noise(600 << 10, 1);
+    let out = common::noise(600 << 10, 1);
     upload(&mut cas, &[&out]).await;
     let ar = re::ActionResult {
         output_files: vec![re::OutputFile {
@@ -546,7 +533,7 @@ async fn evicted_outputs_turn_a_hit_into_not_found() {
     };
     ac.get_action_result(get.clone()).await.unwrap();
 
-    let filler = noise(600 << 10, 2);
+    let filler = common::noise(600 << 10, 2);
     upload(&mut cas, &[&filler]).await;
     assert_eq!(
         find_missing(&mut cas, vec![digest(&out)]).await.len(),

@@ -39,19 +39,6 @@ async fn client(s: &Server) -> Client {
         .max_encoding_message_size(64 * MIB)
 }
 
-/// Incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Compressible bytes.
 fn text(len: usize, seed: u8) -> Vec<u8> {
     (0..len)
@@ -255,7 +242,7 @@ async fn wait_committed(c: &mut Client, name: &str, committed: i64) {
 async fn multi_chunk_round_trip() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(5 * MIB, 1);
+    let data = common::noise(5 * MIB, 1);
     let name = upload_name(&data, false);
     assert_eq!(
         write(&mut c, &name, &data, 64 * KIB).await.unwrap(),
@@ -288,7 +275,7 @@ async fn multi_chunk_round_trip() {
 async fn read_offsets_and_limits() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(300 * KIB + 7, 2);
+    let data = common::noise(300 * KIB + 7, 2);
     let name = read_name(&data);
     write(&mut c, &upload_name(&data, false), &data, 100 * KIB)
         .await
@@ -334,7 +321,7 @@ async fn read_offsets_and_limits() {
     );
 
     // Missing, and present under another size: NOT_FOUND.
-    let other = noise(10, 3);
+    let other = common::noise(10, 3);
     assert_code(
         read(&mut c, &read_name(&other)).await,
         Code::NotFound,
@@ -425,7 +412,7 @@ async fn zstd_round_trips() {
 async fn failed_verification_stores_nothing() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(MIB + 17, 4);
+    let data = common::noise(MIB + 17, 4);
     let before = num_files(&s).await;
     let h = hex(&data);
     let n = data.len();
@@ -478,7 +465,7 @@ async fn failed_verification_stores_nothing() {
 async fn write_protocol_errors() {
     let s = start(&["--max_blob_size", "1000"]);
     let mut c = client(&s).await;
-    let data = noise(900, 5);
+    let data = common::noise(900, 5);
 
     // A wrong write_offset mid-stream.
     let name = upload_name(&data, false);
@@ -555,7 +542,7 @@ async fn write_protocol_errors() {
     assert!(e.message().contains("compressed bytes"), "{}", e.message());
 
     // Over max_blob_size.
-    let big = noise(1001, 6);
+    let big = common::noise(1001, 6);
     let e = assert_code(
         write(&mut c, &upload_name(&big, false), &big, 500).await,
         Code::ResourceExhausted,
@@ -637,7 +624,7 @@ async fn malformed_resource_names() {
 async fn resumable_write() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(4 * MIB + 3, 7);
+    let data = common::noise(4 * MIB + 3, 7);
     let half = data.len() / 2;
 
     // 1. The client half-closes without finish_write: the answer says how far it got.
@@ -665,7 +652,7 @@ async fn resumable_write() {
     assert!(read(&mut c, &read_name(&data)).await.unwrap() == data);
 
     // 2. The stream is reset (client task dropped mid-stream).
-    let data = noise(3 * MIB, 8);
+    let data = common::noise(3 * MIB, 8);
     let half = data.len() / 2;
     let name = upload_name(&data, false);
     let w = OpenWrite::start(&c);
@@ -683,7 +670,7 @@ async fn resumable_write() {
     assert!(read(&mut c, &read_name(&data)).await.unwrap() == data);
 
     // 3. Restart at 0 after an interruption.
-    let data = noise(MIB, 9);
+    let data = common::noise(MIB, 9);
     let name = upload_name(&data, false);
     let w = OpenWrite::start(&c);
     w.send(requests(&name, &data[..1000], 0, 500, false)).await;
@@ -717,7 +704,7 @@ async fn resumable_write() {
 async fn resume_takes_over_a_stalled_stream() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(2 * MIB, 10);
+    let data = common::noise(2 * MIB, 10);
     let half = data.len() / 2;
     let name = upload_name(&data, false);
     let stalled = OpenWrite::start(&c);
@@ -738,7 +725,7 @@ async fn resume_takes_over_a_stalled_stream() {
 async fn write_of_present_blob_completes_at_once() {
     let s = start(&[]);
     let mut c = client(&s).await;
-    let data = noise(MIB, 11);
+    let data = common::noise(MIB, 11);
     write(&mut c, &upload_name(&data, false), &data, 64 * KIB)
         .await
         .unwrap();
@@ -779,7 +766,7 @@ async fn http_interop() {
     let mut c = client(&s).await;
     let http = reqwest::Client::new();
 
-    let a = noise(700 * KIB, 12);
+    let a = common::noise(700 * KIB, 12);
     let resp = http
         .put(format!("{}/cas/{}", s.http_url, hex(&a)))
         .body(a.clone())
@@ -810,7 +797,7 @@ async fn large_streamed_upload() {
     const CHUNKS: usize = 65;
     let s = start(&[]);
     let mut c = client(&s).await;
-    let chunk = |i: usize| noise(MIB, 1000 + i as u64);
+    let chunk = |i: usize| common::noise(MIB, 1000 + i as u64);
     let mut hasher = bazel_cache::digest::Hasher::new();
     for i in 0..CHUNKS {
         hasher.update(&chunk(i));

@@ -48,18 +48,6 @@ fn digest(data: &[u8]) -> re::Digest {
     }
 }
 
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// What must not change: the `/status` counters and every file under the
 /// blob directories (name and size), and no temp file may linger.
 #[derive(Debug, PartialEq)]
@@ -183,7 +171,7 @@ fn zstd_bomb(len: usize) -> Vec<u8> {
 fn hostile_http_requests_get_their_status_and_change_nothing() {
     let s = Server::start(&["--max_blob_size", "1048576"]);
     // Something stored, so "nothing changed" also means "nothing lost".
-    let kept = noise(5000, 1);
+    let kept = common::noise(5000, 1);
     let kept_hex = hex(&kept);
     let (code, _) = common::http_request(
         "PUT",
@@ -193,7 +181,7 @@ fn hostile_http_requests_get_their_status_and_change_nothing() {
     assert_eq!(code, 200);
     let before = snapshot(&s);
 
-    let body = noise(3000, 2);
+    let body = common::noise(3000, 2);
     let h = hex(&body);
     let n = body.len().to_string();
     let ar_abs = re::ActionResult {
@@ -387,7 +375,7 @@ fn hostile_http_requests_get_their_status_and_change_nothing() {
                     ("Content-Encoding", "zstd".into()),
                     ("X-Digest-SizeBytes", n.clone()),
                 ],
-                &zstd::encode_all(&noise(3000, 3)[..], 1).unwrap(),
+                &zstd::encode_all(&common::noise(3000, 3)[..], 1).unwrap(),
             ),
             400,
         ),
@@ -596,7 +584,7 @@ async fn hostile_grpc_requests_get_their_status_and_change_nothing() {
     let mut ac = ActionCacheClient::new(ch.clone());
     let mut bs = ByteStreamClient::new(ch.clone());
     // A stored blob, an ActionResult over it, and a garbage "directory".
-    let kept = noise(4000, 1);
+    let kept = common::noise(4000, 1);
     let garbage = b"\xff\xff\xff not a Directory".to_vec();
     let resp = cas
         .batch_update_blobs(re::BatchUpdateBlobsRequest {
@@ -620,7 +608,7 @@ async fn hostile_grpc_requests_get_their_status_and_change_nothing() {
     );
     let before = off_runtime(|| snapshot(&s));
 
-    let other = noise(3000, 2);
+    let other = common::noise(3000, 2);
     let blake3 = re::digest_function::Value::Blake3 as i32;
     let negative = re::Digest {
         hash: hex(&kept),

@@ -13,19 +13,6 @@ use bazel_cache::digest::Hash;
 use bazel_remote_apis::google::bytestream::{WriteRequest, byte_stream_client::ByteStreamClient};
 use common::{Server, SlowPut};
 
-/// Deterministic incompressible bytes.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn put(server: &Server, data: &[u8]) -> u16 {
     let url = format!("{}/cas/{}", server.http_url, Hash::of(data).to_hex());
     common::http_request("PUT", &url, Some(data.to_vec())).0
@@ -79,19 +66,19 @@ fn the_hard_limit_refuses_writes_that_cannot_fit_and_only_those() {
     ]);
     let status = server.status();
     assert_eq!(status["MaxSize"], 1 << 20);
-    let first = noise(800 << 10, 1);
+    let first = common::noise(800 << 10, 1);
     let stalled = SlowPut::start(server.http_addr(), &first, 1000);
     assert_eq!(server.status()["ReservedSize"], 800 << 10);
 
     // 800 KiB more in flight would exceed 1.5 MiB: refused over both protocols.
-    let second = noise(800 << 10, 2);
+    let second = common::noise(800 << 10, 2);
     assert_eq!(put(&server, &second), 507);
     assert_eq!(
         bytestream_write(&server, &second),
         tonic::Code::ResourceExhausted
     );
     // A small blob still fits.
-    let small = noise(100 << 10, 3);
+    let small = common::noise(100 << 10, 3);
     assert_eq!(put(&server, &small), 200);
 
     assert_eq!(stalled.finish(), 200);
@@ -109,11 +96,11 @@ fn the_hard_limit_refuses_writes_that_cannot_fit_and_only_those() {
 #[test]
 fn writes_over_max_concurrent_writes_queue_until_a_slot_frees() {
     let server = Server::start(&["--max_concurrent_writes", "1"]);
-    let first = noise(200 << 10, 4);
+    let first = common::noise(200 << 10, 4);
     let stalled = SlowPut::start(server.http_addr(), &first, 100);
     // The second write waits for the slot: it is still pending while the
     // first one stalls, and completes after it.
-    let second = noise(1000, 5);
+    let second = common::noise(1000, 5);
     let url = format!("{}/cas/{}", server.http_url, Hash::of(&second).to_hex());
     let waiting = std::thread::spawn(move || common::http_request("PUT", &url, Some(second)).0);
     std::thread::sleep(Duration::from_millis(500));
@@ -195,7 +182,7 @@ fn a_full_disk_gives_507_keeps_serving_reads_and_recovers() {
     let mut stored = Vec::new();
     let mut refused = None;
     for seed in 0..20 {
-        let data = noise(1 << 20, 100 + seed);
+        let data = common::noise(1 << 20, 100 + seed);
         match put(&server, &data) {
             200 => stored.push(data),
             507 => {

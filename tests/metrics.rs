@@ -66,19 +66,6 @@ async fn request(s: &Server, method: &str, path: &str, body: Option<&[u8]>) -> u
     code
 }
 
-/// Incompressible bytes, so stored sizes are predictable.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn cas(data: &[u8]) -> String {
     format!("/cas/{}", Hash::of(data))
 }
@@ -135,8 +122,8 @@ async fn requests_lookups_and_store_figures_are_exported() {
         "--endpoint_metrics_duration_buckets",
         "0.001,0.05,2",
     ]);
-    let blob = noise(10_000, 1);
-    let absent = noise(100, 2);
+    let blob = common::noise(10_000, 1);
+    let absent = common::noise(100, 2);
     assert_eq!(request(&s, "PUT", &cas(&blob), Some(&blob)).await, 200);
     assert_eq!(request(&s, "GET", &cas(&blob), None).await, 200);
     assert_eq!(request(&s, "GET", &cas(&blob), None).await, 200);
@@ -430,7 +417,7 @@ async fn eviction_and_idle_time_are_exported() {
         "--storage_mode",
         "uncompressed",
     ]);
-    let blobs: Vec<Vec<u8>> = (0..4).map(|i| noise(300 * 1024, 10 + i)).collect();
+    let blobs: Vec<Vec<u8>> = (0..4).map(|i| common::noise(300 * 1024, 10 + i)).collect();
     for b in &blobs {
         assert_eq!(request(&s, "PUT", &cas(b), Some(b)).await, 200);
     }
@@ -662,10 +649,13 @@ async fn the_design_alert_rules_find_their_metrics() {
     let s = Server::start(&refs);
 
     // A few requests: a write, a hit, a miss (which asks S3), a bad request.
-    let blob = noise(5000, 7);
+    let blob = common::noise(5000, 7);
     assert_eq!(request(&s, "PUT", &cas(&blob), Some(&blob)).await, 200);
     assert_eq!(request(&s, "GET", &cas(&blob), None).await, 200);
-    assert_eq!(request(&s, "GET", &cas(&noise(10, 8)), None).await, 404);
+    assert_eq!(
+        request(&s, "GET", &cas(&common::noise(10, 8)), None).await,
+        404
+    );
     assert_eq!(request(&s, "GET", "/cas/zz", None).await, 400);
     let m = scrape(&s).await;
 
@@ -764,7 +754,7 @@ async fn s3_requests_hits_misses_and_the_upload_queue() {
     let flags = s3_flags(&s3);
     let refs: Vec<&str> = flags.iter().map(String::as_str).collect();
     let a = Server::start(&refs);
-    let blob = noise(20_000, 21);
+    let blob = common::noise(20_000, 21);
     assert_eq!(request(&a, "PUT", &cas(&blob), Some(&blob)).await, 200);
     let m = wait_metrics(&a, "the upload", Duration::from_secs(30), |m| {
         m.get("bazel_remote_s3_uploads_total", &[]) == Some(1.0)
@@ -789,7 +779,7 @@ async fn s3_requests_hits_misses_and_the_upload_queue() {
     );
 
     // A local miss asks S3: a miss there.
-    let absent = noise(64, 22);
+    let absent = common::noise(64, 22);
     assert_eq!(request(&a, "GET", &cas(&absent), None).await, 404);
     let m = scrape(&a).await;
     assert_eq!(m.value("bazel_remote_s3_cache_misses", &[]), 1.0);
@@ -822,8 +812,11 @@ async fn s3_requests_hits_misses_and_the_upload_queue() {
     let before = scrape(&a)
         .await
         .value("bazel_remote_s3_requests_total", &[("status", "error")]);
-    assert_eq!(request(&a, "GET", &cas(&noise(64, 23)), None).await, 404);
-    let pending: Vec<Vec<u8>> = (0..2).map(|i| noise(3000, 30 + i)).collect();
+    assert_eq!(
+        request(&a, "GET", &cas(&common::noise(64, 23)), None).await,
+        404
+    );
+    let pending: Vec<Vec<u8>> = (0..2).map(|i| common::noise(3000, 30 + i)).collect();
     for p in &pending {
         assert_eq!(request(&a, "PUT", &cas(p), Some(p)).await, 200);
     }
@@ -867,7 +860,7 @@ async fn uploads_dropped_when_the_queue_is_full() {
         "1",
     ]);
     for i in 0..3 {
-        let b = noise(1000, 40 + i);
+        let b = common::noise(1000, 40 + i);
         assert_eq!(request(&s, "PUT", &cas(&b), Some(&b)).await, 200);
     }
     let m = wait_metrics(&s, "a failed upload", Duration::from_secs(20), |m| {

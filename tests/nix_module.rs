@@ -257,13 +257,14 @@ impl Unit {
                         grpc_url = Some(format!("http://{}", url.trim()));
                     }
                     if let Some(url) = line.strip_prefix("build --remote_cache=")
-                        && url.starts_with("http://") {
-                            return Unit {
-                                child,
-                                http_url: url.trim().to_owned(),
-                                grpc_url,
-                            };
-                        }
+                        && url.starts_with("http://")
+                    {
+                        return Unit {
+                            child,
+                            http_url: url.trim().to_owned(),
+                            grpc_url,
+                        };
+                    }
                 }
                 Err(_) => {
                     let _ = child.kill();

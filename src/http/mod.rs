@@ -215,8 +215,10 @@ fn close_after_refused_body(
 ) -> Response<Body> {
     let has_body = !matches!(*method, Method::GET | Method::HEAD);
     if has_body && resp.status().as_u16() >= 400 && version <= http::Version::HTTP_11 {
-        resp.headers_mut()
-            .insert(header::CONNECTION, header::HeaderValue::from_static("close"));
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
     }
     resp
 }

@@ -4,9 +4,9 @@
 //! bodies both ways, so the HTTP and gRPC front ends hold no storage logic and
 //! a proxy backend (S3) can wrap the disk store behind the same trait.
 
-pub mod stall;
 pub mod disk;
 pub mod s3;
+pub mod stall;
 
 use std::io;
 use std::pin::Pin;

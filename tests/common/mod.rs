@@ -580,6 +580,20 @@ impl SlowPut {
     }
 }
 
+/// Deterministic incompressible bytes (xorshift), so stored sizes are
+/// predictable in zstd mode and every seed names a different blob.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub mod pki;
 pub mod prometheus;
 pub mod s3;

@@ -32,25 +32,12 @@ fn dashboard_queries(dashboard: &serde_json::Value) -> Vec<(String, String)> {
     out
 }
 
-/// Noise blobs, as in tests/metrics.rs.
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 /// Some of everything: HTTP writes, hits, misses and a bad request; gRPC
 /// lookups; then waits until the upload reached S3.
 fn traffic(server: &Server) {
     use bazel_cache::digest::Hash;
     use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-    let blob = noise(20_000, 1);
+    let blob = crate::common::noise(20_000, 1);
     let url = |path: String| format!("{}{path}", server.http_url);
     let cas = |data: &[u8]| format!("/cas/{}", Hash::of(data));
     assert_eq!(
@@ -60,7 +47,7 @@ fn traffic(server: &Server) {
     assert_eq!(common::http_request("GET", &url(cas(&blob)), None).0, 200);
     assert_eq!(common::http_request("HEAD", &url(cas(&blob)), None).0, 200);
     assert_eq!(
-        common::http_request("GET", &url(cas(&noise(10, 2))), None).0,
+        common::http_request("GET", &url(cas(&crate::common::noise(10, 2))), None).0,
         404
     );
     let ac = format!("/ac/{}", Hash::of(b"no such action"));

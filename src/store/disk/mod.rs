@@ -263,13 +263,12 @@ impl DiskStore {
     /// at once.
     fn reserve(&self, bytes: u64) -> Result<Reservation, StoreError> {
         let limit = self.cfg.hard_limit_bytes.unwrap_or(self.cfg.max_size_bytes);
-        let reservation =
-            Reservation::try_new(&self.stats, bytes, limit).map_err(|in_flight| {
-                StoreError::InsufficientStorage {
-                    size: bytes,
-                    capacity: limit.saturating_sub(in_flight),
-                }
-            })?;
+        let reservation = Reservation::try_new(&self.stats, bytes, limit).map_err(|in_flight| {
+            StoreError::InsufficientStorage {
+                size: bytes,
+                capacity: limit.saturating_sub(in_flight),
+            }
+        })?;
         if reservation.needs_room() {
             // Best effort: a full channel means the writer is busy and will
             // evict at its next commit anyway.
