@@ -278,8 +278,9 @@ resource "kubernetes_deployment" "main" {
             failure_threshold     = 3
           }
 
-          # Readiness: /status answers 200 once the store is open and 503
-          # while starting or draining; it never asks for credentials.
+          # Readiness: nothing listens until the store is open, and the
+          # listeners close as soon as a pod drains, so /status answers 200
+          # exactly while the pod serves; it never asks for credentials.
           readiness_probe {
             http_get {
               path = "/status"

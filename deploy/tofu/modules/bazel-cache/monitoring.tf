@@ -7,7 +7,7 @@
 
 locals {
   job = "job=\"${var.name}\""
-  # Cache requests only: readiness probes (/status, 503 while a pod drains)
+  # Cache requests only: readiness probes (/status)
   # and scrapes (/metrics) are counted too, under their own handler.
   cache_requests = "${local.job},handler!~\"status|metrics\""
 }
