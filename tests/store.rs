@@ -1785,3 +1785,28 @@ async fn writes_beyond_the_slots_wait_then_are_refused_as_busy() {
     b.finish().await.unwrap();
     assert_eq!(store.contains(&cas(&c)).await.unwrap(), Some(1000));
 }
+
+/// Small zstd-stored blobs are decompressed in one call (the fast path of
+/// `get`); large ones stream. Both give the bytes back, and a stored file
+/// that no longer decompresses to the indexed size is an error, never
+/// wrong bytes.
+#[tokio::test]
+async fn small_and_large_zstd_blobs_read_back_and_a_wrong_frame_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&config(dir.path(), 64 << 20, Encoding::Zstd)).await;
+    let small = text_bytes(20_000, 1);
+    let large = text_bytes(300_000, 2);
+    for data in [&small, &large] {
+        put_ok(&store, cas(data), data).await;
+        assert_eq!(
+            get_bytes(&store, &cas(data)).await.as_deref(),
+            Some(&data[..])
+        );
+    }
+    // Replace the small blob's file with a valid frame of other content.
+    let path = final_path(dir.path(), &cas(&small), Encoding::Zstd);
+    let other = zstd::bulk::compress(&text_bytes(19_000, 3), 1).unwrap();
+    std::fs::write(&path, other).unwrap();
+    let blob = store.get(&cas(&small), false).await;
+    assert!(blob.is_err(), "a frame of the wrong size was served");
+}

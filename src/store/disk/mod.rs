@@ -35,6 +35,41 @@ pub use self::recovery::RecoveryReport;
 /// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
 /// four file writes, small enough that 64 concurrent uploads stay in 16 MiB.
 const CHUNK: usize = 256 * 1024;
+/// Blobs up to this size (stored and logical) are decompressed in one call
+/// with a reused per-thread context: building a streaming decoder and its
+/// buffers cost more than the decompression itself for small blobs.
+const SMALL_BLOB: u64 = 64 * 1024;
+
+/// Reads a small zstd-stored blob and decompresses it whole, checking that
+/// it has the size the index records.
+async fn decompress_small(mut file: File, on_disk: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut frame = Vec::with_capacity(on_disk as usize);
+    file.read_to_end(&mut frame).await?;
+    let data = DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let decompressor = cell.as_mut().expect("just set");
+        // One byte more than expected, so a longer frame is detected.
+        decompressor.decompress(&frame, size as usize + 1)
+    })?;
+    if data.len() as u64 != size {
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "stored blob decompresses to {} bytes, the index says {size}",
+                data.len()
+            ),
+        )));
+    }
+    Ok(data)
+}
+
 /// zstd level for CAS blobs in zstd storage mode: level 1 compresses at
 /// several hundred MB/s per core, so compression does not dominate a PUT.
 const ZSTD_LEVEL: i32 = 1;
@@ -616,8 +651,18 @@ impl Store for DiskStore {
                 body_len: Some(on_disk),
                 body: Box::pin(file),
             },
+            (Encoding::Zstd, false) if entry.size <= SMALL_BLOB && on_disk <= SMALL_BLOB => {
+                let data = decompress_small(file, on_disk, entry.size).await?;
+                Blob {
+                    size: entry.size,
+                    encoding: Encoding::Identity,
+                    body_len: Some(entry.size),
+                    body: Box::pin(io::Cursor::new(data)),
+                }
+            }
             (Encoding::Zstd, false) => {
-                let mut dec = ZstdDecoder::new(BufReader::with_capacity(CHUNK, file));
+                let capacity = (on_disk as usize).clamp(4096, CHUNK);
+                let mut dec = ZstdDecoder::new(BufReader::with_capacity(capacity, file));
                 dec.multiple_members(true);
                 Blob {
                     size: entry.size,
