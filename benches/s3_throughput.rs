@@ -33,9 +33,7 @@ mod support;
 
 use support::{env_num, env_or};
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -53,182 +51,36 @@ const BLOB_SIZE: u64 = 1 << 20;
 /// Blob namespaces: the upload set and the blobs only in S3 for the latency pass.
 const SET: u64 = 1;
 const FRESH: u64 = 2;
-const INSTALL_HINT: &str = "install it with `cargo install s3s-fs@0.14.1 --locked --features binary`, or point S3S_FS at the binary";
-
 // ---------------------------------------------------------------- s3s-fs
 
-/// A running `s3s-fs` with one bucket; killed on drop.
-struct S3Fs {
-    endpoint: String,
-    access_key: String,
-    secret_key: String,
-    bucket: String,
-    root: tempfile::TempDir,
-    logdir: tempfile::TempDir,
-    child: Option<Child>,
-}
+// The same s3s-fs launcher the tests use (tests/common/s3.rs).
+#[allow(dead_code)]
+#[path = "../tests/common/s3.rs"]
+mod s3_server;
+use s3_server::S3Server;
 
-fn s3s_fs_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("S3S_FS").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        if !p.is_file() {
-            eprintln!("S3S_FS={} does not exist; {INSTALL_HINT}", p.display());
-            std::process::exit(2);
-        }
-        return p;
-    }
-    let mut candidates: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|path| {
-            std::env::split_paths(&path)
-                .map(|d| d.join("s3s-fs"))
-                .collect()
-        })
-        .unwrap_or_default();
-    if let Some(cargo_home) = std::env::var_os("CARGO_HOME") {
-        candidates.push(PathBuf::from(cargo_home).join("bin/s3s-fs"));
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        candidates.push(PathBuf::from(home).join(".cargo/bin/s3s-fs"));
-    }
-    match candidates.into_iter().find(|p| p.is_file()) {
-        Some(p) => p,
-        None => {
-            eprintln!(
-                "s3_throughput needs s3s-fs (a local S3 server), which is not installed: {INSTALL_HINT}"
-            );
-            std::process::exit(2);
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind an ephemeral port")
-        .port()
-}
-
-impl S3Fs {
-    fn start() -> S3Fs {
-        let bin = s3s_fs_binary();
-        let root = tempfile::Builder::new()
-            .prefix("bench-s3.")
-            .tempdir()
-            .expect("create the s3s-fs root");
-        let logdir = tempfile::Builder::new()
-            .prefix("bench-s3-log.")
-            .tempdir()
-            .expect("create the s3s-fs log dir");
-        let bucket = "bench".to_owned();
-        std::fs::create_dir(root.path().join(&bucket)).expect("create the bucket directory");
-        let mut s3 = S3Fs {
-            endpoint: String::new(),
-            access_key: "AKIABENCHBAZELCACHE".to_owned(),
-            secret_key: "bench/Secret+Key/0123456789abcdefghijklmn".to_owned(),
-            bucket,
-            root,
-            logdir,
-            child: None,
+/// CAS objects in the bucket (files named by a 64-hex digest).
+fn cas_objects(s3: &S3Server) -> usize {
+    fn walk(dir: &Path, n: &mut usize) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
         };
-        // Another process may take the port between probing and binding.
-        for attempt in 1..=5 {
-            let port = free_port();
-            s3.endpoint = format!("127.0.0.1:{port}");
-            match s3.spawn(&bin, port) {
-                Ok(()) => return s3,
-                Err(e) if attempt < 5 => eprintln!("s3s-fs start attempt {attempt}: {e}"),
-                Err(e) => panic!("s3s-fs did not start: {e}\n{}", s3.log()),
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, n);
+            } else if p
+                .file_name()
+                .and_then(|f| f.to_str())
+                .is_some_and(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()))
+            {
+                *n += 1;
             }
         }
-        unreachable!()
     }
-
-    fn spawn(&mut self, bin: &Path, port: u16) -> Result<(), String> {
-        let log = std::fs::File::create(self.logdir.path().join("s3s-fs.log"))
-            .map_err(|e| format!("create log: {e}"))?;
-        let log2 = log.try_clone().map_err(|e| format!("dup log: {e}"))?;
-        let mut child = Command::new(bin)
-            .arg("--host")
-            .arg("127.0.0.1")
-            .arg("--port")
-            .arg(port.to_string())
-            .arg("--access-key")
-            .arg(&self.access_key)
-            .arg("--secret-key")
-            .arg(&self.secret_key)
-            .arg(self.root.path())
-            .env("RUST_LOG", env_or("S3S_FS_LOG", "warn"))
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2)
-            .spawn()
-            .map_err(|e| format!("run {}: {e}", bin.display()))?;
-        let addr: SocketAddr = self.endpoint.parse().expect("endpoint is an address");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                return Err(format!("s3s-fs exited with {status}"));
-            }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                self.child = Some(child);
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{addr} not accepting after 20 s"));
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.logdir.path().join("s3s-fs.log")).unwrap_or_default()
-    }
-
-    /// Objects in the bucket whose name is a SHA-256 (CAS objects).
-    fn cas_objects(&self) -> usize {
-        fn walk(dir: &Path, n: &mut usize) {
-            let Ok(entries) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for e in entries.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, n);
-                } else if p
-                    .file_name()
-                    .and_then(|f| f.to_str())
-                    .is_some_and(|f| f.len() == 64 && f.bytes().all(|b| b.is_ascii_hexdigit()))
-                {
-                    *n += 1;
-                }
-            }
-        }
-        let mut n = 0;
-        walk(&self.root.path().join(&self.bucket), &mut n);
-        n
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for S3Fs {
-    fn drop(&mut self) {
-        if std::thread::panicking() && self.child.is_some() {
-            let log = self.log();
-            if !log.trim().is_empty() {
-                eprintln!("--- s3s-fs log ---\n{log}--- end of s3s-fs log ---");
-            }
-        }
-        self.stop();
-    }
+    let mut n = 0;
+    walk(&s3.root.path().join(&s3.bucket), &mut n);
+    n
 }
 
 // ---------------------------------------------------------------- servers
@@ -254,7 +106,7 @@ struct Settings {
     num_uploaders: Option<usize>,
 }
 
-async fn start_server(s3: &S3Fs, settings: &Settings) -> Running {
+async fn start_server(s3: &S3Server, settings: &Settings) -> Running {
     let dir = tempfile::Builder::new()
         .prefix("bench-cache.")
         .tempdir()
@@ -494,7 +346,7 @@ async fn main() {
         "BENCH_BLOBS and BENCH_LATENCY_SAMPLES must be positive"
     );
 
-    let s3 = S3Fs::start();
+    let s3 = S3Server::start();
     println!(
         "bazel-cache S3 proxy benchmark: s3s-fs at {}, {n} x 1 MiB blobs, {concurrency} connections, storage_mode={}, fsync={}, num_uploaders={}, {} cores",
         s3.endpoint,
@@ -531,7 +383,7 @@ async fn main() {
         drain.as_secs_f64(),
         (drained - acked).as_secs_f64(),
     );
-    let in_bucket = s3.cas_objects();
+    let in_bucket = cas_objects(&s3);
     println!("A Backend: {}", st_a["Backend"]);
     println!("CAS objects in the bucket: {in_bucket}");
     assert_eq!(counter(&st_a, "UploadsDone"), n as u64, "A: {st_a}");
