@@ -107,6 +107,8 @@ pub struct Server {
     /// TLS for the HTTP port (ALPN h2 and http/1.1) and the gRPC port (h2).
     http_tls: Option<TlsAcceptor>,
     grpc_tls: Option<TlsAcceptor>,
+    /// Re-read when its files change.
+    server_cert: Option<Arc<tls::ServerCert>>,
 }
 
 impl Server {
@@ -119,15 +121,22 @@ impl Server {
             config.tls.as_ref().is_some_and(|t| t.ca_file.is_some()),
             config.allow_unauthenticated_reads,
         )?);
-        let (http_tls, grpc_tls) = match &config.tls {
+        let (http_tls, grpc_tls, server_cert) = match &config.tls {
             Some(t) => {
                 let anonymous_reads = config.allow_unauthenticated_reads;
+                let cert = tls::ServerCert::load(t)?;
                 (
-                    Some(tls::acceptor(t, anonymous_reads, &[b"h2", b"http/1.1"])?),
-                    Some(tls::acceptor(t, anonymous_reads, &[b"h2"])?),
+                    Some(tls::acceptor(
+                        t,
+                        &cert,
+                        anonymous_reads,
+                        &[b"h2", b"http/1.1"],
+                    )?),
+                    Some(tls::acceptor(t, &cert, anonymous_reads, &[b"h2"])?),
+                    Some(cert),
                 )
             }
-            None => (None, None),
+            None => (None, None, None),
         };
         let disk = DiskConfig {
             dir: config.dir.clone(),
@@ -204,6 +213,7 @@ impl Server {
             auth,
             http_tls,
             grpc_tls,
+            server_cert,
         })
     }
 
@@ -267,6 +277,9 @@ impl Server {
             auth: self.auth.clone(),
         });
         self.auth.spawn_reloader();
+        if let Some(cert) = &self.server_cert {
+            cert.spawn_reloader();
+        }
         let grpc_touched = last_request.clone();
         // With endpoint metrics the gRPC services count their lookups
         // through this store (HTTP counts in its request wrapper).

@@ -717,3 +717,45 @@ async fn grpcs_with_client_certificates() {
         "only the two blobs of the certified client are stored"
     );
 }
+
+/// cert-manager renews a mounted certificate in place: the server picks the
+/// new pair up within its check interval, without a restart.
+#[test]
+fn a_renewed_certificate_is_served_without_a_restart() {
+    let p = pki();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(&p.server.cert, &cert).unwrap();
+    std::fs::copy(&p.server.key, &key).unwrap();
+    let server = start(&[
+        "--tls_cert_file".to_string(),
+        cert.display().to_string(),
+        "--tls_key_file".to_string(),
+        key.display().to_string(),
+    ]);
+    let status = format!("{}/status", server.http_url);
+    assert_eq!(
+        curl_tls("GET", &status, None, &cert_args(&p.ca, None)).code,
+        200
+    );
+
+    let renewed = Ca::new(dir.path(), "renewing-ca").server("renewed");
+    std::fs::copy(&renewed.cert, &cert).unwrap();
+    std::fs::copy(&renewed.key, &key).unwrap();
+    let new_ca = dir.path().join("renewing-ca.pem");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(40);
+    while curl_tls("GET", &status, None, &cert_args(&new_ca, None)).code != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was not picked up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert_eq!(
+        curl_tls("GET", &status, None, &cert_args(&p.ca, None)).code,
+        0,
+        "the old certificate is still served"
+    );
+    let (_, stderr) = server.output();
+    assert!(stderr.contains("TLS certificate reloaded"), "{stderr}");
+}
