@@ -223,42 +223,17 @@ fn client(base: &str, concurrency: usize) -> Arc<HttpClient> {
     Arc::new(HttpClient::new(&target, None, "", concurrency).expect("HTTP client"))
 }
 
-/// PUTs blobs `0..count` of `namespace` from `concurrency` workers.
-async fn put_all(
-    base: &str,
-    class: &Arc<SizeClass>,
-    namespace: u64,
-    count: usize,
-    concurrency: usize,
-) -> Measured {
-    let (c, class) = (client(base, concurrency), class.clone());
-    let load = Load {
-        concurrency,
-        duration: None,
-        requests: Some(count as u64),
-        warmup: Duration::ZERO,
-    };
-    drive(&load, 1, move |t| {
-        let (c, class) = (c.clone(), class.clone());
-        async move {
-            let id = BlobId {
-                namespace,
-                index: t.index,
-            };
-            let result = c.put(&class, id).await;
-            Outcome {
-                row: 0,
-                blobs: 1,
-                bytes: *result.as_ref().unwrap_or(&0),
-                result: result.map(drop),
-            }
-        }
-    })
-    .await
+/// What [`each_blob`] does to every blob.
+#[derive(Clone, Copy)]
+enum Op {
+    Put,
+    /// GET, each blob hashed as it arrives.
+    Get,
 }
 
-/// GETs blobs `0..count` of `namespace`, each hashed as it arrives.
-async fn get_all(
+/// Runs `op` on blobs `0..count` of `namespace` from `concurrency` workers.
+async fn each_blob(
+    op: Op,
     base: &str,
     class: &Arc<SizeClass>,
     namespace: u64,
@@ -279,7 +254,10 @@ async fn get_all(
                 namespace,
                 index: t.index,
             };
-            let result = c.get(&class, id).await;
+            let result = match op {
+                Op::Put => c.put(&class, id).await,
+                Op::Get => c.get(&class, id).await,
+            };
             Outcome {
                 row: 0,
                 blobs: 1,
@@ -369,7 +347,7 @@ async fn main() {
     // 1. Upload: PUTs to A, then A's write-behind queue drains into S3.
     let a = start_server(&s3, &settings).await;
     let started = Instant::now();
-    let put = put_all(&a.base, &class, SET, n, concurrency).await;
+    let put = each_blob(Op::Put, &a.base, &class, SET, n, concurrency).await;
     let acked = Instant::now();
     let (drained, st_a) = wait_drained(&client, &a.base, n as u64, drain_timeout).await;
     let drain = drained - started;
@@ -390,7 +368,7 @@ async fn main() {
     assert_eq!(in_bucket, n, "every uploaded blob is an object in S3");
 
     // Fresh blobs for the latency phase, uploaded through A too.
-    let fresh = put_all(&a.base, &class, FRESH, samples, concurrency).await;
+    let fresh = each_blob(Op::Put, &a.base, &class, FRESH, samples, concurrency).await;
     assert_eq!(
         fresh.rows[0].error_count(),
         0,
@@ -407,9 +385,9 @@ async fn main() {
 
     // 2. Read-through: B has an empty disk; every GET is a local miss.
     let b = start_server(&s3, &settings).await;
-    let miss = get_all(&b.base, &class, SET, n, concurrency).await;
+    let miss = each_blob(Op::Get, &b.base, &class, SET, n, concurrency).await;
     let st_b = status(&client, &b.base).await;
-    let hit = get_all(&b.base, &class, SET, n, concurrency).await;
+    let hit = each_blob(Op::Get, &b.base, &class, SET, n, concurrency).await;
     let st_b2 = status(&client, &b.base).await;
     println!("\n== read-through: GET {n} blobs from B (empty disk), then again");
     print_phase("GET, local miss → S3 (read-through)", miss);
@@ -438,7 +416,7 @@ async fn main() {
     // first set (so they are local), then alternates a miss (a fresh blob,
     // only in S3) with a hit (one of those), one request at a time.
     let c = start_server(&s3, &settings).await;
-    let warm = get_all(&c.base, &class, SET, samples, 1).await;
+    let warm = each_blob(Op::Get, &c.base, &class, SET, samples, 1).await;
     assert_eq!(warm.rows[0].error_count(), 0, "{:?}", warm.rows[0].samples);
     let (mut miss, mut hit) = alternate(&c.base, &class, samples).await;
     let st_c = status(&client, &c.base).await;

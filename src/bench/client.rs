@@ -80,13 +80,7 @@ impl Client {
         ids: &[BlobId],
     ) -> Result<u64, OpError> {
         match self {
-            Client::Http(h) => {
-                let mut sent = 0;
-                for &id in ids {
-                    sent += h.put(class, id).await?;
-                }
-                Ok(sent)
-            }
+            Client::Http(h) => one_by_one(ids, |id| h.put(class, id)).await,
             Client::Grpc(g) => g.write(worker, class, ids).await,
         }
     }
@@ -98,13 +92,7 @@ impl Client {
         ids: &[BlobId],
     ) -> Result<u64, OpError> {
         match self {
-            Client::Http(h) => {
-                let mut read = 0;
-                for &id in ids {
-                    read += h.get(class, id).await?;
-                }
-                Ok(read)
-            }
+            Client::Http(h) => one_by_one(ids, |id| h.get(class, id)).await,
             Client::Grpc(g) => g.read(worker, class, ids).await,
         }
     }
@@ -136,4 +124,18 @@ impl Client {
             Client::Grpc(g) => Some(g.batch_limit()),
         }
     }
+}
+
+/// Runs `op` on each of `ids` in turn, adding up the bytes moved; stops at
+/// the first error (for protocols or sizes that move one blob per call).
+pub(crate) async fn one_by_one<F, Fut>(ids: &[BlobId], op: F) -> Result<u64, OpError>
+where
+    F: Fn(BlobId) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, OpError>>,
+{
+    let mut total = 0;
+    for &id in ids {
+        total += op(id).await?;
+    }
+    Ok(total)
 }

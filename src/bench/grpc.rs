@@ -21,6 +21,7 @@ use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::blobs::{BlobId, SizeClass};
+use super::client::one_by_one;
 use super::error::{BenchError, OpError, chain};
 use super::http::{check, short};
 use super::target::Target;
@@ -183,11 +184,7 @@ impl GrpcClient {
         if ids.len() <= self.per_batch(class.size(), ids.len()) {
             self.batch_update(worker, class, ids).await
         } else {
-            let mut sent = 0;
-            for &id in ids {
-                sent += self.stream_write(worker, class, id).await?;
-            }
-            Ok(sent)
+            one_by_one(ids, |id| self.stream_write(worker, class, id)).await
         }
     }
 
@@ -201,11 +198,7 @@ impl GrpcClient {
         if ids.len() <= self.per_batch(class.size(), ids.len()) {
             self.batch_read(worker, class, ids).await
         } else {
-            let mut read = 0;
-            for &id in ids {
-                read += self.stream_read(worker, class, id).await?;
-            }
-            Ok(read)
+            one_by_one(ids, |id| self.stream_read(worker, class, id)).await
         }
     }
 
