@@ -27,6 +27,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, ReadRequest, WriteRequest};
 use common::Server;
+use common::async_client as http_client;
 use futures_util::StreamExt;
 use prost::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -48,14 +49,6 @@ fn text(len: usize, seed: u64) -> Vec<u8> {
 
 fn hex(data: &[u8]) -> String {
     Hash::of(data).to_hex()
-}
-
-fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        // A hang detector, not a performance bound.
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
 }
 
 async fn grpc_channel(s: &Server) -> Channel {
@@ -123,17 +116,6 @@ async fn wait_until<T: std::fmt::Debug>(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// `GET /status` without blocking the runtime's other tasks for long.
-async fn status(s: &Server) -> serde_json::Value {
-    let r = http_client()
-        .get(format!("{}/status", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
 /// A blob file under `dir/ac` or `dir/cas`.
@@ -536,7 +518,7 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
         }
         served += 1;
     }
-    let st = status(&server).await;
+    let st = server.status_async().await;
     let on_disk: u64 = files.iter().map(|f| f.len).sum();
     println!(
         "after recovery: {served} blob files served intact; /status NumFiles {} CurrSize {}; on disk {} files, {on_disk} bytes",
@@ -590,7 +572,7 @@ async fn eviction_under_concurrent_load_stays_within_max_size_and_serves_whole_b
     const BLOBS_PER_WRITER: u64 = 40;
     const LARGEST: usize = 2 * MIB;
     let server = Server::start(&["--max_size", "0.01"]);
-    let max_size = status(&server).await["MaxSize"].as_u64().unwrap();
+    let max_size = server.status_async().await["MaxSize"].as_u64().unwrap();
     let dir = server.dir.clone();
 
     // Disk usage sampled from another thread for as long as the load runs.
@@ -722,7 +704,7 @@ async fn eviction_under_concurrent_load_stays_within_max_size_and_serves_whole_b
         "disk usage peaked at {peak} bytes: over max_size {max_size} by more than one blob ({LARGEST} bytes)"
     );
 
-    let st = status(&server).await;
+    let st = server.status_async().await;
     let files = blob_files(&dir);
     let on_disk: u64 = files.iter().map(|f| f.len).sum();
     assert!(st["CurrSize"].as_u64().unwrap() <= max_size, "{st}");
@@ -827,7 +809,10 @@ async fn stalled_upload_does_not_block_others_and_leaves_nothing_when_dropped() 
     let pid = server.pid();
     normal_round_trip(&server, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (fds, files) = (fd_count(pid), status(&server).await["NumFiles"].clone());
+    let (fds, files) = (
+        fd_count(pid),
+        server.status_async().await["NumFiles"].clone(),
+    );
 
     let blob = common::noise(4 * MIB, 77);
     let stalled = partial_put(&server, &blob, 256 * KIB).await;
@@ -839,7 +824,9 @@ async fn stalled_upload_does_not_block_others_and_leaves_nothing_when_dropped() 
         || (temp_files(&dir) == 1, temp_files(&dir)),
     )
     .await;
-    let reserved = status(&server).await["ReservedSize"].as_u64().unwrap();
+    let reserved = server.status_async().await["ReservedSize"]
+        .as_u64()
+        .unwrap();
     assert_eq!(
         reserved,
         blob.len() as u64,
@@ -857,7 +844,7 @@ async fn stalled_upload_does_not_block_others_and_leaves_nothing_when_dropped() 
         || (temp_files(&dir) == 0, temp_files(&dir)),
     )
     .await;
-    let st = status(&server).await;
+    let st = server.status_async().await;
     assert_eq!(
         st["ReservedSize"].as_u64(),
         Some(0),
@@ -931,7 +918,7 @@ async fn http_read_timeout_cuts_stalled_uploads_and_frees_their_write_slots() {
     )
     .await;
     assert_eq!(
-        status(&server).await["ReservedSize"].as_u64(),
+        server.status_async().await["ReservedSize"].as_u64(),
         Some(0),
         "reservations of the cut uploads kept"
     );
@@ -1030,7 +1017,7 @@ async fn clients_that_disconnect_mid_stream_leave_nothing_behind() {
     normal_round_trip(&server, 1).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (fds, rss) = (fd_count(pid), rss_kib(pid));
-    let files = status(&server).await["NumFiles"].as_u64().unwrap();
+    let files = server.status_async().await["NumFiles"].as_u64().unwrap();
 
     let channel = grpc_channel(&server).await;
     for round in 0..ROUNDS {
@@ -1136,7 +1123,7 @@ async fn clients_that_disconnect_mid_stream_leave_nothing_behind() {
         || (temp_files(&dir) == 0, temp_files(&dir)),
     )
     .await;
-    let st = status(&server).await;
+    let st = server.status_async().await;
     assert_eq!(st["ReservedSize"].as_u64(), Some(0), "{st}");
     assert_eq!(
         st["NumFiles"].as_u64(),

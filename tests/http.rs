@@ -9,14 +9,11 @@ use std::net::TcpStream;
 use bazel_cache::digest::Hash;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use common::Server;
+use common::async_client as client;
 use prost::Message;
 
 fn hex(data: &[u8]) -> String {
     Hash::of(data).to_hex()
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::new()
 }
 
 /// Deterministic, compressible test data.
@@ -31,25 +28,6 @@ async fn put(s: &Server, path: &str, body: Vec<u8>) -> reqwest::Response {
         .send()
         .await
         .unwrap()
-}
-
-async fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
-    let r = client()
-        .get(format!("{}{path}", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
-}
-
-async fn status(s: &Server) -> serde_json::Value {
-    let r = client()
-        .get(format!("{}/status", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
 /// Sends a raw HTTP/1.1 request, bypassing any URL normalisation a client
@@ -87,7 +65,7 @@ async fn cas_round_trip_head_and_instance_prefix() {
     let s = Server::start(&[]);
     let blob = data(100_000, 1);
     let h = hex(&blob);
-    assert_eq!(get(&s, &format!("/cas/{h}")).await.0, 404);
+    assert_eq!(s.get_async(&format!("/cas/{h}")).await.0, 404);
     let r = client()
         .head(format!("{}/cas/{h}", s.http_url))
         .send()
@@ -124,13 +102,16 @@ async fn cas_round_trip_head_and_instance_prefix() {
 
     // CAS is shared across instance-name prefixes.
     assert_eq!(
-        get(&s, &format!("/some/instance/cas/{h}")).await,
+        s.get_async(&format!("/some/instance/cas/{h}")).await,
         (200, blob.clone())
     );
     // The empty blob always exists.
-    assert_eq!(get(&s, &format!("/cas/{}", hex(b""))).await, (200, vec![]));
+    assert_eq!(
+        s.get_async(&format!("/cas/{}", hex(b""))).await,
+        (200, vec![])
+    );
 
-    let st = status(&s).await;
+    let st = s.status_async().await;
     assert_eq!(st["NumFiles"], 1);
     for field in [
         "CurrSize",
@@ -160,7 +141,7 @@ async fn action_cache_validates_and_checks_completeness() {
         put(&s, &format!("/ac/{key}"), ar.clone()).await.status(),
         200
     );
-    assert_eq!(get(&s, &format!("/ac/{key}")).await.0, 404);
+    assert_eq!(s.get_async(&format!("/ac/{key}")).await.0, 404);
     let r = client()
         .head(format!("{}/ac/{key}", s.http_url))
         .send()
@@ -174,7 +155,7 @@ async fn action_cache_validates_and_checks_completeness() {
             .status(),
         200
     );
-    assert_eq!(get(&s, &format!("/ac/{key}")).await, (200, ar.clone()));
+    assert_eq!(s.get_async(&format!("/ac/{key}")).await, (200, ar.clone()));
 
     // Garbage is refused with a reason, and the old entry stays.
     let r = put(
@@ -185,7 +166,7 @@ async fn action_cache_validates_and_checks_completeness() {
     .await;
     assert_eq!(r.status(), 400);
     assert!(r.text().await.unwrap().contains("ActionResult"));
-    assert_eq!(get(&s, &format!("/ac/{key}")).await, (200, ar));
+    assert_eq!(s.get_async(&format!("/ac/{key}")).await, (200, ar));
 }
 
 #[tokio::test]
@@ -197,7 +178,7 @@ async fn ac_validation_can_be_disabled_for_ccache() {
         put(&s, &format!("/ac/{key}"), body.clone()).await.status(),
         200
     );
-    assert_eq!(get(&s, &format!("/ac/{key}")).await, (200, body));
+    assert_eq!(s.get_async(&format!("/ac/{key}")).await, (200, body));
 }
 
 #[tokio::test]
@@ -220,14 +201,14 @@ async fn instance_mangling_separates_action_caches() {
         200
     );
     assert_eq!(
-        get(&s, &format!("/team-a/ac/{key}")).await,
+        s.get_async(&format!("/team-a/ac/{key}")).await,
         (200, b"a".to_vec())
     );
     assert_eq!(
-        get(&s, &format!("/team-b/ac/{key}")).await,
+        s.get_async(&format!("/team-b/ac/{key}")).await,
         (200, b"b".to_vec())
     );
-    assert_eq!(get(&s, &format!("/ac/{key}")).await.0, 404);
+    assert_eq!(s.get_async(&format!("/ac/{key}")).await.0, 404);
 }
 
 #[tokio::test]
@@ -248,7 +229,7 @@ async fn zstd_both_ways() {
             .unwrap();
         assert_eq!(r.status(), 200, "{mode}: {}", r.text().await.unwrap());
         assert_eq!(
-            get(&s, &format!("/cas/{h}")).await,
+            s.get_async(&format!("/cas/{h}")).await,
             (200, blob.clone()),
             "{mode}"
         );
@@ -276,7 +257,7 @@ async fn zstd_both_ways() {
                 Some("zstd"),
                 "zstd storage serves its bytes compressed"
             );
-            assert!(status(&s).await["CurrSize"].as_u64().unwrap() < blob.len() as u64 / 2);
+            assert!(s.status_async().await["CurrSize"].as_u64().unwrap() < blob.len() as u64 / 2);
         }
     }
 }
@@ -296,7 +277,7 @@ async fn large_chunked_upload_streams() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    assert_eq!(get(&s, &format!("/cas/{h}")).await, (200, blob));
+    assert_eq!(s.get_async(&format!("/cas/{h}")).await, (200, blob));
 }
 
 #[tokio::test]
@@ -335,7 +316,7 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
             .status(),
         200
     );
-    let before = status(&s).await;
+    let before = s.status_async().await;
 
     let good = data(2000, 7);
     let h = hex(&good);
@@ -470,12 +451,15 @@ async fn malformed_requests_get_clear_errors_and_change_nothing() {
         assert_eq!(raw_request(&s, &req), 400, "{path}");
     }
 
-    let after = status(&s).await;
+    let after = s.status_async().await;
     for field in ["NumFiles", "CurrSize", "UncompressedSize"] {
         assert_eq!(before[field], after[field], "{field} changed");
     }
-    assert_eq!(get(&s, &format!("/cas/{h}")).await.0, 404);
-    assert_eq!(get(&s, &format!("/cas/{}", hex(&kept))).await, (200, kept));
+    assert_eq!(s.get_async(&format!("/cas/{h}")).await.0, 404);
+    assert_eq!(
+        s.get_async(&format!("/cas/{}", hex(&kept))).await,
+        (200, kept)
+    );
     let tmp: Vec<_> = std::fs::read_dir(s.dir.join("tmp")).unwrap().collect();
     assert!(tmp.is_empty(), "temp files left behind: {tmp:?}");
 }

@@ -12,6 +12,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::ReadRequest;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use common::Server;
+use common::async_client as client;
 use common::prometheus::Scrape;
 use common::s3::{S3Server, free_port};
 use re::action_cache_client::ActionCacheClient;
@@ -23,13 +24,6 @@ use tonic::transport::Channel;
 // ---------------------------------------------------------------------------
 // Scraping and reading the text format
 // ---------------------------------------------------------------------------
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
 
 async fn scrape(s: &Server) -> Scrape {
     let resp = client()
@@ -43,15 +37,6 @@ async fn scrape(s: &Server) -> Scrape {
         "text/plain; version=0.0.4; charset=utf-8"
     );
     Scrape::new(resp.text().await.unwrap())
-}
-
-async fn status(s: &Server) -> serde_json::Value {
-    let r = client()
-        .get(format!("{}/status", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
 }
 
 async fn request(s: &Server, method: &str, path: &str, body: Option<&[u8]>) -> u16 {
@@ -371,7 +356,7 @@ async fn requests_lookups_and_store_figures_are_exported() {
     assert_eq!(les, ["0.001", "0.05", "2", "+Inf"]);
 
     // Store figures: what /status says.
-    let st = status(&s).await;
+    let st = s.status_async().await;
     let m = scrape(&s).await;
     assert_eq!(
         m.value("bazel_remote_disk_cache_size_bytes", &[]),
@@ -422,7 +407,7 @@ async fn eviction_and_idle_time_are_exported() {
         assert_eq!(request(&s, "PUT", &cas(b), Some(b)).await, 200);
     }
     let m = scrape(&s).await;
-    let st = status(&s).await;
+    let st = s.status_async().await;
     assert_eq!(
         m.value(
             "bazel_remote_disk_cache_size_bytes_limit",

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bazel_cache::digest::Hash;
 use common::Server;
+use common::async_client as client;
 use common::s3::S3Server;
 
 fn s3_args(s3: &S3Server, secret: &str) -> Vec<String> {
@@ -48,13 +49,6 @@ fn start(
     }
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
 async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
     client()
         .put(format!("{}{path}", s.http_url))
@@ -66,24 +60,6 @@ async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
         .as_u16()
 }
 
-async fn get(s: &Server, path: &str) -> (u16, Vec<u8>) {
-    let r = client()
-        .get(format!("{}{path}", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
-}
-
-async fn status(s: &Server) -> serde_json::Value {
-    let r = client()
-        .get(format!("{}/status", s.http_url))
-        .send()
-        .await
-        .unwrap();
-    serde_json::from_slice(&r.bytes().await.unwrap()).unwrap()
-}
-
 /// Polls `/status` until `done` holds for its `Backend` section.
 async fn wait_backend(
     s: &Server,
@@ -93,7 +69,7 @@ async fn wait_backend(
 ) -> serde_json::Value {
     let deadline = Instant::now() + timeout;
     loop {
-        let st = status(s).await;
+        let st = s.status_async().await;
         if done(&st["Backend"]) {
             return st;
         }
@@ -165,14 +141,18 @@ async fn two_replicas_share_blobs_through_the_bucket() {
             &["--storage_mode", mode, "--disable_http_ac_validation"],
             None,
         );
-        assert_eq!(get(&b, &cas(&big)).await, (200, big.clone()), "{mode}");
-        assert_eq!(get(&b, &cas(&small)).await, (200, small.clone()), "{mode}");
+        assert_eq!(b.get_async(&cas(&big)).await, (200, big.clone()), "{mode}");
         assert_eq!(
-            get(&b, &ac_key).await,
+            b.get_async(&cas(&small)).await,
+            (200, small.clone()),
+            "{mode}"
+        );
+        assert_eq!(
+            b.get_async(&ac_key).await,
             (200, b"action result bytes".to_vec()),
             "{mode}"
         );
-        let st = status(&b).await;
+        let st = b.status_async().await;
         assert_eq!(
             st["NumFiles"], 3,
             "{mode}: read-through stores locally: {st}"
@@ -183,7 +163,7 @@ async fn two_replicas_share_blobs_through_the_bucket() {
         );
         assert!(st["Backend"]["Hits"].as_u64().unwrap() >= 3);
         // Misses stay misses.
-        assert_eq!(get(&b, &cas(b"never stored")).await.0, 404);
+        assert_eq!(b.get_async(&cas(b"never stored")).await.0, 404);
     }
 }
 
@@ -195,7 +175,7 @@ async fn a_wrong_secret_is_reported_clearly_and_not_retried_forever() {
     let data = blob(1000, 3);
     // The write is acknowledged from local disk...
     assert_eq!(put(&s, &cas(&data), &data).await, 200);
-    assert_eq!(get(&s, &cas(&data)).await, (200, data.clone()));
+    assert_eq!(s.get_async(&cas(&data)).await, (200, data.clone()));
     // ...the upload is refused by S3, counted, and given up after a few tries.
     let st = wait_backend(&s, "abandoned upload", Duration::from_secs(30), |b| {
         b["UploadsAbandoned"] == 1
@@ -229,7 +209,7 @@ async fn acknowledged_uploads_survive_kill_9() {
         for b in &blobs {
             assert_eq!(put(&s, &cas(b), b).await, 200);
         }
-        let st = status(&s).await;
+        let st = s.status_async().await;
         assert_eq!(st["Backend"]["UploadsPending"], 20, "{st}");
         // Dropping a Server sends SIGKILL: no shutdown of any kind.
     }
@@ -244,7 +224,7 @@ async fn acknowledged_uploads_survive_kill_9() {
     .await;
     let fresh = start(&s3, None, &[], None);
     for b in &blobs {
-        assert_eq!(get(&fresh, &cas(b)).await, (200, b.clone()));
+        assert_eq!(fresh.get_async(&cas(b)).await, (200, b.clone()));
     }
 }
 
@@ -264,10 +244,10 @@ async fn an_s3_outage_does_not_stop_the_cache_and_uploads_catch_up() {
     let started = Instant::now();
     for b in &during {
         assert_eq!(put(&s, &cas(b), b).await, 200);
-        assert_eq!(get(&s, &cas(b)).await, (200, b.clone()));
+        assert_eq!(s.get_async(&cas(b)).await, (200, b.clone()));
     }
     // A miss asks the dead backend, which must not hold the request long.
-    assert_eq!(get(&s, &cas(b"not anywhere")).await.0, 404);
+    assert_eq!(s.get_async(&cas(b"not anywhere")).await.0, 404);
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "requests were held by the dead backend"
@@ -283,7 +263,7 @@ async fn an_s3_outage_does_not_stop_the_cache_and_uploads_catch_up() {
     .await;
     let fresh = start(&s3, None, &[], None);
     for b in &during {
-        assert_eq!(get(&fresh, &cas(b)).await, (200, b.clone()));
+        assert_eq!(fresh.get_async(&cas(b)).await, (200, b.clone()));
     }
 }
 
@@ -307,8 +287,8 @@ async fn a_corrupt_object_is_never_served_or_kept() {
         std::fs::write(&object, &bytes).unwrap();
 
         let b = start(&s3, None, &["--storage_mode", mode], None);
-        assert_eq!(get(&b, &cas(&data)).await.0, 404, "{mode}");
-        let st = status(&b).await;
+        assert_eq!(b.get_async(&cas(&data)).await.0, 404, "{mode}");
+        let st = b.status_async().await;
         assert_eq!(st["NumFiles"], 0, "{mode}: {st}");
         assert_eq!(st["Backend"]["CorruptObjects"], 1, "{mode}: {st}");
     }
@@ -341,12 +321,12 @@ async fn concurrent_misses_fetch_once_and_hits_refresh_timestamps() {
         None,
     );
     let path = cas(&data);
-    let gets = (0..12).map(|_| get(&b, &path));
+    let gets = (0..12).map(|_| b.get_async(&path));
     for (status, body) in futures_util::future::join_all(gets).await {
         assert_eq!(status, 200);
         assert_eq!(body, data);
     }
-    let st = status(&b).await;
+    let st = b.status_async().await;
     assert_eq!(
         st["Backend"]["Hits"], 1,
         "12 concurrent misses must share one download: {st}"
@@ -405,7 +385,7 @@ async fn grpc_find_missing_sees_blobs_that_are_only_in_s3() {
         .missing_blob_digests;
     assert_eq!(missing, vec![absent]);
     // HEAD only: nothing was downloaded into B's disk.
-    assert_eq!(status(&b).await["NumFiles"], 0);
+    assert_eq!(b.status_async().await["NumFiles"], 0);
 }
 
 /// The design document's Deployment: a ConfigMap-rendered config file plus

@@ -580,6 +580,33 @@ impl SlowPut {
     }
 }
 
+/// A client for async tests: one request may take up to a minute.
+pub fn async_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+impl Server {
+    /// GET `path` from an async test: status and body.
+    pub async fn get_async(&self, path: &str) -> (u16, Vec<u8>) {
+        let r = async_client()
+            .get(format!("{}{path}", self.http_url))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.bytes().await.unwrap().to_vec())
+    }
+
+    /// `GET /status` from an async test, parsed as JSON.
+    pub async fn status_async(&self) -> serde_json::Value {
+        let (code, body) = self.get_async("/status").await;
+        assert_eq!(code, 200, "/status: {}", String::from_utf8_lossy(&body));
+        serde_json::from_slice(&body).unwrap()
+    }
+}
+
 /// Deterministic incompressible bytes (xorshift), so stored sizes are
 /// predictable in zstd mode and every seed names a different blob.
 pub fn noise(len: usize, seed: u64) -> Vec<u8> {
