@@ -310,15 +310,53 @@ fn yaml_error(path: &Path, err: &serde_path_to_error::Error<serde_yaml_ng::Error
     ConfigError::File {
         path: path.to_owned(),
         location,
-        key,
-        message,
+        // The key is the file's own text: keep the error on one line and short.
+        key: key.map(|k| printable(&k)),
+        message: printable(&message),
     }
+}
+
+/// `text` with control characters escaped (`\n`) and cut to 120 characters,
+/// for echoing file content in a one-line error.
+fn printable(text: &str) -> String {
+    const MAX: usize = 120;
+    let mut out: String = text
+        .chars()
+        .flat_map(|c| {
+            let escaped: Vec<char> = if c.is_control() {
+                c.escape_debug().collect()
+            } else {
+                vec![c]
+            };
+            escaped
+        })
+        .take(MAX)
+        .collect();
+    if out.chars().count() == MAX && text.chars().count() > MAX {
+        out.push_str("...");
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::io::Write;
+
+    /// Found by the config_yaml fuzz target: a flow-mapping key spanning
+    /// lines came back verbatim, newlines and all.
+    #[test]
+    fn a_multi_line_unknown_key_is_reported_on_one_short_line() {
+        let key = format!("a{}b", "\n".repeat(5)) + &"x".repeat(300);
+        let err = load_str(&format!("{{{key}: 1}}\n")).unwrap_err();
+        assert!(!err.contains('\n'), "{err:?}");
+        assert!(
+            err.contains("a\\n"),
+            "the line breaks are shown escaped: {err}"
+        );
+        assert!(err.contains("unknown key"), "{err}");
+        assert!(err.len() < 400, "{err}");
+    }
 
     /// Loads `yaml` from a temporary file; errors are rendered with the
     /// random path replaced by `F` so assertions can match the whole line.
