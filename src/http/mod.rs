@@ -199,9 +199,33 @@ async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respon
         },
         _ => match authorize(state, &req, conn) {
             Ok(()) => cache::handle(state, req).await,
-            Err(denied) => unauthorized(state, denied),
+            Err(denied) => {
+                discard_small_body(req.into_body()).await;
+                unauthorized(state, denied)
+            }
         },
     }
+}
+
+/// Reads and drops up to 1 MiB of a refused request's body (for at most
+/// 5 s). Closing a socket with unread bytes makes the kernel send a reset,
+/// which can reach the client before it has read our answer; a small
+/// upload, as most refused ones are, is cheaper to swallow. Bodies that
+/// are larger are left: the connection closes after the answer.
+async fn discard_small_body(mut body: Incoming) {
+    const LIMIT: usize = 1 << 20;
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                seen += data.len();
+                if seen > LIMIT {
+                    return;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), drain).await;
 }
 
 /// A write refused before its body was read (auth, size, full disk) leaves
