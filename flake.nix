@@ -2,9 +2,11 @@
   description = "bazel-cache: a Bazel remote cache server, drop-in for bazel-remote (package, OCI image, NixOS module, VM tests)";
 
   # Everything per system lives in flake/: packages.nix (one crane
-  # buildDepsOnly shared by the package and every check), oci-image.nix,
-  # checks.nix (clippy, rustfmt, nextest, the NixOS VM tests), devshell.nix;
-  # the NixOS module is nix/module.nix, wrapped by flake/nixos-module.nix.
+  # buildDepsOnly shared by the packages, bazel-cache and bazel-cache-bench,
+  # and every check), oci-image.nix, checks.nix (clippy, rustfmt, nextest,
+  # the NixOS VM tests), devshell.nix; the NixOS module is
+  # nixos-modules/bazel-cache.nix, wrapped by flake/nixos-module.nix, and
+  # its VM tests are nix/tests/.
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     crane.url = "github:ipetkov/crane";

@@ -37,14 +37,14 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bazel_cache::bench::blobs::{BlobId, SizeClass};
-use bazel_cache::bench::http::HttpClient;
-use bazel_cache::bench::report::Stats;
-use bazel_cache::bench::stats::{Recorder, percentile};
-use bazel_cache::bench::target::Target;
-use bazel_cache::bench::{Load, Measured, Outcome, drive};
 use bazel_cache::config;
 use bazel_cache::server::Server;
+use bazel_cache_bench::blobs::{BlobId, SizeClass};
+use bazel_cache_bench::http::HttpClient;
+use bazel_cache_bench::report::Stats;
+use bazel_cache_bench::stats::{Recorder, percentile};
+use bazel_cache_bench::target::Target;
+use bazel_cache_bench::{Load, Measured, Outcome, drive};
 
 const MIB: f64 = 1024.0 * 1024.0;
 const BLOB_SIZE: u64 = 1 << 20;
@@ -53,9 +53,9 @@ const SET: u64 = 1;
 const FRESH: u64 = 2;
 // ---------------------------------------------------------------- s3s-fs
 
-// The same s3s-fs launcher the tests use (tests/common/s3.rs).
+// The same s3s-fs launcher the tests use (tests/support/s3.rs).
 #[allow(dead_code)]
-#[path = "../tests/common/s3.rs"]
+#[path = "../tests/support/s3.rs"]
 mod s3_server;
 use s3_server::S3Server;
 

@@ -20,9 +20,9 @@ mod support;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bazel_cache::digest::{BlobKey, Hash};
-use bazel_cache::store::disk::{DiskConfig, DiskStore};
-use bazel_cache::store::{Encoding, PutRequest, Store};
+use bazel_cache_digest::{BlobKey, Hash};
+use bazel_cache_store::disk::{DiskConfig, DiskStore};
+use bazel_cache_store::{Encoding, PutRequest, Store};
 use support::{ServerProcess, env_num, phase, print_header, print_row};
 
 fn config(dir: &std::path::Path) -> DiskConfig {

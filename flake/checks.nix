@@ -4,7 +4,7 @@
 
 let
   inherit (pkgs) lib;
-  inherit (build) commonArgs cargoArtifacts testSrc bazel-cache;
+  inherit (build) commonArgs cargoArtifacts testSrc bazel-cache bazel-cache-bench;
   testArgs = commonArgs // {
     src = testSrc;
     inherit cargoArtifacts;
@@ -13,23 +13,20 @@ let
   bazelDeps = import ../nix/tests/bazel-deps.nix { inherit pkgs lib; };
 in
 {
-  inherit bazel-cache;
+  inherit bazel-cache bazel-cache-bench;
 
   clippy = craneLib.cargoClippy (testArgs // {
-    cargoClippyExtraArgs = "--all-targets -- --deny warnings";
+    cargoClippyExtraArgs = "--workspace --all-targets -- --deny warnings";
   });
 
   rustfmt = craneLib.cargoFmt { src = testSrc; };
 
   # The suite in the build sandbox, minus what needs tools nixpkgs lacks or
-  # the sandbox forbids: Debian's Bazel 4.2.3 (e2e_bazel and the example
-  # checks in deploy; Bazel 7 runs in the VM tests instead), s3s-fs, the
-  # SigV4-checking S3 server (the s3 tests and the deploy/metrics tests that
-  # start one; vm-s3 covers the proxy against MinIO), and mounting a tmpfs
-  # (the disk-full test needs root).
+  # the sandbox forbids: nextest's `sandbox` profile (.config/nextest.toml,
+  # which says why) leaves out the `clients` and `s3` test binaries,
+  # `s3_tls`, and the tests in `privileged` modules.
   nextest = craneLib.cargoNextest (testArgs // {
     nativeBuildInputs = [
-      pkgs.ccache
       pkgs.nix
       pkgs.procps
       pkgs.openssl
@@ -39,15 +36,7 @@ in
     preCheck = ''
       export HOME=$(mktemp -d)
     '';
-    cargoNextestExtraArgs = lib.escapeShellArgs [
-      "--no-fail-fast"
-      "-E"
-      ("not (binary(e2e_bazel) | binary(s3) | binary(s3_client) | binary(s3_tls)"
-        + " | test(vm_s3_mirror) | test(a_full_disk_gives_507_keeps_serving_reads_and_recovers)"
-        + " | (binary(deploy) & (test(server::probes_and_ports_match_what_the_server_serves)"
-        + " | test(monitoring::alerts_and_dashboard_query_only_exported_metrics)))"
-        + " | (binary(metrics) & (test(the_design_alert_rules_find_their_metrics) | test(s3_requests_hits_misses_and_the_upload_queue))))")
-    ];
+    cargoNextestExtraArgs = "--workspace --profile sandbox";
   });
 
   nix-lint = pkgs.runCommand "bazel-cache-nix-lint"

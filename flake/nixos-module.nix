@@ -1,10 +1,10 @@
-# `nixosModules.bazel-cache`: nix/module.nix with `package` defaulting to
-# this flake's build for the machine's platform.
+# `nixosModules.bazel-cache`: nixos-modules/bazel-cache.nix with `package`
+# defaulting to this flake's build for the machine's platform.
 { self }:
 
 { lib, pkgs, ... }:
 {
-  imports = [ ../nix/module.nix ];
+  imports = [ ../nixos-modules/bazel-cache.nix ];
   services.bazel-cache.package =
     lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.bazel-cache;
 }

@@ -11,11 +11,11 @@ let
   craneLib = (crane.mkLib pkgs).overrideToolchain (_: toolchain);
 
   build = import ./packages.nix { inherit pkgs craneLib; };
-  bazel-cache = build.bazel-cache;
+  inherit (build) bazel-cache bazel-cache-bench;
 in
 {
   packages = {
-    inherit bazel-cache;
+    inherit bazel-cache bazel-cache-bench;
     default = bazel-cache;
     oci-image = import ./oci-image.nix { inherit pkgs bazel-cache; };
     # The deployment kit's dashboard, so a NixOS Grafana can provision it
@@ -29,11 +29,18 @@ in
   # `nix run .#bazel-cache`: no configuration needed; serves
   # ~/.cache/bazel-cache (5 GiB) on :8080 (HTTP) and :9092 (gRPC) and prints
   # the .bazelrc lines that use it.
+  # `nix run .#bazel-cache-bench -- <URL> [OPTIONS]`: load any Bazel remote
+  # cache (http(s):// or grpc(s)://) and report throughput and latencies.
   apps = rec {
     bazel-cache = {
       type = "app";
       program = "${bazel-cache}/bin/bazel-cache";
       meta.description = "Run a local Bazel remote cache and print the .bazelrc lines for it";
+    };
+    bazel-cache-bench = {
+      type = "app";
+      program = "${bazel-cache-bench}/bin/bazel-cache-bench";
+      meta.description = "Measure a Bazel remote cache (HTTP or gRPC) under a configurable load";
     };
     default = bazel-cache;
   };

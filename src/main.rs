@@ -1,18 +1,18 @@
 //! The `bazel-cache` binary: parse and validate the configuration, then serve
 //! (or, in `check-config` mode, report the configuration valid and exit;
-//! `bench` runs the load generator of `bazel_cache::bench` instead).
+//! `bench` runs the load generator of `bazel_cache_bench` instead).
 
 use std::io::Write;
 use std::process::ExitCode;
 
 use bazel_cache::config::{self, Config, LogFormat, LogTimezone, Mode};
 use bazel_cache::server::Server;
-use bazel_cache::store::Store as _;
+use bazel_cache_store::Store as _;
 
 fn main() -> ExitCode {
     // `bench` is a client: it runs before (and without) the server's configuration.
-    match bazel_cache::bench::from_command_line(std::env::args_os()) {
-        Ok(Some(args)) => return bazel_cache::bench::main(args),
+    match bazel_cache_bench::from_command_line(std::env::args_os()) {
+        Ok(Some(args)) => return bazel_cache_bench::main(args),
         Ok(None) => {}
         Err(e) => e.exit(),
     }
@@ -90,6 +90,7 @@ fn limit_malloc_arenas() {
     if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
         // SAFETY: mallopt only changes allocator tuning; called before any
         // other thread exists.
+        #[allow(unsafe_code)]
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 4);
         }

@@ -16,11 +16,11 @@ use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::path::Path;
 
 /// The environment variable systemd sets for `Type=notify` services.
-pub const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
+pub(crate) const NOTIFY_SOCKET_ENV: &str = "NOTIFY_SOCKET";
 
 /// Why a notification could not be sent.
 #[derive(Debug, thiserror::Error)]
-pub enum NotifyError {
+pub(crate) enum NotifyError {
     /// `$NOTIFY_SOCKET` is neither an absolute path nor an `@abstract` name
     /// (systemd also knows `vsock:` addresses, used for VMs; not supported).
     #[error("{NOTIFY_SOCKET_ENV}={0:?} is neither an absolute socket path nor an @abstract name")]
@@ -38,18 +38,18 @@ pub enum NotifyError {
 
 /// Tells systemd the service is ready (store open, listeners bound), with a
 /// human-readable status shown by `systemctl status`.
-pub fn ready() {
+pub(crate) fn ready() {
     log_failure(notify("READY=1\nSTATUS=serving"));
 }
 
 /// Tells systemd the service is shutting down (requests are draining), so
 /// `systemctl status` shows "deactivating" instead of a silent delay.
-pub fn stopping() {
+pub(crate) fn stopping() {
     log_failure(notify("STOPPING=1\nSTATUS=draining requests"));
 }
 
 /// Updates the one-line status shown by `systemctl status`.
-pub fn status(text: &str) {
+pub(crate) fn status(text: &str) {
     // A newline would start a new assignment; keep the status on one line.
     let line = text.replace('\n', " ");
     log_failure(notify(&format!("STATUS={line}")));
@@ -63,7 +63,7 @@ fn log_failure(result: Result<bool, NotifyError>) {
 
 /// Sends `state` to `$NOTIFY_SOCKET`. `Ok(false)` when the variable is unset
 /// or empty (not running under systemd), `Ok(true)` once sent.
-pub fn notify(state: &str) -> Result<bool, NotifyError> {
+pub(crate) fn notify(state: &str) -> Result<bool, NotifyError> {
     match std::env::var(NOTIFY_SOCKET_ENV) {
         Ok(socket) if !socket.is_empty() => notify_to(&socket, state).map(|()| true),
         _ => Ok(false),
@@ -71,7 +71,7 @@ pub fn notify(state: &str) -> Result<bool, NotifyError> {
 }
 
 /// Sends `state` to the socket `socket`, spelled as in `$NOTIFY_SOCKET`.
-pub fn notify_to(socket: &str, state: &str) -> Result<(), NotifyError> {
+pub(crate) fn notify_to(socket: &str, state: &str) -> Result<(), NotifyError> {
     if state.is_empty() || state.contains('\0') {
         return Err(NotifyError::BadState(state.to_owned()));
     }

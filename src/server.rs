@@ -12,15 +12,17 @@ use tokio_util::sync::CancellationToken;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{Authenticator, HtpasswdError};
-use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode};
+use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode, defaults};
 use crate::grpc::{self, GrpcOptions, GrpcServing, GrpcState};
 use crate::http::{self, HttpOptions, HttpState};
+use crate::listen::tls::{self, TlsError};
 use crate::listen::{self, Listener};
 use crate::metrics::{CountingStore, Metrics, MetricsOptions};
-use crate::store::disk::{DiskConfig, DiskStore};
-use crate::store::s3::{ProxyConfig, S3Client, S3ProxyStore};
-use crate::store::{Encoding, Store, StoreError, unix_now};
-use crate::tls::{self, TlsError};
+use bazel_cache_store::EmptyBlob;
+use bazel_cache_store::disk::{DiskConfig, DiskStore};
+use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
+use bazel_cache_store::s3::{S3Backend, S3Client};
+use bazel_cache_store::{Encoding, Store, StoreError, unix_now};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
@@ -41,6 +43,7 @@ fn raise_open_file_limit() {
         rlim_max: 0,
     };
     // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    #[allow(unsafe_code)]
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return;
@@ -66,6 +69,8 @@ async fn open_when_free(disk: DiskConfig) -> Result<DiskStore, StoreError> {
             Err(StoreError::Locked(path)) if std::time::Instant::now() < deadline => {
                 if !logged {
                     tracing::warn!(index = %path.display(), "the index is held by another process (a previous instance still stopping?); waiting for it");
+                    // What `systemctl status` shows while the unit starts.
+                    crate::sd_notify::status("waiting for the index lock held by another process");
                     logged = true;
                 }
                 tokio::time::sleep(Duration::from_millis(250)).await;
@@ -99,8 +104,9 @@ pub struct Server {
     store: Arc<DiskStore>,
     /// What the front ends talk to: the disk store, or the S3 proxy over it.
     front: Arc<dyn Store>,
-    /// The S3 proxy, when configured (its counters feed `/status`).
-    s3: Option<Arc<S3ProxyStore>>,
+    /// The S3 proxy and its backend, when configured (their counters feed
+    /// `/status` and `/metrics`).
+    s3: Option<(Arc<ProxyStore>, Arc<S3Backend>)>,
     http: Listener,
     grpc: Option<Listener>,
     auth: Arc<Authenticator>,
@@ -151,7 +157,7 @@ impl Server {
             max_concurrent_writes: config.max_concurrent_writes,
             body_stall_timeout: config
                 .http_read_timeout
-                .unwrap_or(DiskConfig::new(&config.dir, 0).body_stall_timeout),
+                .unwrap_or(defaults::BODY_STALL_TIMEOUT),
             ..DiskConfig::new(&config.dir, config.max_size_bytes)
         };
         let store = open_when_free(disk)
@@ -181,28 +187,35 @@ impl Server {
         let s3 = match &config.s3_proxy {
             Some(s3cfg) => {
                 let client = S3Client::new(s3cfg).map_err(|e| ServerError::S3(e.to_string()))?;
+                let backend = Arc::new(S3Backend::new(
+                    client,
+                    s3cfg.prefix.clone(),
+                    config.storage_mode == StorageMode::Zstd,
+                ));
                 let proxy = ProxyConfig {
-                    prefix: s3cfg.prefix.clone(),
-                    casblob: config.storage_mode == StorageMode::Zstd,
                     update_timestamps: s3cfg.update_timestamps,
                     num_uploaders: config.num_uploaders,
                     max_queued_uploads: config.max_queued_uploads,
                     max_proxy_blob_size: config.max_proxy_blob_size,
                 };
-                let started = S3ProxyStore::start(store.clone(), client, proxy, &config.dir)
+                let started = ProxyStore::start(store.clone(), backend.clone(), proxy, &config.dir)
                     .map_err(|source| ServerError::Store {
                         dir: config.dir.display().to_string(),
                         source,
                     })?;
                 tracing::info!(endpoint = %s3cfg.endpoint, bucket = %s3cfg.bucket, prefix = %s3cfg.prefix, "S3 proxy enabled");
-                Some(started)
+                Some((started, backend))
             }
             None => None,
         };
-        let front: Arc<dyn Store> = match &s3 {
-            Some(proxy) => proxy.clone(),
+        let tiers: Arc<dyn Store> = match &s3 {
+            Some((proxy, _)) => proxy.clone(),
             None => store.clone(),
         };
+        // The empty-blob rule sits above every tier: no file, no index
+        // entry, no backend request for it.
+        let front: Arc<dyn Store> =
+            Arc::new(EmptyBlob::new(tiers, store.config().body_stall_timeout));
         Ok(Server {
             config,
             store,
@@ -248,7 +261,7 @@ impl Server {
         let metrics = Arc::new(Metrics::new(
             &MetricsOptions::from_config(&self.config),
             &self.store,
-            self.s3.as_ref(),
+            self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
         ));
         tracing::info!(
             endpoint_metrics = self.config.enable_endpoint_metrics,
@@ -266,10 +279,10 @@ impl Server {
                 header_read_timeout: self
                     .config
                     .http_read_timeout
-                    .unwrap_or(HttpOptions::default().header_read_timeout),
+                    .unwrap_or(defaults::HEADER_READ_TIMEOUT),
             },
             on_request: Box::new(move || touched.store(unix_now(), Ordering::Relaxed)),
-            backend_status: self.s3.clone().map(|proxy| {
+            backend_status: self.s3.clone().map(|(proxy, _)| {
                 Box::new(move || proxy.status_json())
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>
             }),

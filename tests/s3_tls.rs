@@ -1,19 +1,29 @@
 //! The S3 client over https: s3s-fs behind a TLS-terminating proxy whose
 //! certificate is signed by a throw-away CA, trusted through `SSL_CERT_FILE`
-//! (how operators add a private CA). Its own test binary, with a single
-//! test, because it sets an environment variable.
+//! (how operators add a private CA).
+//!
+//! A test binary of its own, with a single test, and not a module of the
+//! `s3` binary (tests/s3/): it sets the process environment variable
+//! `SSL_CERT_FILE` (`unsafe`: `std::env::set_var`), which is only sound
+//! while no other thread can read or write the environment. Alone in its
+//! binary, nothing else runs while it sets it; beside other tests (the
+//! harness runs them on parallel threads, which read the environment) it
+//! would be a data race.
+//! Needs s3s-fs, like tests/s3/, so the `sandbox` nextest profile leaves it
+//! out too.
 
-mod common;
+#[path = "support/mod.rs"]
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use bazel_cache::store::s3::client::{S3Client, S3Error};
-use common::pki::Ca;
-use common::s3::S3Server;
+use bazel_cache_store::s3::client::{S3Client, S3Error};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use support::pki::Ca;
+use support::s3::S3Server;
 use tokio::io::AsyncReadExt;
 
 /// Terminates TLS on a local port and forwards the bytes to `upstream`.
@@ -72,11 +82,22 @@ fn https_with_a_private_ca() {
     cfg.disable_ssl = false;
     // SAFETY: single-threaded at this point (the runtime is current-thread
     // and idle; this binary has one test).
-    unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("test-ca.pem")) };
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", dir.path().join("test-ca.pem"))
+    };
     let trusting = S3Client::new(&cfg).unwrap();
-    unsafe { std::env::set_var("SSL_CERT_FILE", dir.path().join("other-ca.pem")) };
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::set_var("SSL_CERT_FILE", dir.path().join("other-ca.pem"))
+    };
     let distrusting = S3Client::new(&cfg).unwrap();
-    unsafe { std::env::remove_var("SSL_CERT_FILE") };
+    // SAFETY: as above.
+    #[allow(unsafe_code)]
+    unsafe {
+        std::env::remove_var("SSL_CERT_FILE")
+    };
     assert!(trusting.base_url().starts_with("https://127.0.0.1:"));
 
     rt.block_on(async {

@@ -1,6 +1,6 @@
 //! What the benchmarks share: environment knobs, the real server binary as
 //! a child process (so client and server do not share a runtime, and its
-//! RSS can be read), and running `bazel_cache::bench` phases and printing
+//! RSS can be read), and running `bazel_cache_bench` phases and printing
 //! their figures. The load generation, verification and percentiles are
 //! the `bazel-cache bench` code itself.
 #![allow(dead_code)] // each bench uses a different subset
@@ -11,16 +11,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bazel_cache::bench::{self, Options, Report};
+use bazel_cache_bench::{self as bench, Options, Report};
 
-pub fn env_or(name: &str, default: &str) -> String {
+pub(crate) fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| default.to_string())
 }
 
-pub fn env_num(name: &str, default: usize) -> usize {
+pub(crate) fn env_num(name: &str, default: usize) -> usize {
     match std::env::var(name) {
         Ok(v) if !v.is_empty() => v.parse().unwrap_or_else(|_| {
             eprintln!("{name}={v:?} is not a number");
@@ -31,7 +31,7 @@ pub fn env_num(name: &str, default: usize) -> usize {
 }
 
 /// A comma-separated list knob, e.g. BENCH_CLIENTS=1,16,64.
-pub fn env_list(name: &str, default: &str) -> Vec<usize> {
+pub(crate) fn env_list(name: &str, default: &str) -> Vec<usize> {
     env_or(name, default)
         .split(',')
         .map(|v| {
@@ -43,14 +43,14 @@ pub fn env_list(name: &str, default: &str) -> Vec<usize> {
         .collect()
 }
 
-pub fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// The server binary: this build's (cargo builds it in the bench profile),
 /// or BENCH_SERVER (another build, or bazel-remote, which takes the same
 /// flags and prints the same `.bazelrc` lines).
-pub fn server_binary() -> PathBuf {
+pub(crate) fn server_binary() -> PathBuf {
     match std::env::var_os("BENCH_SERVER") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => PathBuf::from(env!("CARGO_BIN_EXE_bazel-cache")),
@@ -58,7 +58,7 @@ pub fn server_binary() -> PathBuf {
 }
 
 /// A running server process, stopped (SIGTERM, then SIGKILL) on drop.
-pub struct ServerProcess {
+pub(crate) struct ServerProcess {
     child: Option<Child>,
     /// `http://127.0.0.1:PORT`
     pub http: String,
@@ -72,7 +72,7 @@ impl ServerProcess {
     /// Starts the server on `dir` with HTTP and gRPC on ephemeral ports of
     /// 127.0.0.1, no access log, and `extra` flags (BENCH_SERVER_ARGS adds
     /// more, e.g. `--fsync=false --storage_mode uncompressed`).
-    pub fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+    pub(crate) fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
         let bin = server_binary();
         let from_env = env_or("BENCH_SERVER_ARGS", "");
         let mut cmd = Command::new(&bin);
@@ -124,21 +124,21 @@ impl ServerProcess {
         }
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
 
     /// Resident memory of the server process (`VmRSS` in /proc).
-    pub fn rss_kib(&self) -> u64 {
+    pub(crate) fn rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmRSS:")
     }
 
     /// Peak resident memory (`VmHWM`).
-    pub fn peak_rss_kib(&self) -> u64 {
+    pub(crate) fn peak_rss_kib(&self) -> u64 {
         proc_status_kib(self.pid(), "VmHWM:")
     }
 
-    pub fn grpc(&self) -> &str {
+    pub(crate) fn grpc(&self) -> &str {
         self.grpc.as_deref().expect("the server serves gRPC")
     }
 }
@@ -163,7 +163,7 @@ impl Drop for ServerProcess {
 }
 
 /// How long one `GET /status` takes on a fresh connection (plain HTTP).
-pub fn first_answer(http: &str) -> Duration {
+pub(crate) fn first_answer(http: &str) -> Duration {
     use std::io::{Read, Write};
     let addr = http.trim_start_matches("http://");
     let t = Instant::now();
@@ -178,7 +178,7 @@ pub fn first_answer(http: &str) -> Duration {
     t.elapsed()
 }
 
-pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
+pub(crate) fn proc_status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
@@ -193,7 +193,7 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// Runs one `bazel-cache bench` phase against `url` with the options
 /// `args` (as on the command line); panics with the reason if it cannot
 /// run or any request failed.
-pub async fn phase(url: &str, args: &[&str]) -> Report {
+pub(crate) async fn phase(url: &str, args: &[&str]) -> Report {
     let options = Options::parse(std::iter::once(url).chain(args.iter().copied()))
         .unwrap_or_else(|e| panic!("bench options {args:?}: {e}"));
     let report = bench::run(&options)
@@ -207,7 +207,7 @@ pub async fn phase(url: &str, args: &[&str]) -> Report {
     report
 }
 
-pub fn print_header() {
+pub(crate) fn print_header() {
     println!(
         "{:<36} {:>8} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9}",
         "phase", "clients", "req/s", "MiB/s", "p50 ms", "p99 ms", "p999 ms", "requests"
@@ -215,7 +215,7 @@ pub fn print_header() {
 }
 
 /// One line: the report's total.
-pub fn print_row(name: &str, report: &Report) {
+pub(crate) fn print_row(name: &str, report: &Report) {
     let t = &report.total;
     println!(
         "{name:<36} {:>8} {:>11.0} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9}",
@@ -232,7 +232,13 @@ pub fn print_row(name: &str, report: &Report) {
 /// The throughput matrix of the issue: PUT and GET of 4 KiB and 1 MiB
 /// blobs at each client count, `seconds` per phase. `label` names the
 /// protocol in the output.
-pub async fn matrix(label: &str, url: &str, seconds: usize, clients: &[usize], extra: &[&str]) {
+pub(crate) async fn matrix(
+    label: &str,
+    url: &str,
+    seconds: usize,
+    clients: &[usize],
+    extra: &[&str],
+) {
     let duration = format!("{seconds}s");
     for size in ["4KiB", "1MiB"] {
         for (op, mix) in [("PUT", "write"), ("GET", "read")] {

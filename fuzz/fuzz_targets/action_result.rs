@@ -18,9 +18,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
-use bazel_cache::ac;
-use bazel_cache::digest::{BlobKey, Digest};
-use bazel_cache::store::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats};
+use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_store::action_result as ac;
+use bazel_cache_store::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -77,7 +77,7 @@ fn tree_digests(tree: &re::Tree) -> HashSet<Digest> {
         .filter_map(|d| d.digest.as_ref());
     files
         .chain(subdirs)
-        .filter_map(|d| ac::parse_digest(d).ok())
+        .filter_map(|d| Digest::from_reapi(d).ok())
         .collect()
 }
 
@@ -101,7 +101,7 @@ fuzz_target!(|data: &[u8]| {
         .output_directories
         .iter()
         .filter_map(|d| d.tree_digest.as_ref())
-        .filter_map(|d| ac::parse_digest(d).ok())
+        .filter_map(|d| Digest::from_reapi(d).ok())
         .collect();
     let mut blobs = HashMap::new();
     for (i, d) in referenced.iter().enumerate() {

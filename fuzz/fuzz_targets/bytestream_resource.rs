@@ -8,7 +8,7 @@
 #![no_main]
 
 use bazel_cache::grpc::resource::{self, ReadResource, WriteResource};
-use bazel_cache::store::Encoding;
+use bazel_cache_store::Encoding;
 use libfuzzer_sys::fuzz_target;
 
 /// Reserved segments (the REAPI spec's list): never part of an instance name.

@@ -4,9 +4,9 @@
 # and over gRPC; after wiping its output base every cacheable action must be
 # a remote cache hit. /status, /metrics and gRPC health answer, and the
 # service restarts with its index intact.
-# Mirrored where Nix cannot run by tests/e2e_bazel.rs (Bazel over HTTP and
-# gRPC, cold then all hits, restart) and tests/nix_module.rs (the module's
-# configuration: probes and restart).
+# Mirrored where Nix cannot run by tests/clients/e2e_bazel.rs (Bazel over
+# HTTP and gRPC, cold then all hits, restart) and tests/deploy/nix_module.rs
+# (the module's configuration: probes and restart).
 { pkgs, module, bazelDeps }:
 
 let

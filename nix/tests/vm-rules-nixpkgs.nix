@@ -13,7 +13,7 @@
 #   rules_nixpkgs release, evaluated here with the same arguments, so Nix in
 #   the VM finds the output already valid and builds nothing.
 # Cannot run where Nix cannot; its closest mirror is the gRPC test of
-# tests/e2e_bazel.rs (a C++ build, expunged, rebuilt from cache alone).
+# tests/clients/e2e_bazel.rs (a C++ build, expunged, rebuilt from cache alone).
 { pkgs, module, bazelDeps, nixpkgs, rules-nixpkgs }:
 
 let

@@ -2,9 +2,9 @@
 # bucket (nixpkgs' services.minio). A blob written through one is read
 # through the other. The S3 keys reach the servers only through the
 # module's environmentFile, written at run time (never in the Nix store).
-# Mirrored where Nix cannot run by tests/nix_module.rs
+# Mirrored where Nix cannot run by tests/s3/nix_module.rs
 # (vm_s3_mirror_two_replicas_share_a_bucket_with_credentials_from_the_environment)
-# and tests/s3.rs, against s3s-fs.
+# and tests/s3/s3.rs, against s3s-fs.
 { pkgs, module }:
 
 let

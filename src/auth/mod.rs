@@ -11,17 +11,24 @@
 //! `/status`, `/metrics` and gRPC health are outside this check (probes and
 //! Prometheus scrape without credentials; none of them reveal blob content).
 
-pub mod htpasswd;
+mod failures;
+pub(crate) mod htpasswd;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use bazel_cache_digest::{read, write};
 use sha2::{Digest as _, Sha256};
+use tokio::sync::Semaphore;
 
+use failures::{Key, RecentFailures};
+
+use crate::reload::{self, Watcher};
 pub use htpasswd::{Htpasswd, HtpasswdError};
 
 /// What a request wants to do.
@@ -48,39 +55,57 @@ pub enum Denied {
 /// because a bcrypt check costs tens of milliseconds and every request of a
 /// build carries the same header. Bounded; cleared when the file changes.
 const VERIFIED_CACHE_MAX: usize = 4096;
-/// How often the htpasswd file is checked for changes (Kubernetes rotates
-/// mounted Secrets in place).
-const RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+/// Failed checks are remembered too, for [`FAILURE_TTL`], so a client that
+/// repeats a wrong password costs one verify a minute instead of one per
+/// request. Bounded (oldest out first); cleared when the file changes.
+const FAILED_CACHE_MAX: usize = 4096;
+const FAILURE_TTL: Duration = Duration::from_secs(60);
 
 pub struct Authenticator {
-    htpasswd: Option<HtpasswdSource>,
+    htpasswd: Option<Arc<HtpasswdSource>>,
     require_client_cert: bool,
     allow_unauthenticated_reads: bool,
 }
 
+/// The htpasswd users and what has been learnt about headers checked
+/// against them.
+///
+/// A header neither cache knows is verified on the blocking thread pool,
+/// never on an async worker (a bcrypt verify takes a core for up to a few
+/// hundred milliseconds), and at most `verify_permits` at a time, so a
+/// flood of wrong passwords can take no more than that many cores from
+/// serving the clients whose credentials are already cached.
 struct HtpasswdSource {
     path: PathBuf,
-    users: RwLock<Arc<Htpasswd>>,
-    stamp: RwLock<Option<FileStamp>>,
-    verified: RwLock<HashMap<[u8; 32], ()>>,
+    /// Kubernetes rotates mounted Secrets in place (a symlink swap).
+    file: Watcher,
+    state: RwLock<Credentials>,
+    verify_permits: Arc<Semaphore>,
+    /// Password verifies run so far (what the caches are there to save).
+    verifies: AtomicU64,
 }
 
-/// Enough of a file's metadata to notice it was replaced or rewritten.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
+struct Credentials {
+    users: Arc<Htpasswd>,
+    verified: HashSet<Key>,
+    failed: RecentFailures,
 }
 
-fn stamp(path: &Path) -> Option<FileStamp> {
-    use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(path).ok()?;
-    Some(FileStamp {
-        modified: m.modified().ok(),
-        len: m.len(),
-        inode: m.ino(),
-    })
+impl Credentials {
+    fn new(users: Htpasswd) -> Credentials {
+        Credentials {
+            users: Arc::new(users),
+            verified: HashSet::new(),
+            failed: RecentFailures::new(FAILED_CACHE_MAX, FAILURE_TTL),
+        }
+    }
+}
+
+/// Verifies at once: half the cores (at least one), so the other half keep
+/// serving whatever the flood of new credentials.
+fn default_verify_permits() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / 2).max(1)
 }
 
 impl Authenticator {
@@ -90,17 +115,32 @@ impl Authenticator {
         require_client_cert: bool,
         allow_unauthenticated_reads: bool,
     ) -> Result<Authenticator, HtpasswdError> {
+        Authenticator::with_verify_permits(
+            htpasswd_file,
+            require_client_cert,
+            allow_unauthenticated_reads,
+            default_verify_permits(),
+        )
+    }
+
+    fn with_verify_permits(
+        htpasswd_file: Option<&Path>,
+        require_client_cert: bool,
+        allow_unauthenticated_reads: bool,
+        verify_permits: usize,
+    ) -> Result<Authenticator, HtpasswdError> {
         let htpasswd = match htpasswd_file {
             Some(path) => {
-                let before = stamp(path);
+                let file = Watcher::new([path]);
                 let users = Htpasswd::load(path)?;
                 tracing::info!(file = %path.display(), users = users.len(), "basic authentication enabled");
-                Some(HtpasswdSource {
+                Some(Arc::new(HtpasswdSource {
                     path: path.to_path_buf(),
-                    users: RwLock::new(Arc::new(users)),
-                    stamp: RwLock::new(before),
-                    verified: RwLock::new(HashMap::new()),
-                })
+                    file,
+                    state: RwLock::new(Credentials::new(users)),
+                    verify_permits: Arc::new(Semaphore::new(verify_permits.max(1))),
+                    verifies: AtomicU64::new(0),
+                }))
             }
             None => None,
         };
@@ -123,7 +163,13 @@ impl Authenticator {
     /// Decides one request. `authorization` is the raw `Authorization`
     /// header (HTTP) or metadata value (gRPC); `client_cert` says whether
     /// the connection presented a certificate the CA verified.
-    pub fn check(
+    ///
+    /// Answers at once for headers checked recently (successes until the
+    /// file changes, failures for a minute); otherwise waits for a verify
+    /// permit and verifies on the blocking pool. Dropping the future while
+    /// it waits for a permit cancels the verify; once started, a verify
+    /// runs to the end and its answer is remembered.
+    pub async fn check(
         &self,
         authorization: Option<&[u8]>,
         client_cert: bool,
@@ -132,7 +178,7 @@ impl Authenticator {
         let mut missing = None;
         if let Some(source) = &self.htpasswd {
             match authorization {
-                Some(value) => source.check(value)?,
+                Some(value) => source.check(value).await?,
                 None => missing = Some(Denied::NoCredentials),
             }
         }
@@ -152,25 +198,21 @@ impl Authenticator {
         let Some(source) = &self.htpasswd else {
             return;
         };
-        let now = stamp(&source.path);
-        if *source.stamp.read().unwrap_or_else(|e| e.into_inner()) == now {
+        if !source.file.changed() {
             return;
         }
         match Htpasswd::load(&source.path) {
             Ok(users) => {
                 tracing::info!(file = %source.path.display(), users = users.len(), "htpasswd file reloaded");
-                *source.users.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(users);
-                source
-                    .verified
-                    .write()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clear();
+                // New users, and nothing remembered about the old ones:
+                // neither a removed user's success nor a failure of a
+                // password that may be right now.
+                *write(&source.state) = Credentials::new(users);
             }
             Err(e) => {
                 tracing::error!(error = %e, "htpasswd file changed but cannot be used; keeping the previous users");
             }
         }
-        *source.stamp.write().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
     /// Checks the htpasswd file for changes until the process ends.
@@ -178,40 +220,80 @@ impl Authenticator {
         if self.htpasswd.is_none() {
             return;
         }
-        let weak = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(RELOAD_INTERVAL).await;
-                let Some(auth) = weak.upgrade() else { return };
-                // Reading a small file; off the async workers all the same.
-                let _ = tokio::task::spawn_blocking(move || auth.reload_if_changed()).await;
-            }
-        });
+        reload::spawn_checks(
+            self,
+            reload::CHECK_INTERVAL,
+            Authenticator::reload_if_changed,
+        );
     }
 }
 
 impl HtpasswdSource {
-    fn check(&self, header: &[u8]) -> Result<(), Denied> {
-        let key: [u8; 32] = Sha256::digest(header).into();
-        if self
-            .verified
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&key)
-        {
-            return Ok(());
+    async fn check(self: &Arc<Self>, header: &[u8]) -> Result<(), Denied> {
+        let key: Key = Sha256::digest(header).into();
+        if let Some(answer) = self.remembered(&key) {
+            return answer;
         }
+        // A malformed header is refused without waiting for a permit.
         let (user, password) = parse_basic(header)?;
-        let users = self.users.read().unwrap_or_else(|e| e.into_inner()).clone();
-        if !users.verify(&user, &password) {
-            return Err(Denied::BadCredentials);
+        let permit = self
+            .verify_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the verify semaphore is never closed");
+        // The same header may have been verified while this one waited
+        // (a build's parallel requests all start with the same header).
+        if let Some(answer) = self.remembered(&key) {
+            return answer;
         }
-        let mut verified = self.verified.write().unwrap_or_else(|e| e.into_inner());
-        if verified.len() >= VERIFIED_CACHE_MAX {
-            verified.clear();
+        let source = self.clone();
+        let verified = tokio::task::spawn_blocking(move || {
+            // Held until the verify ends, even if the request is gone.
+            let _permit = permit;
+            source.verify(key, &user, &password)
+        })
+        .await;
+        match verified {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(Denied::BadCredentials),
+            Err(e) => {
+                tracing::error!(error = %e, "password verify failed to run");
+                Err(Denied::BadCredentials)
+            }
         }
-        verified.insert(key, ());
-        Ok(())
+    }
+
+    /// The answer for a header checked recently, if any.
+    fn remembered(&self, key: &Key) -> Option<Result<(), Denied>> {
+        let state = read(&self.state);
+        if state.verified.contains(key) {
+            Some(Ok(()))
+        } else if state.failed.contains(key, Instant::now()) {
+            Some(Err(Denied::BadCredentials))
+        } else {
+            None
+        }
+    }
+
+    /// The slow part (bcrypt); runs on the blocking pool.
+    fn verify(&self, key: Key, user: &str, password: &[u8]) -> bool {
+        let users = read(&self.state).users.clone();
+        self.verifies.fetch_add(1, Ordering::Relaxed);
+        let ok = users.verify(user, password);
+        let mut state = write(&self.state);
+        // An answer about users a reload has replaced is not remembered.
+        if Arc::ptr_eq(&state.users, &users) {
+            if !ok {
+                state.failed.insert(key, Instant::now());
+            } else {
+                if state.verified.len() >= VERIFIED_CACHE_MAX {
+                    state.verified.clear();
+                }
+                state.verified.insert(key);
+            }
+        }
+        ok
     }
 }
 
@@ -246,33 +328,57 @@ mod tests {
     const FILE: &str = "alice:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n";
 
     fn auth(anonymous_reads: bool, mtls: bool) -> (tempfile::TempDir, Authenticator) {
+        auth_with_permits(anonymous_reads, mtls, 2)
+    }
+
+    fn auth_with_permits(
+        anonymous_reads: bool,
+        mtls: bool,
+        permits: usize,
+    ) -> (tempfile::TempDir, Authenticator) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("htpasswd");
         std::fs::write(&path, FILE).unwrap();
-        let a = Authenticator::new(Some(&path), mtls, anonymous_reads).unwrap();
+        let a = Authenticator::with_verify_permits(Some(&path), mtls, anonymous_reads, permits)
+            .unwrap();
         (dir, a)
     }
 
-    #[test]
-    fn basic_credentials_decide_reads_and_writes() {
+    fn source(a: &Authenticator) -> &Arc<HtpasswdSource> {
+        a.htpasswd.as_ref().unwrap()
+    }
+
+    fn verifies(a: &Authenticator) -> u64 {
+        source(a).verifies.load(Ordering::Relaxed)
+    }
+
+    async fn check(a: &Authenticator, header: &str) -> Result<(), Denied> {
+        a.check(Some(header.as_bytes()), false, Access::Write).await
+    }
+
+    #[tokio::test]
+    async fn basic_credentials_decide_reads_and_writes() {
         let (_d, a) = auth(false, false);
         let good = basic_header("alice", "password");
         let bad = basic_header("alice", "passw0rd");
         for access in [Access::Read, Access::Write] {
-            assert_eq!(a.check(Some(good.as_bytes()), false, access), Ok(()));
+            assert_eq!(a.check(Some(good.as_bytes()), false, access).await, Ok(()));
             // Twice: the second answer comes from the verified cache.
-            assert_eq!(a.check(Some(good.as_bytes()), false, access), Ok(()));
+            assert_eq!(a.check(Some(good.as_bytes()), false, access).await, Ok(()));
             assert_eq!(
-                a.check(Some(bad.as_bytes()), false, access),
+                a.check(Some(bad.as_bytes()), false, access).await,
                 Err(Denied::BadCredentials)
             );
-            assert_eq!(a.check(None, false, access), Err(Denied::NoCredentials));
             assert_eq!(
-                a.check(Some(b"Bearer x"), false, access),
+                a.check(None, false, access).await,
+                Err(Denied::NoCredentials)
+            );
+            assert_eq!(
+                a.check(Some(b"Bearer x"), false, access).await,
                 Err(Denied::Malformed)
             );
             assert_eq!(
-                a.check(Some(b"Basic !!!"), false, access),
+                a.check(Some(b"Basic !!!"), false, access).await,
                 Err(Denied::Malformed)
             );
         }
@@ -281,65 +387,226 @@ mod tests {
                 Some(basic_header("mallory", "password").as_bytes()),
                 false,
                 Access::Read
-            ),
+            )
+            .await,
             Err(Denied::BadCredentials)
         );
     }
 
-    #[test]
-    fn anonymous_reads_never_allow_writes_or_wrong_passwords() {
+    #[tokio::test]
+    async fn anonymous_reads_never_allow_writes_or_wrong_passwords() {
         let (_d, a) = auth(true, false);
-        assert_eq!(a.check(None, false, Access::Read), Ok(()));
+        assert_eq!(a.check(None, false, Access::Read).await, Ok(()));
         assert_eq!(
-            a.check(None, false, Access::Write),
+            a.check(None, false, Access::Write).await,
             Err(Denied::NoCredentials)
         );
         let bad = basic_header("alice", "nope");
         assert_eq!(
-            a.check(Some(bad.as_bytes()), false, Access::Read),
+            a.check(Some(bad.as_bytes()), false, Access::Read).await,
             Err(Denied::BadCredentials)
         );
+        // Also when the answer comes from the failure cache.
+        assert_eq!(
+            a.check(Some(bad.as_bytes()), false, Access::Read).await,
+            Err(Denied::BadCredentials)
+        );
+        assert_eq!(verifies(&a), 1);
     }
 
-    #[test]
-    fn client_certificates_and_passwords_are_both_required_when_both_are_set() {
+    #[tokio::test]
+    async fn client_certificates_and_passwords_are_both_required_when_both_are_set() {
         let (_d, a) = auth(false, true);
         let good = basic_header("alice", "password");
-        assert_eq!(a.check(Some(good.as_bytes()), true, Access::Write), Ok(()));
         assert_eq!(
-            a.check(Some(good.as_bytes()), false, Access::Write),
+            a.check(Some(good.as_bytes()), true, Access::Write).await,
+            Ok(())
+        );
+        assert_eq!(
+            a.check(Some(good.as_bytes()), false, Access::Write).await,
             Err(Denied::NoClientCertificate)
         );
         let certs_only = Authenticator::new(None, true, true).unwrap();
-        assert_eq!(certs_only.check(None, true, Access::Write), Ok(()));
-        assert_eq!(certs_only.check(None, false, Access::Read), Ok(()));
+        assert_eq!(certs_only.check(None, true, Access::Write).await, Ok(()));
+        assert_eq!(certs_only.check(None, false, Access::Read).await, Ok(()));
         assert_eq!(
-            certs_only.check(None, false, Access::Write),
+            certs_only.check(None, false, Access::Write).await,
             Err(Denied::NoClientCertificate)
         );
     }
 
-    #[test]
-    fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
+    #[tokio::test]
+    async fn a_changed_file_is_reloaded_and_a_broken_one_ignored() {
         let (dir, a) = auth(false, false);
         let path = dir.path().join("htpasswd");
         let alice = basic_header("alice", "password");
-        assert_eq!(
-            a.check(Some(alice.as_bytes()), false, Access::Write),
-            Ok(())
-        );
+        assert_eq!(check(&a, &alice).await, Ok(()));
         // bob:password, alice removed.
         std::fs::write(&path, "bob:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=\n").unwrap();
         a.reload_if_changed();
         assert_eq!(
-            a.check(Some(alice.as_bytes()), false, Access::Write),
+            check(&a, &alice).await,
             Err(Denied::BadCredentials),
             "a removed user's cached success must not outlive the reload"
         );
         let bob = basic_header("bob", "password");
-        assert_eq!(a.check(Some(bob.as_bytes()), false, Access::Write), Ok(()));
+        assert_eq!(check(&a, &bob).await, Ok(()));
         std::fs::write(&path, "garbage line without colon, longer than before\n").unwrap();
         a.reload_if_changed();
-        assert_eq!(a.check(Some(bob.as_bytes()), false, Access::Write), Ok(()));
+        assert_eq!(check(&a, &bob).await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn successes_are_verified_once() {
+        let (_d, a) = auth(false, false);
+        let good = basic_header("alice", "password");
+        for _ in 0..10 {
+            assert_eq!(check(&a, &good).await, Ok(()));
+        }
+        assert_eq!(verifies(&a), 1);
+    }
+
+    #[tokio::test]
+    async fn a_recent_failure_is_refused_without_another_verify() {
+        let (_d, a) = auth(false, false);
+        let bad = basic_header("alice", "typo");
+        for _ in 0..10 {
+            assert_eq!(check(&a, &bad).await, Err(Denied::BadCredentials));
+        }
+        assert_eq!(verifies(&a), 1);
+        // A different wrong password is a different header: verified.
+        let other = basic_header("alice", "typo2");
+        assert_eq!(check(&a, &other).await, Err(Denied::BadCredentials));
+        assert_eq!(verifies(&a), 2);
+        // Malformed headers are refused before any verify.
+        assert_eq!(check(&a, "Basic !!!").await, Err(Denied::Malformed));
+        assert_eq!(verifies(&a), 2);
+        // The right password still gets in.
+        let good = basic_header("alice", "password");
+        assert_eq!(check(&a, &good).await, Ok(()));
+        assert_eq!(verifies(&a), 3);
+    }
+
+    #[tokio::test]
+    async fn the_failure_cache_is_bounded() {
+        let (_d, a) = auth(false, false);
+        let bad = |n: usize| basic_header("alice", &format!("wrong-{n}"));
+        let n = FAILED_CACHE_MAX + 100;
+        for i in 0..n {
+            assert_eq!(check(&a, &bad(i)).await, Err(Denied::BadCredentials));
+        }
+        assert_eq!(verifies(&a), n as u64);
+        {
+            let state = source(&a).state.read().unwrap();
+            assert!(
+                state.failed.len() <= FAILED_CACHE_MAX,
+                "{}",
+                state.failed.len()
+            );
+        }
+        // The newest failures are remembered, the oldest made way.
+        assert_eq!(check(&a, &bad(n - 1)).await, Err(Denied::BadCredentials));
+        assert_eq!(verifies(&a), n as u64);
+        assert_eq!(check(&a, &bad(0)).await, Err(Denied::BadCredentials));
+        assert_eq!(verifies(&a), n as u64 + 1);
+    }
+
+    #[tokio::test]
+    async fn a_reload_forgets_failures() {
+        let (dir, a) = auth(false, false);
+        let path = dir.path().join("htpasswd");
+        // SHA-1("newpass"): alice's password changes to what she just tried.
+        let tried = basic_header("alice", "newpass");
+        assert_eq!(check(&a, &tried).await, Err(Denied::BadCredentials));
+        assert_eq!(check(&a, &tried).await, Err(Denied::BadCredentials));
+        assert_eq!(verifies(&a), 1);
+        std::fs::write(
+            &path,
+            "alice:{SHA}bFWAPW8dehd6DbPrSzQ7DVD5wRE=\n# rotated\n",
+        )
+        .unwrap();
+        a.reload_if_changed();
+        assert_eq!(check(&a, &tried).await, Ok(()));
+        assert_eq!(verifies(&a), 2);
+        assert_eq!(source(&a).state.read().unwrap().failed.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_verify_waits_for_a_permit() {
+        let (_d, a) = auth_with_permits(false, false, 1);
+        let a = Arc::new(a);
+        let held = source(&a)
+            .verify_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let task = {
+            let a = a.clone();
+            tokio::spawn(async move { check(&a, &basic_header("alice", "password")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!task.is_finished());
+        assert_eq!(verifies(&a), 0);
+        drop(held);
+        assert_eq!(task.await.unwrap(), Ok(()));
+        assert_eq!(verifies(&a), 1);
+    }
+
+    #[tokio::test]
+    async fn checks_that_waited_together_verify_once() {
+        let (_d, a) = auth_with_permits(false, false, 1);
+        let a = Arc::new(a);
+        let held = source(&a)
+            .verify_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let tasks: Vec<_> = (0..8usize)
+            .map(|i| {
+                let a = a.clone();
+                let password = if i.is_multiple_of(2) {
+                    "password"
+                } else {
+                    "typo"
+                };
+                tokio::spawn(async move { check(&a, &basic_header("alice", password)).await })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(held);
+        for (i, task) in tasks.into_iter().enumerate() {
+            let want = if i.is_multiple_of(2) {
+                Ok(())
+            } else {
+                Err(Denied::BadCredentials)
+            };
+            assert_eq!(task.await.unwrap(), want);
+        }
+        assert_eq!(verifies(&a), 2, "one verify per distinct header");
+    }
+
+    #[tokio::test]
+    async fn a_check_dropped_while_waiting_verifies_nothing() {
+        let (_d, a) = auth_with_permits(false, false, 1);
+        let a = Arc::new(a);
+        let held = source(&a)
+            .verify_permits
+            .clone()
+            .acquire_owned()
+            .await
+            .unwrap();
+        let task = {
+            let a = a.clone();
+            tokio::spawn(async move { check(&a, &basic_header("alice", "typo")).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        task.abort();
+        assert!(task.await.unwrap_err().is_cancelled());
+        drop(held);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(verifies(&a), 0);
+        assert_eq!(source(&a).verify_permits.available_permits(), 1);
     }
 }

@@ -21,7 +21,7 @@ use super::options::{CONFIG_FILE_ENV, Kind, OPTIONS, Opt, UNSUPPORTED, UNSUPPORT
 
 const CONFIG_FILE: &str = "config_file";
 const CHECK_CONFIG: &str = "check-config";
-/// The load generator; its options live in `crate::bench`.
+/// The load generator; its options live in the `bazel-cache-bench` crate.
 const BENCH: &str = "bench";
 
 /// What the command line asked for.
@@ -61,7 +61,7 @@ pub(super) fn command() -> Command {
             Command::new(CHECK_CONFIG)
                 .about("Load and validate the configuration, then exit (status 0 when valid)"),
         )
-        .subcommand(<crate::bench::BenchArgs as clap::Args>::augment_args(
+        .subcommand(<bazel_cache_bench::BenchArgs as clap::Args>::augment_args(
             Command::new(BENCH),
         ));
 
@@ -90,7 +90,7 @@ fn option_arg(opt: &'static Opt) -> Arg {
             "{} [env: {}] [default: {}]",
             opt.help,
             opt.env.join(", "),
-            opt.default
+            opt.default.text()
         ));
     match opt.kind {
         // `--fsync` alone means true; a value must be attached with `=` so
@@ -131,7 +131,7 @@ where
     let (mode, matches) = match matches.subcommand() {
         Some((CHECK_CONFIG, sub)) => (Mode::CheckConfig, sub),
         // A client with no server configuration: the binary hands
-        // `bazel-cache bench ...` to `crate::bench::from_command_line` before
+        // `bazel-cache bench ...` to `bazel_cache_bench::from_command_line` before
         // reading any, so only server flags before `bench` get here.
         Some((BENCH, _)) => {
             return Err(ConfigError::Invalid {

@@ -14,9 +14,9 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use serde_yaml_ng::{Mapping, Value};
 
-use super::duration::GoDuration;
 use super::error::{ConfigError, Location};
 use super::options::UNSUPPORTED_MESSAGE;
+use bazel_cache_digest::GoDuration;
 
 /// The top level of the config file.
 #[derive(Deserialize, Default)]

@@ -11,8 +11,9 @@
 //!
 //! Submodules: `options` (the one table of keys, flags and env vars), `cli`
 //! (clap), `file` (the YAML schema), `sources` (reading and merging the three
-//! sources), `resolve` (defaults and validation), `listen` and `duration`
-//! (bazel-remote's address and Go duration notations), `error`.
+//! sources), `defaults` (every built-in default and the connection timeouts,
+//! applied by `resolve` and shown by `--help`), `resolve` (defaults and
+//! validation), `listen` (bazel-remote's address notation), `error`.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 mod cli;
-mod duration;
+pub(crate) mod defaults;
 mod error;
 mod file;
 mod listen;
@@ -28,9 +29,8 @@ mod options;
 mod resolve;
 mod sources;
 
-pub use duration::parse_go_duration;
+pub use bazel_cache_store::s3::{BucketLookupType, S3AuthMethod, S3Config, S3SignatureType};
 pub use error::{ConfigError, Location};
-pub use resolve::DEFAULT_MAX_CONCURRENT_WRITES;
 
 /// What the process was asked to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -145,83 +145,6 @@ pub struct TlsConfig {
     /// When set, clients must present a certificate signed by this CA (mTLS).
     pub ca_file: Option<PathBuf>,
     pub min_version: String,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum S3AuthMethod {
-    /// Static `access_key_id` / `secret_access_key` (+ `session_token`).
-    AccessKey,
-    /// Instance/pod credentials from `iam_role_endpoint` or the AWS defaults.
-    IamRole,
-    /// A profile (`aws_profile`) of an AWS credentials file.
-    AwsCredentialsFile,
-}
-
-/// How requests are signed with `AccessKey` credentials.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum S3SignatureType {
-    V2,
-    #[default]
-    V4,
-    V4Streaming,
-    Anonymous,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum BucketLookupType {
-    #[default]
-    Auto,
-    Dns,
-    Path,
-}
-
-/// The `s3_proxy:` block. Secrets are kept out of `Debug` output.
-#[derive(Clone, PartialEq, Eq)]
-pub struct S3Config {
-    pub endpoint: String,
-    pub bucket: String,
-    pub prefix: String,
-    pub region: String,
-    pub auth_method: S3AuthMethod,
-    pub access_key_id: String,
-    pub secret_access_key: String,
-    pub session_token: String,
-    pub signature_type: S3SignatureType,
-    pub iam_role_endpoint: String,
-    /// Profile within the credentials file; "default" unless set.
-    pub aws_profile: String,
-    /// `None` = the AWS default (`~/.aws/credentials`).
-    pub aws_shared_credentials_file: Option<PathBuf>,
-    pub disable_ssl: bool,
-    pub bucket_lookup_type: BucketLookupType,
-    pub max_idle_conns: usize,
-    pub update_timestamps: bool,
-}
-
-impl std::fmt::Debug for S3Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Config")
-            .field("endpoint", &self.endpoint)
-            .field("bucket", &self.bucket)
-            .field("prefix", &self.prefix)
-            .field("region", &self.region)
-            .field("auth_method", &self.auth_method)
-            .field("access_key_id", &"<redacted>")
-            .field("secret_access_key", &"<redacted>")
-            .field("session_token", &"<redacted>")
-            .field("signature_type", &self.signature_type)
-            .field("iam_role_endpoint", &self.iam_role_endpoint)
-            .field("aws_profile", &self.aws_profile)
-            .field(
-                "aws_shared_credentials_file",
-                &self.aws_shared_credentials_file,
-            )
-            .field("disable_ssl", &self.disable_ssl)
-            .field("bucket_lookup_type", &self.bucket_lookup_type)
-            .field("max_idle_conns", &self.max_idle_conns)
-            .field("update_timestamps", &self.update_timestamps)
-            .finish()
-    }
 }
 
 /// The validated configuration. Every field has its final value: defaults

@@ -6,6 +6,10 @@
 //! that the `s3_proxy:` block's keys become `--s3.<key>` flags. This table
 //! names each key once by its flag spelling; the CLI, the environment reader
 //! and `--help` are all generated from it, so they cannot drift apart.
+//! Defaults are rendered from the constants of `defaults.rs` that
+//! `resolve.rs` applies.
+
+use super::defaults::{self, numbers, seconds};
 
 /// How a raw string from a flag or an environment variable is turned into a
 /// YAML value before it is merged with the file. The file's own values are
@@ -29,6 +33,32 @@ pub(super) enum Kind {
     NumberList,
 }
 
+/// An option's default as `--help` shows it (`[default: ...]`).
+#[derive(Debug, Clone, Copy)]
+pub(super) enum DefaultHelp {
+    /// The value `resolve.rs` applies when the key is unset, spelled as a
+    /// user would write it and rendered from the same constant of
+    /// `defaults.rs` (a test sets each one explicitly and checks that
+    /// nothing changes).
+    Value(fn() -> String),
+    /// What applies when unset, in words quoting constants of `defaults.rs`.
+    Words(fn() -> String),
+    /// Nothing from `defaults.rs` is applied: the feature stays off, the
+    /// limit absent, the key is ignored (bazel-remote's profiling keys), or
+    /// the value is found at start-up (the cache directory, the AWS
+    /// credentials file).
+    Unset(&'static str),
+}
+
+impl DefaultHelp {
+    pub(super) fn text(&self) -> String {
+        match self {
+            DefaultHelp::Value(text) | DefaultHelp::Words(text) => text(),
+            DefaultHelp::Unset(text) => (*text).to_owned(),
+        }
+    }
+}
+
 /// One configuration key.
 #[derive(Debug)]
 pub(super) struct Opt {
@@ -38,7 +68,7 @@ pub(super) struct Opt {
     pub env: &'static [&'static str],
     pub kind: Kind,
     /// What the value is when nobody sets it, as shown in `--help`.
-    pub default: &'static str,
+    pub default: DefaultHelp,
     pub help: &'static str,
     pub heading: &'static str,
 }
@@ -46,13 +76,13 @@ pub(super) struct Opt {
 impl Opt {
     /// Where this key lives in the YAML file: `(Some("s3_proxy"), "endpoint")`
     /// for `s3.endpoint`, `(None, "dir")` for `dir`.
-    pub fn yaml_path(&self) -> (Option<&'static str>, &'static str) {
+    pub(super) fn yaml_path(&self) -> (Option<&'static str>, &'static str) {
         yaml_path(self.key)
     }
 
     /// The key as written in the YAML file and in error messages
     /// (`s3_proxy.endpoint`).
-    pub fn yaml_key(&self) -> String {
+    pub(super) fn yaml_key(&self) -> String {
         match self.yaml_path() {
             (Some(block), key) => format!("{block}.{key}"),
             (None, key) => key.to_owned(),
@@ -96,7 +126,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "dir",
         env: &["BAZEL_REMOTE_DIR"],
         kind: Kind::Str,
-        default: "$XDG_CACHE_HOME/bazel-cache, else $HOME/.cache/bazel-cache",
+        default: DefaultHelp::Unset("$XDG_CACHE_HOME/bazel-cache, else $HOME/.cache/bazel-cache"),
         help: "Directory where the cache contents are stored. Created if missing.",
         heading: STORAGE,
     },
@@ -104,7 +134,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_size",
         env: &["BAZEL_REMOTE_MAX_SIZE"],
         kind: Kind::Number,
-        default: "5",
+        default: DefaultHelp::Value(|| numbers(&[defaults::MAX_SIZE_GIB])),
         help: "Maximum size of the disk cache in GiB; decimals such as 0.5 are allowed.",
         heading: STORAGE,
     },
@@ -112,7 +142,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_size_hard_limit",
         env: &["BAZEL_REMOTE_MAX_SIZE_HARD_LIMIT"],
         kind: Kind::Number,
-        default: "-1, ie no hard limit",
+        default: DefaultHelp::Unset("-1, ie no hard limit"),
         help: "Size in GiB, including files queued for eviction, above which writes are \
                rejected. A reasonable value is 5% above --max_size.",
         heading: STORAGE,
@@ -121,7 +151,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "storage_mode",
         env: &["BAZEL_REMOTE_STORAGE_MODE"],
         kind: Kind::Str,
-        default: "zstd",
+        default: DefaultHelp::Value(|| defaults::STORAGE_MODE.to_owned()),
         help: "Format of CAS blobs on disk: \"zstd\" or \"uncompressed\".",
         heading: STORAGE,
     },
@@ -129,7 +159,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "zstd_implementation",
         env: &["BAZEL_REMOTE_ZSTD_IMPLEMENTATION"],
         kind: Kind::Str,
-        default: "go",
+        default: DefaultHelp::Value(|| defaults::ZSTD_IMPLEMENTATION.to_owned()),
         help: "Accepted for compatibility (\"go\" or \"cgo\") and ignored.",
         heading: STORAGE,
     },
@@ -137,7 +167,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_blob_size",
         env: &["BAZEL_REMOTE_MAX_BLOB_SIZE"],
         kind: Kind::Int,
-        default: "unlimited",
+        default: DefaultHelp::Unset("unlimited"),
         help: "Largest logical (uncompressed) blob in bytes accepted from clients.",
         heading: STORAGE,
     },
@@ -145,7 +175,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_proxy_blob_size",
         env: &["BAZEL_REMOTE_MAX_PROXY_BLOB_SIZE"],
         kind: Kind::Int,
-        default: "unlimited",
+        default: DefaultHelp::Unset("unlimited"),
         help: "Largest logical (uncompressed) blob in bytes downloaded from the proxy backend.",
         heading: STORAGE,
     },
@@ -153,7 +183,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_concurrent_writes",
         env: &["BAZEL_REMOTE_MAX_CONCURRENT_WRITES"],
         kind: Kind::Int,
-        default: "256",
+        default: DefaultHelp::Value(|| defaults::MAX_CONCURRENT_WRITES.to_string()),
         help: "Blob writes in progress at once (HTTP, gRPC and S3 read-through); more wait for a \
                slot, up to a minute, then get 503 / UNAVAILABLE, so a burst cannot exhaust \
                memory or file descriptors.",
@@ -163,7 +193,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "fsync",
         env: &["BAZEL_REMOTE_FSYNC"],
         kind: Kind::Bool,
-        default: "true",
+        default: DefaultHelp::Value(|| defaults::FSYNC.to_string()),
         help: "Flush each blob to stable storage before acknowledging the write, so an \
                acknowledged write survives power loss.",
         heading: STORAGE,
@@ -173,7 +203,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "http_address",
         env: &["BAZEL_REMOTE_HTTP_ADDRESS"],
         kind: Kind::Str,
-        default: "0.0.0.0:8080",
+        default: DefaultHelp::Value(|| format!("0.0.0.0:{}", defaults::HTTP_PORT)),
         help: "HTTP listener: [host]:port for TCP (empty host = all interfaces) or \
                unix:///path.sock.",
         heading: LISTEN,
@@ -182,7 +212,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "grpc_address",
         env: &["BAZEL_REMOTE_GRPC_ADDRESS"],
         kind: Kind::Str,
-        default: "0.0.0.0:9092",
+        default: DefaultHelp::Value(|| format!("0.0.0.0:{}", defaults::GRPC_PORT)),
         help: "gRPC listener: [host]:port for TCP or unix:///path.sock; \"none\" disables gRPC.",
         heading: LISTEN,
     },
@@ -190,7 +220,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "profile_address",
         env: &["BAZEL_REMOTE_PROFILE_ADDRESS"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "Accepted for compatibility and ignored: bazel-cache has no Go profiling endpoint.",
         heading: LISTEN,
     },
@@ -198,7 +228,13 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "http_read_timeout",
         env: &["BAZEL_REMOTE_HTTP_READ_TIMEOUT"],
         kind: Kind::Duration,
-        default: "30s for headers, 60s for a stalled body",
+        default: DefaultHelp::Words(|| {
+            format!(
+                "{} for headers, {} for a stalled body",
+                seconds(defaults::HEADER_READ_TIMEOUT),
+                seconds(defaults::BODY_STALL_TIMEOUT)
+            )
+        }),
         help: "Time allowed to send the request headers, and the longest an upload body may \
                stall without a byte before it is abandoned; a Go duration (30s, 1h30m) or seconds.",
         heading: LISTEN,
@@ -207,7 +243,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "http_write_timeout",
         env: &["BAZEL_REMOTE_HTTP_WRITE_TIMEOUT"],
         kind: Kind::Duration,
-        default: "0s, ie disabled",
+        default: DefaultHelp::Unset("0s, ie disabled"),
         help: "Accepted for bazel-remote compatibility; not enforced.",
         heading: LISTEN,
     },
@@ -215,7 +251,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "idle_timeout",
         env: &["BAZEL_REMOTE_IDLE_TIMEOUT"],
         kind: Kind::Duration,
-        default: "0s, ie disabled",
+        default: DefaultHelp::Unset("0s, ie disabled"),
         help: "Shut the server down after this long without a request.",
         heading: LISTEN,
     },
@@ -224,7 +260,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "htpasswd_file",
         env: &["BAZEL_REMOTE_HTPASSWD_FILE"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "Path to an .htpasswd file enabling HTTP basic authentication.",
         heading: AUTH,
     },
@@ -232,7 +268,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "allow_unauthenticated_reads",
         env: &["BAZEL_REMOTE_UNAUTHENTICATED_READS"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::ALLOW_UNAUTHENTICATED_READS.to_string()),
         help: "When authentication is enabled (--htpasswd_file or --tls_ca_file), let \
                unauthenticated clients read.",
         heading: AUTH,
@@ -241,7 +277,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "min_tls_version",
         env: &["BAZEL_REMOTE_MIN_TLS_VERSION"],
         kind: Kind::Str,
-        default: "1.0",
+        default: DefaultHelp::Value(|| defaults::MIN_TLS_VERSION.to_owned()),
         help: "Lowest TLS version accepted from clients: 1.0, 1.1, 1.2 or 1.3.",
         heading: AUTH,
     },
@@ -249,7 +285,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "tls_ca_file",
         env: &["BAZEL_REMOTE_TLS_CA_FILE"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "CA that signs client certificates; enables mTLS. Needs --tls_cert_file and \
                --tls_key_file.",
         heading: AUTH,
@@ -258,7 +294,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "tls_cert_file",
         env: &["BAZEL_REMOTE_TLS_CERT_FILE"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "PEM certificate of the server; enables TLS together with --tls_key_file.",
         heading: AUTH,
     },
@@ -266,7 +302,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "tls_key_file",
         env: &["BAZEL_REMOTE_TLS_KEY_FILE"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "PEM private key of the server; enables TLS together with --tls_cert_file.",
         heading: AUTH,
     },
@@ -275,7 +311,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "disable_http_ac_validation",
         env: &["BAZEL_REMOTE_DISABLE_HTTP_AC_VALIDATION"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::DISABLE_HTTP_AC_VALIDATION.to_string()),
         help: "Store ActionResults uploaded over HTTP without checking that they parse.",
         heading: BEHAVIOUR,
     },
@@ -288,7 +324,7 @@ pub(super) static OPTIONS: &[Opt] = &[
             "BAZEL_REMOTE_DISABLE_GRPC_AC_DEPS_CHECK",
         ],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::DISABLE_GRPC_AC_DEPS_CHECK.to_string()),
         help: "Answer gRPC GetActionResult without checking that the referenced blobs exist.",
         heading: BEHAVIOUR,
     },
@@ -296,7 +332,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "enable_ac_key_instance_mangling",
         env: &["BAZEL_REMOTE_ENABLE_AC_KEY_INSTANCE_MANGLING"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::ENABLE_AC_KEY_INSTANCE_MANGLING.to_string()),
         help: "Mix a non-empty instance name into ActionCache keys.",
         heading: BEHAVIOUR,
     },
@@ -304,7 +340,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "experimental_remote_asset_api",
         env: &["BAZEL_REMOTE_EXPERIMENTAL_REMOTE_ASSET_API"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::EXPERIMENTAL_REMOTE_ASSET_API.to_string()),
         help: "Serve the experimental Remote Asset API (needs gRPC).",
         heading: BEHAVIOUR,
     },
@@ -313,7 +349,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "access_log_level",
         env: &["BAZEL_REMOTE_ACCESS_LOG_LEVEL"],
         kind: Kind::Str,
-        default: "all",
+        default: DefaultHelp::Value(|| defaults::ACCESS_LOG_LEVEL.to_owned()),
         help: "Access log verbosity: \"none\" or \"all\".",
         heading: LOGS,
     },
@@ -321,7 +357,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "log_timezone",
         env: &["BAZEL_REMOTE_LOG_TIMEZONE"],
         kind: Kind::Str,
-        default: "UTC",
+        default: DefaultHelp::Value(|| defaults::LOG_TIMEZONE.to_owned()),
         help: "Timezone of log timestamps: \"UTC\", \"local\" or \"none\" (no timestamps).",
         heading: LOGS,
     },
@@ -329,7 +365,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "log_format",
         env: &["BAZEL_REMOTE_LOG_FORMAT"],
         kind: Kind::Str,
-        default: "text",
+        default: DefaultHelp::Value(|| defaults::LOG_FORMAT.to_owned()),
         help: "Log output format: \"text\" or \"json\".",
         heading: LOGS,
     },
@@ -337,7 +373,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "enable_endpoint_metrics",
         env: &["BAZEL_REMOTE_ENABLE_ENDPOINT_METRICS"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::ENABLE_ENDPOINT_METRICS.to_string()),
         help: "Export per-endpoint HTTP/gRPC metrics.",
         heading: LOGS,
     },
@@ -345,7 +381,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "endpoint_metrics_duration_buckets",
         env: &["BAZEL_REMOTE_ENDPOINT_METRICS_DURATION_BUCKETS"],
         kind: Kind::NumberList,
-        default: ".5,1,2.5,5,10,20,40,80,160,320",
+        default: DefaultHelp::Value(|| numbers(&defaults::DURATION_BUCKETS)),
         help: "Histogram buckets in seconds for endpoint metrics, comma-separated.",
         heading: LOGS,
     },
@@ -353,7 +389,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "http_metrics_prefix",
         env: &["BAZEL_REMOTE_HTTP_METRICS_PREFIX"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::HTTP_METRICS_PREFIX.to_string()),
         help: "Prefix HTTP metric names with \"bazel_remote\".",
         heading: LOGS,
     },
@@ -362,7 +398,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.endpoint",
         env: &["BAZEL_REMOTE_S3_ENDPOINT"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "S3/MinIO endpoint (host:port). Setting it or --s3.bucket enables the S3 proxy.",
         heading: S3,
     },
@@ -370,7 +406,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.bucket",
         env: &["BAZEL_REMOTE_S3_BUCKET"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "S3/MinIO bucket.",
         heading: S3,
     },
@@ -378,7 +414,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.bucket_lookup_type",
         env: &["BAZEL_REMOTE_S3_BUCKET_LOOKUP_TYPE"],
         kind: Kind::Str,
-        default: "auto",
+        default: DefaultHelp::Value(|| defaults::S3_BUCKET_LOOKUP_TYPE.to_owned()),
         help: "Bucket addressing: \"auto\", \"dns\" (virtual host) or \"path\".",
         heading: S3,
     },
@@ -386,7 +422,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.prefix",
         env: &["BAZEL_REMOTE_S3_PREFIX"],
         kind: Kind::Str,
-        default: "\"\"",
+        default: DefaultHelp::Unset("\"\""),
         help: "Prefix of the object keys in the bucket.",
         heading: S3,
     },
@@ -394,7 +430,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.auth_method",
         env: &["BAZEL_REMOTE_S3_AUTH_METHOD"],
         kind: Kind::Str,
-        default: "none, required",
+        default: DefaultHelp::Unset("none, required"),
         help: "Authentication: \"access_key\", \"iam_role\" or \"aws_credentials_file\".",
         heading: S3,
     },
@@ -402,7 +438,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.access_key_id",
         env: &["BAZEL_REMOTE_S3_ACCESS_KEY_ID"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "Access key id (auth_method access_key).",
         heading: S3,
     },
@@ -410,7 +446,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.secret_access_key",
         env: &["BAZEL_REMOTE_S3_SECRET_ACCESS_KEY"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "Secret access key (auth_method access_key). Prefer the environment variable: \
                flags are visible to other local users.",
         heading: S3,
@@ -419,7 +455,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.session_token",
         env: &["BAZEL_REMOTE_S3_SESSION_TOKEN"],
         kind: Kind::Str,
-        default: "none",
+        default: DefaultHelp::Unset("none"),
         help: "Optional session token (auth_method access_key).",
         heading: S3,
     },
@@ -427,7 +463,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.signature_type",
         env: &["BAZEL_REMOTE_S3_SIGNATURE_TYPE"],
         kind: Kind::Str,
-        default: "v4",
+        default: DefaultHelp::Value(|| defaults::S3_SIGNATURE_TYPE.to_owned()),
         help: "Request signing (auth_method access_key): \"v2\", \"v4\", \"v4streaming\" or \
                \"anonymous\".",
         heading: S3,
@@ -439,7 +475,7 @@ pub(super) static OPTIONS: &[Opt] = &[
             "AWS_SHARED_CREDENTIALS_FILE",
         ],
         kind: Kind::Str,
-        default: "~/.aws/credentials",
+        default: DefaultHelp::Unset("~/.aws/credentials"),
         help: "AWS credentials file (auth_method aws_credentials_file).",
         heading: S3,
     },
@@ -447,7 +483,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.aws_profile",
         env: &["BAZEL_REMOTE_S3_AWS_PROFILE", "AWS_PROFILE"],
         kind: Kind::Str,
-        default: "default",
+        default: DefaultHelp::Value(|| defaults::S3_AWS_PROFILE.to_owned()),
         help: "Profile within the AWS credentials file (auth_method aws_credentials_file).",
         heading: S3,
     },
@@ -455,7 +491,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.iam_role_endpoint",
         env: &["BAZEL_REMOTE_S3_IAM_ROLE_ENDPOINT"],
         kind: Kind::Str,
-        default: "the AWS standard locations",
+        default: DefaultHelp::Unset("the AWS standard locations"),
         help: "Endpoint serving IAM security credentials (auth_method iam_role).",
         heading: S3,
     },
@@ -463,7 +499,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.region",
         env: &["BAZEL_REMOTE_S3_REGION"],
         kind: Kind::Str,
-        default: "\"\"",
+        default: DefaultHelp::Unset("\"\""),
         help: "AWS region.",
         heading: S3,
     },
@@ -471,7 +507,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.disable_ssl",
         env: &["BAZEL_REMOTE_S3_DISABLE_SSL"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::S3_DISABLE_SSL.to_string()),
         help: "Talk plain HTTP to the endpoint.",
         heading: S3,
     },
@@ -479,7 +515,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.update_timestamps",
         env: &["BAZEL_REMOTE_S3_UPDATE_TIMESTAMPS"],
         kind: Kind::Bool,
-        default: "false",
+        default: DefaultHelp::Value(|| defaults::S3_UPDATE_TIMESTAMPS.to_string()),
         help: "Refresh an object's timestamp on cache hit (for bucket lifecycle rules).",
         heading: S3,
     },
@@ -487,7 +523,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.key_version",
         env: &["BAZEL_REMOTE_S3_KEY_VERSION"],
         kind: Kind::Int,
-        default: "2",
+        default: DefaultHelp::Value(|| defaults::S3_KEY_VERSION.to_string()),
         help: "Deprecated; only 2 is accepted.",
         heading: S3,
     },
@@ -495,7 +531,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "s3.max_idle_conns",
         env: &["BAZEL_REMOTE_S3_MAX_IDLE_CONNS"],
         kind: Kind::Int,
-        default: "1024",
+        default: DefaultHelp::Value(|| defaults::S3_MAX_IDLE_CONNS.to_string()),
         help: "Idle connections kept open to the endpoint.",
         heading: S3,
     },
@@ -503,7 +539,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "num_uploaders",
         env: &["BAZEL_REMOTE_NUM_UPLOADERS"],
         kind: Kind::Int,
-        default: "100",
+        default: DefaultHelp::Value(|| defaults::NUM_UPLOADERS.to_string()),
         help: "Parallel uploads to the proxy backend.",
         heading: S3,
     },
@@ -511,7 +547,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "max_queued_uploads",
         env: &["BAZEL_REMOTE_MAX_QUEUED_UPLOADS"],
         kind: Kind::Int,
-        default: "1000000",
+        default: DefaultHelp::Value(|| defaults::MAX_QUEUED_UPLOADS.to_string()),
         help: "Uploads waiting for the proxy backend; when full, new uploads are skipped.",
         heading: S3,
     },
@@ -520,7 +556,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "host",
         env: &["BAZEL_REMOTE_HOST"],
         kind: Kind::Str,
-        default: "\"\", ie all interfaces",
+        default: DefaultHelp::Unset("\"\", ie all interfaces"),
         help: "Use --http_address/--grpc_address. Host for --port and --grpc_port.",
         heading: DEPRECATED,
     },
@@ -528,7 +564,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "port",
         env: &["BAZEL_REMOTE_PORT"],
         kind: Kind::Int,
-        default: "8080",
+        default: DefaultHelp::Value(|| defaults::HTTP_PORT.to_string()),
         help: "Use --http_address. HTTP port, used when --http_address is not set.",
         heading: DEPRECATED,
     },
@@ -536,7 +572,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "grpc_port",
         env: &["BAZEL_REMOTE_GRPC_PORT"],
         kind: Kind::Int,
-        default: "9092",
+        default: DefaultHelp::Value(|| defaults::GRPC_PORT.to_string()),
         help: "Use --grpc_address. gRPC port, used when --grpc_address is not set; 0 disables \
                gRPC.",
         heading: DEPRECATED,
@@ -545,7 +581,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "profile_host",
         env: &["BAZEL_REMOTE_PROFILE_HOST"],
         kind: Kind::Str,
-        default: "127.0.0.1",
+        default: DefaultHelp::Unset("127.0.0.1"),
         help: "Accepted for compatibility and ignored.",
         heading: DEPRECATED,
     },
@@ -553,7 +589,7 @@ pub(super) static OPTIONS: &[Opt] = &[
         key: "profile_port",
         env: &["BAZEL_REMOTE_PROFILE_PORT"],
         kind: Kind::Int,
-        default: "0",
+        default: DefaultHelp::Unset("0"),
         help: "Accepted for compatibility and ignored.",
         heading: DEPRECATED,
     },

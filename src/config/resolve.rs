@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::duration::GoDuration;
+use super::defaults;
 use super::error::ConfigError;
 use super::file::{Gib, Int, S3Schema, Schema, Seconds};
 use super::listen::{join_host_port, parse_listen_addr, tcp_port};
@@ -16,19 +16,9 @@ use super::{
     AccessLogLevel, BucketLookupType, Config, ListenAddr, LogFormat, LogTimezone, S3AuthMethod,
     S3Config, S3SignatureType, StorageMode, TlsConfig,
 };
+use bazel_cache_digest::GoDuration;
 
 const GIB: f64 = (1u64 << 30) as f64;
-const DEFAULT_MAX_SIZE_GIB: f64 = 5.0;
-const DEFAULT_HTTP_PORT: u16 = 8080;
-const DEFAULT_GRPC_PORT: u16 = 9092;
-const DEFAULT_NUM_UPLOADERS: usize = 100;
-const DEFAULT_MAX_QUEUED_UPLOADS: usize = 1_000_000;
-/// Blob writes in progress at once; see `max_concurrent_writes` in options.rs.
-pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 256;
-const DEFAULT_S3_MAX_IDLE_CONNS: usize = 1024;
-/// bazel-remote's default histogram buckets, in seconds.
-const DEFAULT_DURATION_BUCKETS: [f64; 10] =
-    [0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0, 160.0, 320.0];
 
 /// The resolved configuration plus notes for the operator (ignored
 /// compatibility keys and the like) to be logged once logging is up.
@@ -68,8 +58,10 @@ impl Resolver<'_> {
 
     fn config(&mut self, s: Schema, env: &dyn Fn(&str) -> Option<String>) -> Result<Config> {
         let (http_address, grpc_address) = self.listeners(&s)?;
-        let max_size_bytes =
-            self.gib("max_size", s.max_size.unwrap_or(Gib(DEFAULT_MAX_SIZE_GIB)))?;
+        let max_size_bytes = self.gib(
+            "max_size",
+            s.max_size.unwrap_or(Gib(defaults::MAX_SIZE_GIB)),
+        )?;
         let max_size_hard_limit_bytes = match s.max_size_hard_limit {
             // bazel-remote: -1 (its default) or any value <= 0 means no limit.
             Some(Gib(gib)) if gib > 0.0 => {
@@ -90,17 +82,19 @@ impl Resolver<'_> {
                 ("zstd", StorageMode::Zstd),
                 ("uncompressed", StorageMode::Uncompressed),
             ],
-            StorageMode::Zstd,
+            defaults::STORAGE_MODE,
         )?;
         // Accepted so bazel-remote configs load; we have one zstd implementation.
         self.choice(
             "zstd_implementation",
             s.zstd_implementation,
             &[("go", ()), ("cgo", ())],
-            (),
+            defaults::ZSTD_IMPLEMENTATION,
         )?;
 
-        let experimental_remote_asset_api = s.experimental_remote_asset_api.unwrap_or(false);
+        let experimental_remote_asset_api = s
+            .experimental_remote_asset_api
+            .unwrap_or(defaults::EXPERIMENTAL_REMOTE_ASSET_API);
         if experimental_remote_asset_api && grpc_address.is_none() {
             return Err(self.invalid(
                 "experimental_remote_asset_api",
@@ -123,7 +117,9 @@ impl Resolver<'_> {
             s.tls_ca_file,
             s.min_tls_version,
         )?;
-        let allow_unauthenticated_reads = s.allow_unauthenticated_reads.unwrap_or(false);
+        let allow_unauthenticated_reads = s
+            .allow_unauthenticated_reads
+            .unwrap_or(defaults::ALLOW_UNAUTHENTICATED_READS);
         let mtls = tls.as_ref().is_some_and(|tls| tls.ca_file.is_some());
         if allow_unauthenticated_reads && htpasswd_file.is_none() && !mtls {
             return Err(self.invalid(
@@ -133,7 +129,8 @@ impl Resolver<'_> {
         }
 
         let s3_proxy = s.s3_proxy.map(|s3| self.s3(s3)).transpose()?;
-        let num_uploaders = self.count("num_uploaders", s.num_uploaders, DEFAULT_NUM_UPLOADERS)?;
+        let num_uploaders =
+            self.count("num_uploaders", s.num_uploaders, defaults::NUM_UPLOADERS)?;
         if s3_proxy.is_some() && num_uploaders == 0 {
             return Err(self.invalid(
                 "num_uploaders",
@@ -146,12 +143,12 @@ impl Resolver<'_> {
         let max_queued_uploads = self.count(
             "max_queued_uploads",
             s.max_queued_uploads,
-            DEFAULT_MAX_QUEUED_UPLOADS,
+            defaults::MAX_QUEUED_UPLOADS,
         )?;
         let max_concurrent_writes = match self.count(
             "max_concurrent_writes",
             s.max_concurrent_writes,
-            DEFAULT_MAX_CONCURRENT_WRITES,
+            defaults::MAX_CONCURRENT_WRITES,
         )? {
             0 => return Err(self.invalid("max_concurrent_writes", "must be at least 1")),
             n => n,
@@ -160,13 +157,13 @@ impl Resolver<'_> {
             "access_log_level",
             s.access_log_level,
             &[("none", AccessLogLevel::None), ("all", AccessLogLevel::All)],
-            AccessLogLevel::All,
+            defaults::ACCESS_LOG_LEVEL,
         )?;
         let log_format = self.choice(
             "log_format",
             s.log_format,
             &[("text", LogFormat::Text), ("json", LogFormat::Json)],
-            LogFormat::Text,
+            defaults::LOG_FORMAT,
         )?;
         let log_timezone = self.choice(
             "log_timezone",
@@ -176,7 +173,7 @@ impl Resolver<'_> {
                 ("local", LogTimezone::Local),
                 ("none", LogTimezone::None),
             ],
-            LogTimezone::Utc,
+            defaults::LOG_TIMEZONE,
         )?;
         let endpoint_metrics_duration_buckets =
             self.buckets(s.endpoint_metrics_duration_buckets)?;
@@ -199,12 +196,22 @@ impl Resolver<'_> {
             access_log_level,
             log_format,
             log_timezone,
-            enable_endpoint_metrics: s.enable_endpoint_metrics.unwrap_or(false),
+            enable_endpoint_metrics: s
+                .enable_endpoint_metrics
+                .unwrap_or(defaults::ENABLE_ENDPOINT_METRICS),
             endpoint_metrics_duration_buckets,
-            http_metrics_prefix: s.http_metrics_prefix.unwrap_or(false),
-            disable_http_ac_validation: s.disable_http_ac_validation.unwrap_or(false),
-            disable_grpc_ac_deps_check: s.disable_grpc_ac_deps_check.unwrap_or(false),
-            enable_ac_key_instance_mangling: s.enable_ac_key_instance_mangling.unwrap_or(false),
+            http_metrics_prefix: s
+                .http_metrics_prefix
+                .unwrap_or(defaults::HTTP_METRICS_PREFIX),
+            disable_http_ac_validation: s
+                .disable_http_ac_validation
+                .unwrap_or(defaults::DISABLE_HTTP_AC_VALIDATION),
+            disable_grpc_ac_deps_check: s
+                .disable_grpc_ac_deps_check
+                .unwrap_or(defaults::DISABLE_GRPC_AC_DEPS_CHECK),
+            enable_ac_key_instance_mangling: s
+                .enable_ac_key_instance_mangling
+                .unwrap_or(defaults::ENABLE_AC_KEY_INSTANCE_MANGLING),
             experimental_remote_asset_api,
             htpasswd_file,
             allow_unauthenticated_reads,
@@ -212,7 +219,7 @@ impl Resolver<'_> {
             s3_proxy,
             num_uploaders,
             max_queued_uploads,
-            fsync: s.fsync.unwrap_or(true),
+            fsync: s.fsync.unwrap_or(defaults::FSYNC),
             max_concurrent_writes,
         })
     }
@@ -229,17 +236,17 @@ impl Resolver<'_> {
         Ok(bytes as u64)
     }
 
-    /// One of a fixed set of spellings; an empty string counts as unset.
+    /// One of a fixed set of spellings; an empty string counts as unset and
+    /// means the spelling `default` (a constant of `defaults.rs`, which
+    /// `--help` shows).
     fn choice<T: Copy>(
         &self,
         key: &str,
         value: Option<String>,
         choices: &[(&str, T)],
-        default: T,
+        default: &str,
     ) -> Result<T> {
-        let Some(value) = non_empty(value) else {
-            return Ok(default);
-        };
+        let value = non_empty(value).unwrap_or_else(|| default.to_owned());
         choices
             .iter()
             .find(|(name, _)| *name == value)
@@ -306,7 +313,7 @@ impl Resolver<'_> {
             None => {
                 let port = match s.port {
                     Some(port) => self.port("port", port)?,
-                    None => DEFAULT_HTTP_PORT,
+                    None => defaults::HTTP_PORT,
                 };
                 self.address("host", &join_host_port(host, port))?
             }
@@ -318,7 +325,7 @@ impl Resolver<'_> {
                 0 => None,
                 port => Some(self.address("host", &join_host_port(host, port))?),
             },
-            (None, None) => Some(self.address("host", &join_host_port(host, DEFAULT_GRPC_PORT))?),
+            (None, None) => Some(self.address("host", &join_host_port(host, defaults::GRPC_PORT))?),
         };
 
         if let Some(grpc) = &grpc {
@@ -367,7 +374,7 @@ impl Resolver<'_> {
                 ("1.2", "1.2"),
                 ("1.3", "1.3"),
             ],
-            "1.0",
+            defaults::MIN_TLS_VERSION,
         )?;
         match (non_empty(cert), non_empty(key), non_empty(ca)) {
             (Some(cert), Some(key), ca) => Ok(Some(TlsConfig {
@@ -393,7 +400,7 @@ impl Resolver<'_> {
     fn buckets(&self, value: Option<Vec<Seconds>>) -> Result<Vec<f64>> {
         const KEY: &str = "endpoint_metrics_duration_buckets";
         let Some(value) = value else {
-            return Ok(DEFAULT_DURATION_BUCKETS.to_vec());
+            return Ok(defaults::DURATION_BUCKETS.to_vec());
         };
         let mut buckets: Vec<f64> = value.into_iter().map(|seconds| seconds.0).collect();
         if buckets.is_empty() {
@@ -437,7 +444,7 @@ impl Resolver<'_> {
             "s3_proxy.auth_method",
             Some(auth_method),
             &auth_methods,
-            S3AuthMethod::AccessKey,
+            "required, never defaulted",
         )?;
         let (access_key_id, secret_access_key) = match auth_method {
             S3AuthMethod::AccessKey => (
@@ -450,11 +457,14 @@ impl Resolver<'_> {
             ),
         };
         if let Some(Int(version)) = s3.key_version
-            && version != 2
+            && version != defaults::S3_KEY_VERSION
         {
             return Err(self.invalid(
                 "s3_proxy.key_version",
-                format!("must be 2 (the only key layout), not {version}"),
+                format!(
+                    "must be {} (the only key layout), not {version}",
+                    defaults::S3_KEY_VERSION
+                ),
             ));
         }
 
@@ -464,9 +474,9 @@ impl Resolver<'_> {
             prefix: s3.prefix.unwrap_or_default(),
             region: s3.region.unwrap_or_default(),
             auth_method,
-            access_key_id,
-            secret_access_key,
-            session_token: s3.session_token.unwrap_or_default(),
+            access_key_id: access_key_id.into(),
+            secret_access_key: secret_access_key.into(),
+            session_token: s3.session_token.unwrap_or_default().into(),
             signature_type: self.choice(
                 "s3_proxy.signature_type",
                 s3.signature_type,
@@ -476,13 +486,14 @@ impl Resolver<'_> {
                     ("v4streaming", S3SignatureType::V4Streaming),
                     ("anonymous", S3SignatureType::Anonymous),
                 ],
-                S3SignatureType::V4,
+                defaults::S3_SIGNATURE_TYPE,
             )?,
             iam_role_endpoint: s3.iam_role_endpoint.unwrap_or_default(),
-            aws_profile: non_empty(s3.aws_profile).unwrap_or_else(|| "default".to_owned()),
+            aws_profile: non_empty(s3.aws_profile)
+                .unwrap_or_else(|| defaults::S3_AWS_PROFILE.to_owned()),
             aws_shared_credentials_file: non_empty(s3.aws_shared_credentials_file)
                 .map(PathBuf::from),
-            disable_ssl: s3.disable_ssl.unwrap_or(false),
+            disable_ssl: s3.disable_ssl.unwrap_or(defaults::S3_DISABLE_SSL),
             bucket_lookup_type: self.choice(
                 "s3_proxy.bucket_lookup_type",
                 s3.bucket_lookup_type,
@@ -491,14 +502,16 @@ impl Resolver<'_> {
                     ("dns", BucketLookupType::Dns),
                     ("path", BucketLookupType::Path),
                 ],
-                BucketLookupType::Auto,
+                defaults::S3_BUCKET_LOOKUP_TYPE,
             )?,
             max_idle_conns: self.count(
                 "s3_proxy.max_idle_conns",
                 s3.max_idle_conns,
-                DEFAULT_S3_MAX_IDLE_CONNS,
+                defaults::S3_MAX_IDLE_CONNS,
             )?,
-            update_timestamps: s3.update_timestamps.unwrap_or(false),
+            update_timestamps: s3
+                .update_timestamps
+                .unwrap_or(defaults::S3_UPDATE_TIMESTAMPS),
         })
     }
 

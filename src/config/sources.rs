@@ -40,7 +40,7 @@ impl Provenance {
     /// `s3_proxy.bucket`, `endpoint_metrics_duration_buckets[2]`), as it would
     /// be named to a user: `--max_size`, `BAZEL_REMOTE_MAX_SIZE` or
     /// `config file /etc/bazel-cache.yaml`.
-    pub fn origin(&self, yaml_key: &str) -> Option<String> {
+    pub(super) fn origin(&self, yaml_key: &str) -> Option<String> {
         let yaml_key = yaml_key.split('[').next().unwrap_or(yaml_key);
         if let Some(opt) = by_yaml_key(yaml_key) {
             if self.flags.contains(opt.key) {

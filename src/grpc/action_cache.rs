@@ -11,9 +11,9 @@ use tonic_types::{ErrorDetails, PreconditionViolation, StatusExt};
 use super::{
     GrpcState, MAX_BATCH_TOTAL_SIZE, ac_hash, check_digest_function, parse_digest, store_status,
 };
-use crate::ac::{self, MAX_ACTION_RESULT_BYTES};
-use crate::digest::{BlobKey, Digest};
-use crate::store::{Encoding, PutRequest, StoreError, read_all};
+use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_store::action_result::{self as ac, MAX_ACTION_RESULT_BYTES};
+use bazel_cache_store::{Encoding, PutRequest, StoreError, read_all};
 
 pub(super) fn service(state: Arc<GrpcState>) -> ActionCacheServer<ActionCacheService> {
     ActionCacheServer::new(ActionCacheService { state })
@@ -21,7 +21,7 @@ pub(super) fn service(state: Arc<GrpcState>) -> ActionCacheServer<ActionCacheSer
         .max_encoding_message_size(super::MAX_MESSAGE_SIZE)
 }
 
-pub struct ActionCacheService {
+pub(super) struct ActionCacheService {
     state: Arc<GrpcState>,
 }
 
@@ -55,7 +55,7 @@ impl ActionCacheService {
         digest: Option<&re::Digest>,
         budget: &mut u64,
     ) -> Result<Option<Vec<u8>>, Status> {
-        let Some(d) = digest.and_then(|d| ac::parse_digest(d).ok()) else {
+        let Some(d) = digest.and_then(|d| Digest::from_reapi(d).ok()) else {
             return Ok(None);
         };
         if d.size == 0 || d.size > *budget {

@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 
 use tonic::Status;
 
-use super::incoming::ConnInfo;
 use crate::auth::{Access, Authenticator};
+use crate::listen::ConnInfo;
 
 /// Which RPCs only read. Anything not listed counts as a write, so an RPC
 /// added later is protected until someone decides otherwise.
@@ -32,12 +32,12 @@ fn access(path: &str) -> Option<Access> {
 }
 
 #[derive(Clone)]
-pub struct AuthLayer {
+pub(super) struct AuthLayer {
     auth: Arc<Authenticator>,
 }
 
 impl AuthLayer {
-    pub fn new(auth: Arc<Authenticator>) -> Self {
+    pub(super) fn new(auth: Arc<Authenticator>) -> Self {
         AuthLayer { auth }
     }
 }
@@ -54,23 +54,26 @@ impl<S> tower::Layer<S> for AuthLayer {
 }
 
 #[derive(Clone)]
-pub struct AuthService<S> {
+pub(super) struct AuthService<S> {
     inner: S,
     auth: Arc<Authenticator>,
 }
 
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
 impl<S, ReqBody, ResBody> tower::Service<http::Request<ReqBody>> for AuthService<S>
 where
-    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: tower::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
+    ReqBody: Send + 'static,
     ResBody: Default + Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = futures_util::future::Either<
-        S::Future,
-        std::future::Ready<Result<http::Response<ResBody>, S::Error>>,
-    >;
+    type Future = futures_util::future::Either<S::Future, BoxFuture<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -84,26 +87,34 @@ where
         let Some(access) = access(req.uri().path()) else {
             return Either::Left(self.inner.call(req));
         };
-        let client_cert = req
-            .extensions()
-            .get::<ConnInfo>()
-            .is_some_and(|c| c.client_cert);
-        let authorization = req.headers().get(http::header::AUTHORIZATION);
-        match self
-            .auth
-            .check(authorization.map(|v| v.as_bytes()), client_cert, access)
-        {
-            Ok(()) => Either::Left(self.inner.call(req)),
-            Err(denied) => {
-                let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
-                tracing::debug!(?peer, rpc = %req.uri().path(), reason = %denied, "request refused");
-                // A trailers-only response: the status travels in the head.
-                Either::Right(std::future::ready(Ok(Status::unauthenticated(
-                    denied.to_string(),
+        // The check may wait (a password verify): the call happens in the
+        // future, on the service that was made ready; a clone stays here.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Either::Right(Box::pin(async move {
+            let client_cert = req
+                .extensions()
+                .get::<ConnInfo>()
+                .is_some_and(|c| c.client_cert);
+            let authorization = req.headers().get(http::header::AUTHORIZATION).cloned();
+            match auth
+                .check(
+                    authorization.as_ref().map(|v| v.as_bytes()),
+                    client_cert,
+                    access,
                 )
-                .into_http())))
+                .await
+            {
+                Ok(()) => inner.call(req).await,
+                Err(denied) => {
+                    let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer.clone());
+                    tracing::debug!(?peer, rpc = %req.uri().path(), reason = %denied, "request refused");
+                    // A trailers-only response: the status travels in the head.
+                    Ok(Status::unauthenticated(denied.to_string()).into_http())
+                }
             }
-        }
+        }))
     }
 }
 

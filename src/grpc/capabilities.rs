@@ -13,7 +13,7 @@ pub(super) fn service(state: Arc<GrpcState>) -> CapabilitiesServer<CapabilitiesS
     CapabilitiesServer::new(CapabilitiesService { state })
 }
 
-pub struct CapabilitiesService {
+pub(super) struct CapabilitiesService {
     state: Arc<GrpcState>,
 }
 

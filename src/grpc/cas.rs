@@ -18,8 +18,8 @@ use tonic::{Code, Request, Response, Status};
 use super::{
     GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest, rpc_status, store_status,
 };
-use crate::digest::{BlobKey, Digest};
-use crate::store::{Encoding, PutRequest, Store, StoreError, read_all};
+use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_store::{Encoding, PutRequest, Store, StoreError, read_all};
 
 /// Directories per GetTree response when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -30,7 +30,7 @@ pub(super) fn service(state: Arc<GrpcState>) -> ContentAddressableStorageServer<
         .max_encoding_message_size(super::MAX_MESSAGE_SIZE)
 }
 
-pub struct CasService {
+pub(super) struct CasService {
     state: Arc<GrpcState>,
 }
 
@@ -338,7 +338,7 @@ impl TreeWalk {
                 continue;
             };
             for child in dir.directories.iter().filter_map(|n| n.digest.as_ref()) {
-                if let Ok(c) = crate::ac::parse_digest(child)
+                if let Ok(c) = Digest::from_reapi(child)
                     && self.seen.insert(c)
                 {
                     self.queue.push_back(c);

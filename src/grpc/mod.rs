@@ -9,7 +9,7 @@ mod auth;
 mod bytestream;
 mod capabilities;
 mod cas;
-pub mod incoming;
+pub(crate) mod incoming;
 pub mod resource;
 
 use std::sync::Arc;
@@ -22,10 +22,10 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::digest::{Digest, Hash, mangle_ac_key};
 use crate::listen::Listener;
 use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
-use crate::store::{Store, StoreError};
+use bazel_cache_digest::{Digest, Hash, mangle_ac_key};
+use bazel_cache_store::{Store, StoreError};
 
 /// `max_batch_total_size_bytes` announced in Capabilities: the most blob
 /// bytes one BatchUpdateBlobs / BatchReadBlobs may carry. Larger blobs go
@@ -144,7 +144,7 @@ pub(crate) fn store_status(e: StoreError) -> Status {
 /// Parses a required digest field, naming the field in the error.
 pub(crate) fn parse_digest(d: Option<&re::Digest>, field: &str) -> Result<Digest, Status> {
     let d = d.ok_or_else(|| Status::invalid_argument(format!("{field}: missing digest")))?;
-    crate::ac::parse_digest(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+    Digest::from_reapi(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 /// Refuses digest functions other than SHA-256 (0 = unspecified means SHA-256).

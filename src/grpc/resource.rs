@@ -17,8 +17,8 @@ use std::fmt;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::digest_function;
 
-use crate::digest::{Digest, DigestError, Hash};
-use crate::store::Encoding;
+use bazel_cache_digest::{Digest, DigestError, Hash};
+use bazel_cache_store::Encoding;
 
 /// Path segments the spec reserves; an instance name never contains them.
 const KEYWORDS: [&str; 7] = [

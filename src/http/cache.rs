@@ -12,9 +12,9 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::path::{self, PathError};
 use super::{Body, HttpState, empty, error, full, method_not_allowed};
-use crate::ac;
-use crate::digest::{BlobKey, Kind, mangle_ac_key};
-use crate::store::{Blob, Encoding, PutRequest, StoreError, read_all};
+use bazel_cache_digest::{BlobKey, Kind, mangle_ac_key};
+use bazel_cache_store::action_result as ac;
+use bazel_cache_store::{Blob, Encoding, PutRequest, StoreError, read_all};
 
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.

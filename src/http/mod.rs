@@ -22,11 +22,11 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 
 use crate::auth::{Access, Authenticator, Denied};
-use crate::listen::{Io, Listener};
-use crate::metrics::{self, Endpoint, Metrics};
-use crate::store::Store;
-use crate::tls;
+use crate::listen::{self, ConnInfo, Listener};
+use crate::metrics::{self, Endpoint, Metrics, access_log};
+use bazel_cache_store::Store;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 
@@ -51,7 +51,7 @@ impl Default for HttpOptions {
             mangle_ac_keys: false,
             max_blob_size: u64::MAX,
             access_log: false,
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: crate::config::defaults::HEADER_READ_TIMEOUT,
         }
     }
 }
@@ -71,11 +71,7 @@ pub struct HttpState {
 }
 
 /// What a request knows of its connection.
-struct Conn {
-    peer: Box<str>,
-    /// The client presented a certificate the CA verified (mTLS).
-    client_cert: bool,
-}
+type Conn = ConnInfo;
 
 /// Serves until `shutdown` resolves, then stops accepting and gives requests
 /// in flight up to `drain` to finish.
@@ -95,47 +91,26 @@ pub async fn serve(
     builder.http2().max_concurrent_streams(256);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
+    let stop = CancellationToken::new();
+    let mut incoming = listen::accept(listener, tls, stop.clone(), "HTTP");
     loop {
-        let (io, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut shutdown => break,
+        let accepted = tokio::select! {
+            accepted = incoming.next() => accepted,
+            _ = &mut shutdown => None,
         };
+        let Some(accepted) = accepted else { break };
         let state = state.clone();
         let builder = builder.clone();
         let watcher = graceful.watcher();
-        let tls = tls.clone();
         tokio::spawn(async move {
-            // The handshake runs in the connection's task, so a slow or
-            // silent client never holds up the accept loop.
-            let (io, client_cert): (Box<dyn Io>, bool) = match &tls {
-                Some(acceptor) => match tls::handshake(acceptor, io).await {
-                    Ok(accepted) => (Box::new(accepted.stream), accepted.client_cert),
-                    Err(e) => {
-                        tracing::debug!(error = %e, %peer, "TLS handshake failed");
-                        return;
-                    }
-                },
-                None => (io, false),
-            };
-            let conn = Arc::new(Conn {
-                peer: peer.into(),
-                client_cert,
-            });
+            let conn = Arc::new(accepted.info);
             let service = service_fn(move |req| {
                 let state = state.clone();
                 let conn = conn.clone();
                 async move { Ok::<_, Infallible>(handle(&state, req, &conn).await) }
             });
             let conn = builder
-                .serve_connection(TokioIo::new(io), service)
+                .serve_connection(TokioIo::new(accepted.io), service)
                 .into_owned();
             if let Err(e) = watcher.watch(conn).await {
                 tracing::debug!(error = %e, "connection ended with an error");
@@ -144,7 +119,8 @@ pub async fn serve(
     }
     // Stop accepting at once: a listener kept open would let the kernel
     // complete handshakes that nobody serves.
-    drop(listener);
+    stop.cancel();
+    drop(incoming);
     tokio::select! {
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(drain) => tracing::warn!("connections still open after the drain period; closing them"),
@@ -169,17 +145,7 @@ async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respo
     http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
     let timer = http_metrics.record(endpoint, &method, resp.status(), started);
     if state.options.access_log {
-        let bytes = resp
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("-");
-        let peer = &*conn.peer;
-        tracing::info!(
-            target: "access",
-            %method, %path, status = resp.status().as_u16(), bytes, bytes_in, peer,
-            duration_ms = started.elapsed().as_secs_f64() * 1e3,
-        );
+        access_log::http_request(&method, &path, &resp, bytes_in, &conn.peer, started);
     }
     match timer {
         Some(timer) => resp.map(|body| timer.wrap(body).boxed_unsync()),
@@ -197,7 +163,7 @@ async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respon
             Method::GET | Method::HEAD => metrics_page(state).await,
             _ => method_not_allowed("GET, HEAD"),
         },
-        _ => match authorize(state, &req, conn) {
+        _ => match authorize(state, &req, conn).await {
             Ok(()) => cache::handle(state, req).await,
             Err(denied) => {
                 discard_small_body(req.into_body()).await;
@@ -249,7 +215,7 @@ fn close_after_refused_body(
 
 /// Applies [`Authenticator`] to a cache request: GET and HEAD read,
 /// everything else (PUT, and methods the cache will refuse) writes.
-fn authorize(state: &HttpState, req: &Request<Incoming>, conn: &Conn) -> Result<(), Denied> {
+async fn authorize(state: &HttpState, req: &Request<Incoming>, conn: &Conn) -> Result<(), Denied> {
     if !state.auth.enabled() {
         return Ok(());
     }
@@ -261,7 +227,10 @@ fn authorize(state: &HttpState, req: &Request<Incoming>, conn: &Conn) -> Result<
         .headers()
         .get(header::AUTHORIZATION)
         .map(|v| v.as_bytes());
-    let result = state.auth.check(authorization, conn.client_cert, access);
+    let result = state
+        .auth
+        .check(authorization, conn.client_cert, access)
+        .await;
     if let Err(denied) = &result {
         tracing::debug!(peer = %conn.peer, path = %req.uri().path(), reason = %denied, "request refused");
     }
@@ -292,7 +261,7 @@ fn status(state: &HttpState) -> Response<Body> {
         "ReservedSize": s.reserved_bytes,
         "MaxSize": s.max_bytes,
         "NumFiles": s.entries,
-        "ServerTime": crate::store::unix_now(),
+        "ServerTime": bazel_cache_store::unix_now(),
         "GitCommit": option_env!("BAZEL_CACHE_GIT_COMMIT").unwrap_or(""),
         "GitTags": "",
         "NumGoroutines": tokio::runtime::Handle::current().metrics().num_alive_tasks(),

@@ -1,7 +1,7 @@
 //! Parsing of cache URLs: `[/<instance>...]/ac/<sha256>` and `/cas/<sha256>`,
 //! as bazel-remote accepts them.
 
-use crate::digest::{DigestError, Hash, Kind};
+use bazel_cache_digest::{DigestError, Hash, Kind};
 
 /// A request path that names a cache entry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,11 +6,11 @@ use std::collections::{BTreeMap, BTreeSet};
 use hcl::eval::{Context, Evaluate};
 use hcl::{Block, Map, Number, Value};
 
-use super::tofu::{Module, at, attr, label, list, n, render, s, v};
-use super::{
+use crate::support::deploy::{
     dashboard_path, design_part, design_section_2, design_usage_inputs, inputs_with, module_dir,
     read, render_ok,
 };
+use crate::support::tofu::{Module, at, attr, label, list, n, render, s, v};
 
 /// Defaults the module changed on purpose (README.md says why), each with
 /// the reason; a listed variable whose default matches the design again is

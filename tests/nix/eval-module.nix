@@ -1,7 +1,8 @@
-# Evaluates nix/module.nix with nixpkgs' module system against stubs of the
-# NixOS options it sets, without nixpkgs or a Nix store: enough to see the
-# rendered config.yaml, the systemd unit and the assertions on a machine
-# that cannot build anything. Run through tests/nix/eval-module.sh.
+# Evaluates nixos-modules/bazel-cache.nix with nixpkgs' module system
+# against stubs of the NixOS options it sets, without nixpkgs or a Nix
+# store: enough to see the rendered config.yaml, the systemd unit and the
+# assertions on a machine that cannot build anything. Run through
+# tests/nix/eval-module.sh.
 #
 #   nix-instantiate --eval --strict --json tests/nix/eval-module.nix \
 #     --arg lib 'import /path/to/nixpkgs.lib/lib'
@@ -54,7 +55,7 @@ let
     settings:
     (lib.evalModules {
       modules = [
-        ../../nix/module.nix
+        ../../nixos-modules/bazel-cache.nix
         nixosStubs
         {
           services.bazel-cache = settings // {

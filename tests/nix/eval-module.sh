@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Evaluates the NixOS module (nix/module.nix) with nixpkgs' module system,
-# against stubs of the NixOS options it sets (tests/nix/eval-module.nix), and
+# Evaluates the NixOS module (nixos-modules/bazel-cache.nix) with nixpkgs'
+# module system, against stubs of the NixOS options it sets
+# (tests/nix/eval-module.nix), and
 # prints what it renders: config.yaml, the systemd unit, the firewall ports
 # and the assertions that fire, for four configurations. Needs Nix and a
 # checkout of nixpkgs.lib (or nixpkgs); nothing is built or downloaded.

@@ -2,7 +2,7 @@
 #
 # The Prometheus Operator names the scrape job after the Service, which is
 # var.name: every expression selects job="${var.name}". Every metric queried
-# here is exported by the server (tests/deploy.rs checks against a running
+# here is exported by the server (tests/s3/deploy/monitoring.rs checks against a running
 # one); the request-level series need enable_metrics (enable_endpoint_metrics).
 
 locals {

@@ -1,0 +1,141 @@
+//! One connected client of either protocol, with the operations the load
+//! is made of; HTTP requests carry one blob, gRPC calls as many as the
+//! server's batch limit allows.
+
+use std::sync::Arc;
+
+use crate::blobs::{ABSENT, BlobId, SizeClass};
+use crate::error::{BenchError, OpError};
+use crate::grpc::GrpcClient;
+use crate::http::HttpClient;
+use crate::mix;
+use crate::options::Options;
+use crate::target::Protocol;
+use crate::with_timeout;
+
+/// A connected client of either protocol.
+pub(crate) enum Client {
+    Http(Box<HttpClient>),
+    Grpc(GrpcClient),
+}
+
+impl Client {
+    /// Connects as `options` say (gRPC also asks for Capabilities).
+    pub(crate) async fn connect(options: &Options) -> Result<Client, BenchError> {
+        let loaded = if options.target.tls {
+            Some(options.tls.load()?)
+        } else {
+            None
+        };
+        match options.target.protocol {
+            Protocol::Http => {
+                let client = HttpClient::new(
+                    &options.target,
+                    loaded.as_ref(),
+                    &options.instance_name,
+                    options.connections,
+                )?;
+                // One request first, so an unreachable server, a TLS or an
+                // auth problem stops the run with one clear line.
+                let probe = SizeClass::new(mix::MIN_BLOB_SIZE);
+                let absent = BlobId {
+                    namespace: ABSENT,
+                    index: 0,
+                };
+                with_timeout(options.timeout, client.head(&probe, absent))
+                    .await
+                    .map_err(|e| BenchError::Connect {
+                        target: options.target.redacted(),
+                        message: e.to_string(),
+                    })?;
+                Ok(Client::Http(Box::new(client)))
+            }
+            Protocol::Grpc => Ok(Client::Grpc(
+                GrpcClient::connect(
+                    &options.target,
+                    loaded.as_ref(),
+                    &options.instance_name,
+                    options.connections,
+                    options.chunk_size,
+                )
+                .await?,
+            )),
+        }
+    }
+
+    /// Blobs of `size` one request carries when `batch` are asked for:
+    /// HTTP always 1; gRPC as many as fit the batch limit, 1 for
+    /// ByteStream.
+    pub(crate) fn per_request(&self, size: u64, batch: usize) -> usize {
+        match self {
+            Client::Http(_) => 1,
+            Client::Grpc(g) => g.per_batch(size, batch).max(1),
+        }
+    }
+
+    pub(crate) async fn write(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        match self {
+            Client::Http(h) => one_by_one(ids, |id| h.put(class, id)).await,
+            Client::Grpc(g) => g.write(worker, class, ids).await,
+        }
+    }
+
+    pub(crate) async fn read(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        match self {
+            Client::Http(h) => one_by_one(ids, |id| h.get(class, id)).await,
+            Client::Grpc(g) => g.read(worker, class, ids).await,
+        }
+    }
+
+    /// Which of `ids` the server lacks (HTTP: one HEAD each).
+    pub(crate) async fn missing(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<Vec<BlobId>, OpError> {
+        match self {
+            Client::Http(h) => {
+                let mut missing = Vec::new();
+                for &id in ids {
+                    if !h.head(class, id).await? {
+                        missing.push(id);
+                    }
+                }
+                Ok(missing)
+            }
+            Client::Grpc(g) => g.find_missing(worker, class, ids).await,
+        }
+    }
+
+    pub(crate) fn batch_limit(&self) -> Option<u64> {
+        match self {
+            Client::Http(_) => None,
+            Client::Grpc(g) => Some(g.batch_limit()),
+        }
+    }
+}
+
+/// Runs `op` on each of `ids` in turn, adding up the bytes moved; stops at
+/// the first error (for protocols or sizes that move one blob per call).
+pub(crate) async fn one_by_one<F, Fut>(ids: &[BlobId], op: F) -> Result<u64, OpError>
+where
+    F: Fn(BlobId) -> Fut,
+    Fut: std::future::Future<Output = Result<u64, OpError>>,
+{
+    let mut total = 0;
+    for &id in ids {
+        total += op(id).await?;
+    }
+    Ok(total)
+}

@@ -1,0 +1,430 @@
+//! The REAPI v2 client, as Bazel uses a `grpc://` cache: Capabilities once
+//! (for the batch limit and SHA-256 support), `BatchUpdateBlobs` /
+//! `BatchReadBlobs` for blobs that fit the announced
+//! `max_batch_total_size_bytes`, ByteStream `Write` / `Read` for the rest,
+//! `FindMissingBlobs` for presence. Instance names and basic auth
+//! (`authorization` metadata, as Bazel sends URL credentials) apply to every
+//! call.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
+use bazel_remote_apis::google::bytestream as bs;
+use bs::byte_stream_client::ByteStreamClient;
+use re::capabilities_client::CapabilitiesClient;
+use re::content_addressable_storage_client::ContentAddressableStorageClient;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::blobs::{BlobId, SizeClass};
+use crate::client::one_by_one;
+use crate::error::{BenchError, OpError, chain};
+use crate::http::{check, short};
+use crate::target::Target;
+use crate::tls::Loaded;
+use bazel_cache_digest::Hasher;
+
+/// The most blob bytes put in one batch call whatever the server announces:
+/// a default gRPC server refuses messages over 4 MiB, and the request needs
+/// room for digests and framing.
+pub(crate) const BATCH_CEILING: u64 = 4 * 1024 * 1024 - 64 * 1024;
+/// Largest message this client accepts (a batch read answer, a ByteStream
+/// chunk from a server with big chunks).
+const MAX_MESSAGE: usize = 64 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Adds the basic-auth header to every call.
+#[derive(Clone)]
+pub(crate) struct Auth(Option<AsciiMetadataValue>);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+type Svc = InterceptedService<Channel, Auth>;
+
+pub(crate) struct GrpcClient {
+    channels: Vec<Channel>,
+    auth: Auth,
+    instance: String,
+    /// Blob bytes per batch call; larger blobs go through ByteStream.
+    batch_limit: u64,
+    /// Bytes per ByteStream `WriteRequest`.
+    chunk: usize,
+    /// Makes upload resource names unique within this process.
+    uploads: AtomicU64,
+    nonce: u64,
+}
+
+impl GrpcClient {
+    /// Opens `connections` HTTP/2 connections (requests are spread over
+    /// them by worker) and asks the server for its capabilities.
+    pub(crate) async fn connect(
+        target: &Target,
+        tls: Option<&Loaded>,
+        instance: &str,
+        connections: usize,
+        chunk: usize,
+    ) -> Result<GrpcClient, BenchError> {
+        let connect_error = |message: String| BenchError::Connect {
+            target: target.redacted(),
+            message,
+        };
+        let scheme = if target.tls { "https" } else { "http" };
+        let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", target.authority()))
+            .map_err(|e| connect_error(e.to_string()))?
+            .tcp_nodelay(true)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .http2_adaptive_window(true);
+        if let Some(tls) = tls {
+            endpoint = endpoint
+                .tls_config(tls.tonic(target.server_name()))
+                .map_err(|e| connect_error(chain(&e)))?;
+        }
+        let mut channels = Vec::with_capacity(connections);
+        for _ in 0..connections.max(1) {
+            channels.push(
+                endpoint
+                    .connect()
+                    .await
+                    .map_err(|e| connect_error(chain(&e)))?,
+            );
+        }
+        let auth = Auth(match target.basic_auth() {
+            None => None,
+            Some(v) => Some(MetadataValue::try_from(v).map_err(|_| BenchError::Url {
+                url: target.redacted(),
+                message: "the user or password cannot be sent as gRPC metadata".to_owned(),
+            })?),
+        });
+        let mut client = GrpcClient {
+            channels,
+            auth,
+            instance: instance.to_owned(),
+            batch_limit: BATCH_CEILING,
+            chunk: chunk.max(1),
+            uploads: AtomicU64::new(0),
+            nonce: u64::from(std::process::id()) << 32 ^ crate::time_seed(),
+        };
+        let caps =
+            CapabilitiesClient::with_interceptor(client.channels[0].clone(), client.auth.clone())
+                .get_capabilities(re::GetCapabilitiesRequest {
+                    instance_name: instance.to_owned(),
+                })
+                .await
+                .map_err(|s| {
+                    connect_error(format!("GetCapabilities: {:?}: {}", s.code(), s.message()))
+                })?
+                .into_inner();
+        let cache = caps.cache_capabilities.ok_or_else(|| {
+            connect_error("the server announces no cache capabilities".to_owned())
+        })?;
+        if !cache
+            .digest_functions
+            .contains(&(re::digest_function::Value::Sha256 as i32))
+        {
+            return Err(connect_error(
+                "the server does not announce SHA-256 digests".to_owned(),
+            ));
+        }
+        if cache.max_batch_total_size_bytes > 0 {
+            client.batch_limit = BATCH_CEILING.min(cache.max_batch_total_size_bytes as u64);
+        }
+        Ok(client)
+    }
+
+    /// How many blobs of `size` bytes go in one batch call, at most `want`;
+    /// 0 means the blob needs ByteStream.
+    pub(crate) fn per_batch(&self, size: u64, want: usize) -> usize {
+        (self.batch_limit / size).min(want as u64) as usize
+    }
+
+    pub(crate) fn batch_limit(&self) -> u64 {
+        self.batch_limit
+    }
+
+    fn channel(&self, worker: usize) -> Channel {
+        self.channels[worker % self.channels.len()].clone()
+    }
+
+    fn cas(&self, worker: usize) -> ContentAddressableStorageClient<Svc> {
+        ContentAddressableStorageClient::with_interceptor(self.channel(worker), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn bytestream(&self, worker: usize) -> ByteStreamClient<Svc> {
+        ByteStreamClient::with_interceptor(self.channel(worker), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
+    fn prefix(&self) -> String {
+        match self.instance.as_str() {
+            "" => String::new(),
+            i => format!("{i}/"),
+        }
+    }
+
+    /// Uploads `ids` (all of `class`): one batch call when they fit it,
+    /// else one ByteStream write each. Returns the bytes sent.
+    pub(crate) async fn write(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        if ids.len() <= self.per_batch(class.size(), ids.len()) {
+            self.batch_update(worker, class, ids).await
+        } else {
+            one_by_one(ids, |id| self.stream_write(worker, class, id)).await
+        }
+    }
+
+    /// Downloads and checks `ids`, like [`GrpcClient::write`].
+    pub(crate) async fn read(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        if ids.len() <= self.per_batch(class.size(), ids.len()) {
+            self.batch_read(worker, class, ids).await
+        } else {
+            one_by_one(ids, |id| self.stream_read(worker, class, id)).await
+        }
+    }
+
+    /// `FindMissingBlobs`: which of `ids` the server lacks.
+    pub(crate) async fn find_missing(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<Vec<BlobId>, OpError> {
+        let digests: Vec<re::Digest> = ids.iter().map(|&id| digest(class, id)).collect();
+        let missing = self
+            .cas(worker)
+            .find_missing_blobs(re::FindMissingBlobsRequest {
+                instance_name: self.instance.clone(),
+                blob_digests: digests.clone(),
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            })
+            .await
+            .map_err(|s| OpError::grpc("FindMissingBlobs", &s))?
+            .into_inner()
+            .missing_blob_digests;
+        let mut out = Vec::with_capacity(missing.len());
+        for m in missing {
+            match digests.iter().position(|d| *d == m) {
+                Some(i) => out.push(ids[i]),
+                None => {
+                    return Err(OpError::WrongAnswer(format!(
+                        "FindMissingBlobs named {}/{}, which was not asked about",
+                        m.hash, m.size_bytes
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn batch_update(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        let requests = ids
+            .iter()
+            .map(|&id| re::batch_update_blobs_request::Request {
+                digest: Some(digest(class, id)),
+                data: class.copy(id, 0..class.size()),
+                compressor: re::compressor::Value::Identity as i32,
+            })
+            .collect();
+        let responses = self
+            .cas(worker)
+            .batch_update_blobs(re::BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests,
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            })
+            .await
+            .map_err(|s| OpError::grpc("BatchUpdateBlobs", &s))?
+            .into_inner()
+            .responses;
+        if responses.len() != ids.len() {
+            return Err(OpError::WrongAnswer(format!(
+                "BatchUpdateBlobs answered for {} of {} blobs",
+                responses.len(),
+                ids.len()
+            )));
+        }
+        for r in responses {
+            blob_status("BatchUpdateBlobs", r.digest.as_ref(), r.status)?;
+        }
+        Ok(class.size() * ids.len() as u64)
+    }
+
+    async fn batch_read(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        ids: &[BlobId],
+    ) -> Result<u64, OpError> {
+        let digests: Vec<re::Digest> = ids.iter().map(|&id| digest(class, id)).collect();
+        let responses = self
+            .cas(worker)
+            .batch_read_blobs(re::BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: digests.clone(),
+                acceptable_compressors: Vec::new(),
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            })
+            .await
+            .map_err(|s| OpError::grpc("BatchReadBlobs", &s))?
+            .into_inner()
+            .responses;
+        let mut answered = vec![false; ids.len()];
+        let mut bytes = 0;
+        for r in responses {
+            blob_status("BatchReadBlobs", r.digest.as_ref(), r.status)?;
+            let i = r
+                .digest
+                .as_ref()
+                .and_then(|d| digests.iter().position(|x| x == d))
+                .ok_or_else(|| {
+                    OpError::WrongAnswer("BatchReadBlobs answered for a blob not asked for".into())
+                })?;
+            let mut hasher = Hasher::new();
+            hasher.update(&r.data);
+            let hash = class.hash(ids[i]);
+            bytes += check(
+                &format!("BatchReadBlobs {}", short(&hash)),
+                class.size(),
+                hash,
+                hasher,
+            )?;
+            answered[i] = true;
+        }
+        if answered.iter().any(|a| !a) {
+            return Err(OpError::WrongAnswer(format!(
+                "BatchReadBlobs answered for {} of {} blobs",
+                answered.iter().filter(|a| **a).count(),
+                ids.len()
+            )));
+        }
+        Ok(bytes)
+    }
+
+    async fn stream_write(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        id: BlobId,
+    ) -> Result<u64, OpError> {
+        let size = class.size();
+        let hash = class.hash(id);
+        let n = self.uploads.fetch_add(1, Ordering::Relaxed);
+        let resource = format!(
+            "{}uploads/{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}/blobs/{}/{size}",
+            self.prefix(),
+            (self.nonce >> 32) as u32,
+            (self.nonce >> 16) as u16,
+            self.nonce & 0xfff,
+            (n >> 48) & 0xfff,
+            n & 0xffff_ffff_ffff,
+            hash.to_hex(),
+        );
+        let chunk = self.chunk as u64;
+        let class = class.clone();
+        let messages = size.div_ceil(chunk);
+        let requests = futures_util::stream::iter((0..messages).map(move |k| {
+            let range = k * chunk..((k + 1) * chunk).min(size);
+            bs::WriteRequest {
+                resource_name: if k == 0 {
+                    resource.clone()
+                } else {
+                    String::new()
+                },
+                write_offset: range.start as i64,
+                finish_write: range.end == size,
+                data: class.copy(id, range),
+            }
+        }));
+        let what = format!("ByteStream.Write {}", short(&hash));
+        let committed = self
+            .bytestream(worker)
+            .write(requests)
+            .await
+            .map_err(|s| OpError::grpc(what.clone(), &s))?
+            .into_inner()
+            .committed_size;
+        if committed != size as i64 {
+            return Err(OpError::WrongAnswer(format!(
+                "{what}: committed_size {committed} for a {size}-byte blob"
+            )));
+        }
+        Ok(size)
+    }
+
+    async fn stream_read(
+        &self,
+        worker: usize,
+        class: &Arc<SizeClass>,
+        id: BlobId,
+    ) -> Result<u64, OpError> {
+        let hash = class.hash(id);
+        let what = format!("ByteStream.Read {}", short(&hash));
+        let mut stream = self
+            .bytestream(worker)
+            .read(bs::ReadRequest {
+                resource_name: format!("{}blobs/{}/{}", self.prefix(), hash.to_hex(), class.size()),
+                read_offset: 0,
+                read_limit: 0,
+            })
+            .await
+            .map_err(|s| OpError::grpc(what.clone(), &s))?
+            .into_inner();
+        let mut hasher = Hasher::new();
+        while let Some(msg) = stream
+            .message()
+            .await
+            .map_err(|s| OpError::grpc(what.clone(), &s))?
+        {
+            hasher.update(&msg.data);
+        }
+        check(&what, class.size(), hash, hasher)
+    }
+}
+
+fn digest(class: &SizeClass, id: BlobId) -> re::Digest {
+    re::Digest {
+        hash: class.hash(id).to_hex(),
+        size_bytes: class.size() as i64,
+    }
+}
+
+/// A batch entry's status as an error when it is not OK.
+fn blob_status(
+    call: &str,
+    digest: Option<&re::Digest>,
+    status: Option<bazel_remote_apis::google::rpc::Status>,
+) -> Result<(), OpError> {
+    let Some(status) = status.filter(|s| s.code != 0) else {
+        return Ok(());
+    };
+    let blob = digest.map_or_else(|| "?".to_owned(), |d| d.hash.chars().take(16).collect());
+    Err(OpError::Grpc {
+        code: tonic::Code::from_i32(status.code),
+        context: format!("{call} {blob}: {}", status.message),
+    })
+}

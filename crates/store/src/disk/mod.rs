@@ -1,0 +1,736 @@
+//! The local disk store: blobs as files under `dir`, indexed by redb, evicted
+//! in LRU order to stay under `max_size`.
+//!
+//! A write streams into a temp file while it is hashed (and compressed, for
+//! CAS blobs in zstd storage mode), is checked against its digest, fsync'd when
+//! configured, and only then renamed to its final name by the index writer:
+//! no reader ever sees a partial or unverified blob.
+
+mod index;
+mod layout;
+mod recovery;
+
+use std::io;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_compression::Level;
+use async_compression::tokio::bufread::ZstdDecoder;
+use async_compression::tokio::write::ZstdEncoder;
+use async_trait::async_trait;
+use tokio::fs::File;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::index::{Entry, Insert, Op, Reservation, SharedStats};
+use self::layout::Layout;
+use crate::proxy::{LocalTier, Written};
+use crate::stall::StallGuard;
+use crate::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
+
+pub use self::recovery::RecoveryReport;
+
+/// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
+/// four file writes, small enough that 64 concurrent uploads stay in 16 MiB.
+const CHUNK: usize = 256 * 1024;
+/// Blobs up to this size (stored and logical) are decompressed in one call
+/// with a reused per-thread context: building a streaming decoder and its
+/// buffers cost more than the decompression itself for small blobs.
+const SMALL_BLOB: u64 = 64 * 1024;
+
+/// Reads a small zstd-stored blob and decompresses it whole, checking that
+/// it has the size the index records.
+async fn decompress_small(mut file: File, on_disk: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+    thread_local! {
+        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let mut frame = Vec::with_capacity(on_disk as usize);
+    file.read_to_end(&mut frame).await?;
+    let data = DECOMPRESSOR.with(|cell| {
+        let mut cell = cell.borrow_mut();
+        if cell.is_none() {
+            *cell = Some(zstd::bulk::Decompressor::new()?);
+        }
+        let decompressor = cell.as_mut().expect("just set");
+        // One byte more than expected, so a longer frame is detected.
+        decompressor.decompress(&frame, size as usize + 1)
+    })?;
+    if data.len() as u64 != size {
+        return Err(StoreError::Io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "stored blob decompresses to {} bytes, the index says {size}",
+                data.len()
+            ),
+        )));
+    }
+    Ok(data)
+}
+
+/// zstd level for CAS blobs in zstd storage mode: level 1 compresses at
+/// several hundred MB/s per core, so compression does not dominate a PUT.
+const ZSTD_LEVEL: i32 = 1;
+
+/// Writes in progress at once unless `max_concurrent_writes` says otherwise:
+/// the one place this default is written (the server's `--help` shows it).
+pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 256;
+
+/// Settings of the disk store; the server fills them from its validated config.
+#[derive(Debug, Clone)]
+pub struct DiskConfig {
+    pub dir: PathBuf,
+    pub max_size_bytes: u64,
+    /// How CAS blobs are kept on disk (AC entries are always kept as sent).
+    pub cas_encoding: Encoding,
+    pub max_blob_size: u64,
+    pub fsync: bool,
+    /// A read moves an entry to the LRU tail at most once per this interval,
+    /// so hot blobs don't turn every read into an index write.
+    pub touch_interval: Duration,
+    /// `max_size_hard_limit`: writes are refused when the bytes in flight
+    /// (being received) would exceed it. `None`: max_size is the bound.
+    pub hard_limit_bytes: Option<u64>,
+    /// Writes in progress at once (`max_concurrent_writes`); more wait.
+    pub max_concurrent_writes: usize,
+    /// How long a write waits for a slot before it is refused as busy.
+    pub write_slot_wait: Duration,
+    /// A body that sends nothing for this long is abandoned, freeing its
+    /// slot, reservation and temp file (`http_read_timeout`, default 60 s).
+    pub body_stall_timeout: Duration,
+}
+
+impl DiskConfig {
+    pub fn new(dir: impl Into<PathBuf>, max_size_bytes: u64) -> Self {
+        DiskConfig {
+            dir: dir.into(),
+            max_size_bytes,
+            cas_encoding: Encoding::Zstd,
+            max_blob_size: u64::MAX,
+            fsync: true,
+            touch_interval: Duration::from_secs(60),
+            hard_limit_bytes: None,
+            max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
+            write_slot_wait: Duration::from_secs(60),
+            body_stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+pub struct DiskStore {
+    cfg: DiskConfig,
+    /// One permit per write in progress: bounds open temp files and buffers.
+    write_slots: tokio::sync::Semaphore,
+    layout: Layout,
+    reader: index::Reader,
+    tx: mpsc::Sender<Op>,
+    stats: Arc<SharedStats>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    /// Joined on close/drop: the thread holds the index open (a `Reader`),
+    /// and redb refuses a second open of a file while it is held, so an
+    /// immediate reopen (restart in-process, tests) failed with "Database
+    /// already open" while a cancelled recovery was still winding down.
+    recovery_thread: Option<std::thread::JoinHandle<()>>,
+    recovery: watch::Receiver<Option<RecoveryReport>>,
+    cancel_recovery: Arc<AtomicBool>,
+    /// Index and files are known to agree: the previous stop was clean, or
+    /// recovery ran to its end. Only then may close() mark the index clean.
+    recovery_complete: Arc<AtomicBool>,
+}
+
+impl DiskStore {
+    /// Opens the store in `cfg.dir`, creating it if needed. Start-up cost does
+    /// not grow with the number of entries; after an unclean stop, recovery
+    /// reconciles files and index in the background while the store serves.
+    pub async fn open(cfg: DiskConfig) -> Result<DiskStore, StoreError> {
+        let blocking_cfg = cfg.clone();
+        tokio::task::spawn_blocking(move || Self::open_blocking(blocking_cfg))
+            .await
+            .map_err(|e| StoreError::Index(format!("open task failed: {e}")))?
+    }
+
+    fn open_blocking(cfg: DiskConfig) -> Result<DiskStore, StoreError> {
+        let layout = Layout::new(&cfg.dir);
+        std::fs::create_dir_all(layout.tmp_dir())?;
+        // Temp files are writes that never finished: no one will claim them.
+        for entry in std::fs::read_dir(layout.tmp_dir())? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        let stats = Arc::new(SharedStats::default());
+        stats.max.store(cfg.max_size_bytes, Ordering::Relaxed);
+        let opened = index::open(&layout, &stats)?;
+        // Shard directories are made once, on first use of `dir`; a restart
+        // skips 512 mkdirs (the writer re-creates a shard if one goes missing).
+        if Kind::ALL.iter().any(|k| !layout.kind_dir(*k).is_dir()) {
+            for dir in layout.shard_dirs() {
+                std::fs::create_dir_all(dir)?;
+            }
+        }
+
+        let (tx, rx) = mpsc::channel(8192);
+        let writer =
+            index::Writer::new(opened.db.clone(), layout.clone(), stats.clone(), cfg.fsync)?;
+        let writer = std::thread::Builder::new()
+            .name("index-writer".into())
+            .spawn(move || writer.run(rx))?;
+
+        // Idle ticks let the writer make its periodic durable commit.
+        let weak = tx.downgrade();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(index::DURABLE_EVERY);
+            loop {
+                every.tick().await;
+                match weak.upgrade() {
+                    Some(tx) => {
+                        let _ = tx.try_send(Op::Tick);
+                    }
+                    None => break,
+                }
+            }
+        });
+
+        let reader = index::Reader::new(opened.db);
+        let cancel_recovery = Arc::new(AtomicBool::new(false));
+        let (done_tx, recovery) = watch::channel(None);
+        let mut recovery_thread = None;
+        let recovery_complete = Arc::new(AtomicBool::new(opened.was_clean));
+        if opened.was_clean {
+            let _ = done_tx.send(Some(RecoveryReport::default()));
+        } else {
+            tracing::warn!(dir = %cfg.dir.display(), "previous run did not stop cleanly; reconciling index and blob files in the background");
+            let (layout, reader, tx, cancel) = (
+                layout.clone(),
+                reader.clone(),
+                tx.clone(),
+                cancel_recovery.clone(),
+            );
+            let complete = recovery_complete.clone();
+            let thread = std::thread::Builder::new()
+                .name("recovery".into())
+                .spawn(move || {
+                    let report = recovery::reconcile(&layout, &reader, &tx, &cancel);
+                    // A cancelled reconcile returns Ok with part of the work done.
+                    if report.is_ok() && !cancel.load(Ordering::Relaxed) {
+                        complete.store(true, Ordering::Relaxed);
+                    }
+                    match &report {
+                        Ok(r) => tracing::info!(?r, "recovery finished"),
+                        Err(e) => tracing::error!(error = %e, "recovery failed"),
+                    }
+                    let _ = done_tx.send(Some(report.unwrap_or_default()));
+                })?;
+            recovery_thread = Some(thread);
+        }
+
+        Ok(DiskStore {
+            write_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_writes.max(1)),
+            cfg,
+            layout,
+            reader,
+            tx,
+            stats,
+            writer: Some(writer),
+            recovery_thread,
+            recovery,
+            cancel_recovery,
+            recovery_complete,
+        })
+    }
+
+    /// The settings this store was opened with.
+    pub fn config(&self) -> &DiskConfig {
+        &self.cfg
+    }
+
+    /// Waits until start-up recovery (if any) has finished.
+    pub async fn recovered(&self) -> RecoveryReport {
+        let mut rx = self.recovery.clone();
+        match rx.wait_for(|r| r.is_some()).await {
+            Ok(r) => r.clone().unwrap_or_default(),
+            Err(_) => RecoveryReport::default(),
+        }
+    }
+
+    /// Makes every index change so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.tx
+            .send(Op::Flush(done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await
+            .map_err(|_| StoreError::Index("flush failed".into()))
+    }
+
+    /// Orderly shutdown: the index is committed durably and marked clean, so
+    /// the next start skips recovery — unless a recovery was still running:
+    /// then it is cancelled and the next start runs it again. (Marking the
+    /// index clean after a cancelled recovery left the files it had not yet
+    /// adopted on disk for good: never served, counted or evicted.)
+    pub async fn close(mut self) {
+        self.cancel_recovery.store(true, Ordering::Relaxed);
+        // It stops at its next file; the writer keeps serving it until then.
+        if let Some(thread) = self.recovery_thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+        let clean = self.recovery_complete.load(Ordering::Relaxed);
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Op::Shutdown { clean, done }).await.is_ok() {
+            let _ = wait.await;
+        }
+        if let Some(writer) = self.writer.take() {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+        }
+    }
+
+    /// Last use (seconds since the Unix epoch) of the least recently used
+    /// entry; `None` when empty. A read snapshot, no lock shared with the
+    /// writer (metrics: `longest_item_idle_time_seconds`).
+    pub fn oldest_access(&self) -> Result<Option<u64>, StoreError> {
+        self.reader.lru_head_atime()
+    }
+
+    /// Entries removed by LRU eviction since start (metrics).
+    pub fn evictions(&self) -> u64 {
+        self.stats.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Keys from least to most recently used (tests and diagnostics).
+    pub fn lru_order(&self) -> Result<Vec<BlobKey>, StoreError> {
+        self.reader.lru_order()
+    }
+
+    /// Reserves room for a write of `bytes` (see [`Reservation::try_new`])
+    /// and, when that takes the store over max_size, has the writer evict
+    /// at once.
+    fn reserve(&self, bytes: u64) -> Result<Reservation, StoreError> {
+        let limit = self.cfg.hard_limit_bytes.unwrap_or(self.cfg.max_size_bytes);
+        let reservation = Reservation::try_new(&self.stats, bytes, limit).map_err(|in_flight| {
+            StoreError::InsufficientStorage {
+                size: bytes,
+                capacity: limit.saturating_sub(in_flight),
+            }
+        })?;
+        if reservation.needs_room() {
+            // Best effort: a full channel means the writer is busy and will
+            // evict at its next commit anyway.
+            let _ = self.tx.try_send(Op::MakeRoom);
+        }
+        Ok(reservation)
+    }
+
+    /// [`Store::put`], telling whether bytes were written or an identical
+    /// CAS blob was already there (a proxy then has nothing new to upload).
+    pub async fn put_blob(&self, req: PutRequest) -> Result<Written, StoreError> {
+        if let Some(size) = req.size {
+            if size > self.cfg.max_blob_size {
+                return Err(StoreError::TooLarge {
+                    size,
+                    limit: self.cfg.max_blob_size,
+                });
+            }
+            if size > self.cfg.max_size_bytes {
+                return Err(StoreError::InsufficientStorage {
+                    size,
+                    capacity: self.cfg.max_size_bytes,
+                });
+            }
+        }
+        let _slot = match tokio::time::timeout(self.cfg.write_slot_wait, self.write_slots.acquire())
+            .await
+        {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(StoreError::Closed),
+            Err(_) => {
+                return Err(StoreError::Busy {
+                    writes: self.cfg.max_concurrent_writes,
+                });
+            }
+        };
+        let key = req.key;
+        if key.kind == Kind::Cas && self.reader.get(&key)?.is_some() {
+            // Already stored (clients re-upload what others built): verify the
+            // bytes, so a bad upload still gets its error, but write nothing.
+            self.write_temp(None, req).await?;
+            if let Some(entry) = self.reader.get(&key)? {
+                self.note_use(&key, &entry);
+            }
+            return Ok(Written::AlreadyPresent);
+        }
+        // Unknown sizes (a compressed HTTP body) reserve once written.
+        let mut reservation = match req.size {
+            Some(size) => Some(self.reserve(size)?),
+            None => None,
+        };
+        // Removed on every early return, and if this future is dropped.
+        let tmp = TempFile {
+            path: self.layout.tmp_path(),
+            armed: true,
+        };
+        let (size, stored, encoding) = self.write_temp(Some(&tmp.path), req).await?;
+        if reservation.is_none() {
+            reservation = Some(self.reserve(stored)?);
+        }
+        let (done, wait) = oneshot::channel();
+        let insert = Insert {
+            key,
+            from: tmp.path.clone(),
+            size,
+            stored,
+            encoding,
+            adopt: false,
+            // The writer releases it when it counts the blob as stored.
+            reservation,
+        };
+        if self.tx.send(Op::Insert(insert, done)).await.is_err() {
+            return Err(StoreError::Closed);
+        }
+        tmp.hand_over();
+        wait.await.map_err(|_| StoreError::Closed)??;
+        Ok(Written::Stored)
+    }
+
+    /// Opens a blob's file for a backend upload: the open file stays
+    /// readable even if the entry is evicted meanwhile. Returns the file,
+    /// how it is encoded and the blob's logical size.
+    pub fn open_blob(
+        &self,
+        key: &BlobKey,
+    ) -> Result<Option<(std::fs::File, Encoding, u64)>, StoreError> {
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        match std::fs::File::open(self.layout.blob_path(key, entry.encoding)) {
+            Ok(f) => Ok(Some((f, entry.encoding, entry.size))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A path for a scratch file on the store's file system (backend
+    /// uploads spool re-encoded blobs there); removed at the next start.
+    pub fn scratch_path(&self) -> PathBuf {
+        self.layout.tmp_path()
+    }
+
+    /// The file holding a blob, if indexed (tests and diagnostics).
+    pub fn blob_path(&self, key: &BlobKey) -> Result<Option<PathBuf>, StoreError> {
+        Ok(self
+            .reader
+            .get(key)?
+            .map(|e| self.layout.blob_path(key, e.encoding)))
+    }
+
+    fn note_use(&self, key: &BlobKey, entry: &Entry) {
+        let age = crate::unix_now().saturating_sub(entry.atime);
+        if age >= self.cfg.touch_interval.as_secs() {
+            // Best effort: under overload, LRU order may lag rather than slow reads.
+            let _ = self.tx.try_send(Op::Touch(*key));
+        }
+    }
+
+    fn forget(&self, key: &BlobKey) {
+        let _ = self.tx.try_send(Op::Forget(*key));
+    }
+
+    /// Copies the body into a temp file: decode, hash, count, check limits,
+    /// encode for storage. Returns (logical size, stored size, stored encoding).
+    async fn write_temp(
+        &self,
+        tmp: Option<&PathBuf>,
+        req: PutRequest,
+    ) -> Result<(u64, u64, Encoding), StoreError> {
+        let PutRequest {
+            key,
+            size,
+            encoding,
+            body,
+        } = req;
+        let body: BlobReader =
+            Box::pin(StallGuard::new(body, self.cfg.body_stall_timeout, "upload"));
+        let mut input: BlobReader = match encoding {
+            Encoding::Identity => body,
+            Encoding::Zstd => {
+                let mut dec = ZstdDecoder::new(BufReader::with_capacity(64 * 1024, body));
+                dec.multiple_members(true);
+                Box::pin(dec)
+            }
+        };
+        let stored_encoding = match key.kind {
+            Kind::Cas => self.cfg.cas_encoding,
+            Kind::Ac => Encoding::Identity,
+        };
+        let mut sink = match tmp {
+            Some(path) => Sink::new(File::create(path).await?, stored_encoding),
+            None => Sink::Discard,
+        };
+
+        let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
+        let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
+        let mut buf = vec![0u8; cap];
+        let mut hasher = Hasher::new();
+        let mut filled = 0;
+        loop {
+            let n = input
+                .read(&mut buf[filled..])
+                .await
+                .map_err(StoreError::Body)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[filled..filled + n]);
+            filled += n;
+            let seen = hasher.len();
+            if seen > limit {
+                return Err(match size {
+                    Some(expected) if seen > expected && expected <= self.cfg.max_blob_size => {
+                        StoreError::SizeMismatch {
+                            expected,
+                            actual: seen,
+                        }
+                    }
+                    _ => StoreError::TooLarge {
+                        size: seen,
+                        limit: self.cfg.max_blob_size,
+                    },
+                });
+            }
+            if seen > self.cfg.max_size_bytes {
+                return Err(StoreError::InsufficientStorage {
+                    size: seen,
+                    capacity: self.cfg.max_size_bytes,
+                });
+            }
+            if filled == buf.len() {
+                sink.write_all(&buf).await?;
+                filled = 0;
+            }
+        }
+        sink.write_all(&buf[..filled]).await?;
+        let logical = hasher.len();
+        if let Some(expected) = size
+            && expected != logical
+        {
+            return Err(StoreError::SizeMismatch {
+                expected,
+                actual: logical,
+            });
+        }
+        let actual = hasher.finish();
+        if key.kind == Kind::Cas && actual != key.hash {
+            return Err(StoreError::DigestMismatch {
+                expected: key.hash,
+                actual,
+            });
+        }
+        let (file, stored) = sink.finish().await?;
+        if let Some(file) = file
+            && self.cfg.fsync
+        {
+            file.sync_all().await?;
+        }
+        Ok((logical, stored, stored_encoding))
+    }
+}
+
+/// Where a write's bytes go: the temp file, through a zstd encoder or not,
+/// or nowhere when an identical CAS blob is already stored.
+enum Sink {
+    Plain(File, u64),
+    Zstd(ZstdEncoder<File>),
+    Discard,
+}
+
+impl Sink {
+    fn new(file: File, encoding: Encoding) -> Self {
+        match encoding {
+            Encoding::Identity => Sink::Plain(file, 0),
+            Encoding::Zstd => {
+                Sink::Zstd(ZstdEncoder::with_quality(file, Level::Precise(ZSTD_LEVEL)))
+            }
+        }
+    }
+
+    async fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Sink::Plain(f, n) => {
+                f.write_all(bytes).await?;
+                *n += bytes.len() as u64;
+                Ok(())
+            }
+            Sink::Zstd(z) => z.write_all(bytes).await,
+            Sink::Discard => Ok(()),
+        }
+    }
+
+    /// Flushes everything and returns the file with its length.
+    async fn finish(self) -> io::Result<(Option<File>, u64)> {
+        match self {
+            Sink::Discard => Ok((None, 0)),
+            Sink::Plain(mut f, n) => {
+                f.flush().await?;
+                Ok((Some(f), n))
+            }
+            Sink::Zstd(mut z) => {
+                z.shutdown().await?;
+                let f = z.into_inner();
+                let n = f.metadata().await?.len();
+                Ok((Some(f), n))
+            }
+        }
+    }
+}
+
+/// A write's temp file, removed on drop unless handed to the writer. A put
+/// whose future is dropped mid-body (client gone, request timeout) runs no
+/// error path; without this its file stayed in tmp/, unaccounted, until the
+/// next start.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    /// The writer owns the file now (it renames it, or removes it on failure).
+    fn hand_over(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// The disk store is the local tier of a proxy.
+#[async_trait]
+impl LocalTier for DiskStore {
+    async fn put_new(&self, req: PutRequest) -> Result<Written, StoreError> {
+        self.put_blob(req).await
+    }
+
+    fn open_blob(
+        &self,
+        key: &BlobKey,
+    ) -> Result<Option<(std::fs::File, Encoding, u64)>, StoreError> {
+        DiskStore::open_blob(self, key)
+    }
+
+    fn scratch_path(&self) -> PathBuf {
+        DiskStore::scratch_path(self)
+    }
+
+    async fn recovered(&self) {
+        DiskStore::recovered(self).await;
+    }
+}
+
+#[async_trait]
+impl Store for DiskStore {
+    async fn get(&self, key: &BlobKey, accept_zstd: bool) -> Result<Option<Blob>, StoreError> {
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        let path = self.layout.blob_path(key, entry.encoding);
+        let file = match File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Evicted or replaced between the lookup and the open, or lost:
+                // the writer drops the entry if the file is really gone.
+                self.forget(key);
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.note_use(key, &entry);
+        let on_disk = file.metadata().await?.len();
+        Ok(Some(match (entry.encoding, accept_zstd) {
+            // The open file's length, not the index's: an AC entry may have
+            // been replaced by a different-sized one since the lookup.
+            (Encoding::Identity, _) => Blob {
+                size: on_disk,
+                encoding: Encoding::Identity,
+                body_len: Some(on_disk),
+                body: Box::pin(file),
+            },
+            (Encoding::Zstd, true) => Blob {
+                size: entry.size,
+                encoding: Encoding::Zstd,
+                body_len: Some(on_disk),
+                body: Box::pin(file),
+            },
+            (Encoding::Zstd, false) if entry.size <= SMALL_BLOB && on_disk <= SMALL_BLOB => {
+                let data = decompress_small(file, on_disk, entry.size).await?;
+                Blob {
+                    size: entry.size,
+                    encoding: Encoding::Identity,
+                    body_len: Some(entry.size),
+                    body: Box::pin(io::Cursor::new(data)),
+                }
+            }
+            (Encoding::Zstd, false) => {
+                let capacity = (on_disk as usize).clamp(4096, CHUNK);
+                let mut dec = ZstdDecoder::new(BufReader::with_capacity(capacity, file));
+                dec.multiple_members(true);
+                Blob {
+                    size: entry.size,
+                    encoding: Encoding::Identity,
+                    body_len: Some(entry.size),
+                    body: Box::pin(dec),
+                }
+            }
+        }))
+    }
+
+    async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError> {
+        let Some(entry) = self.reader.get(key)? else {
+            return Ok(None);
+        };
+        self.note_use(key, &entry);
+        Ok(Some(entry.size))
+    }
+
+    async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
+        let keys = digests.iter().map(|d| BlobKey::cas(d.hash));
+        let entries = self.reader.get_many(keys)?;
+        let mut missing = Vec::new();
+        for (d, entry) in digests.iter().zip(entries) {
+            match entry {
+                Some(e) if e.size == d.size => self.note_use(&BlobKey::cas(d.hash), &e),
+                _ => missing.push(*d),
+            }
+        }
+        Ok(missing)
+    }
+
+    async fn put(&self, req: PutRequest) -> Result<(), StoreError> {
+        self.put_blob(req).await.map(|_| ())
+    }
+
+    fn stats(&self) -> StoreStats {
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for DiskStore {
+    /// Without [`DiskStore::close`], the index stays marked unclean and the
+    /// next start runs recovery — the same path a crash takes.
+    fn drop(&mut self) {
+        self.cancel_recovery.store(true, Ordering::Relaxed);
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.tx, closed));
+        // The writer stops once recovery (cancelled above) drops its sender.
+        for thread in [self.writer.take(), self.recovery_thread.take()]
+            .into_iter()
+            .flatten()
+        {
+            let _ = thread.join();
+        }
+    }
+}

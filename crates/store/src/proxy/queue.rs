@@ -1,0 +1,282 @@
+//! The write-behind queue: blobs stored locally and not yet in the backend.
+//!
+//! Unlike bazel-remote's in-memory channel, the queue is persisted in redb
+//! (`dir/uploads.redb`): an entry is committed durably before the client's
+//! write is acknowledged, and removed only once S3 has the object, so a
+//! crash or restart loses no acknowledged upload. Enqueues are group-committed
+//! by one writer thread, like the index.
+//!
+//! When `max_queued_uploads` entries are pending, new uploads are dropped
+//! (the blob stays in the local cache) and counted; the queue never blocks
+//! or fails a client's write because the backend is behind.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+};
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::{StoreError, unix_now};
+use bazel_cache_digest::BlobKey;
+
+const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
+const MAX_BATCH: usize = 4096;
+
+fn err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Index(format!("upload queue: {e}"))
+}
+
+/// Counters for `/status` and metrics.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub pending: AtomicU64,
+    /// Uploads not queued because the queue was full.
+    pub dropped_full: AtomicU64,
+    pub uploaded: AtomicU64,
+    /// Uploads abandoned: the blob left the local cache first, or S3 kept
+    /// refusing it (4xx) after the allowed attempts.
+    pub abandoned: AtomicU64,
+    pub retries: AtomicU64,
+}
+
+enum Op {
+    Add(BlobKey, oneshot::Sender<bool>),
+    Done(BlobKey),
+}
+
+/// Handle to the persisted queue. Cheap to share behind an `Arc`.
+pub(super) struct UploadQueue {
+    tx: Option<mpsc::Sender<Op>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+    work_tx: mpsc::UnboundedSender<BlobKey>,
+    work_rx: Mutex<mpsc::UnboundedReceiver<BlobKey>>,
+    pub stats: Arc<QueueStats>,
+}
+
+impl UploadQueue {
+    /// Opens (or creates) the queue in `dir` and schedules every entry left
+    /// by a previous run.
+    pub(super) fn open(dir: &Path, max_queued: usize) -> Result<UploadQueue, StoreError> {
+        let db = Database::builder()
+            .create(dir.join("uploads.redb"))
+            .map_err(err)?;
+        let (work_tx, work_rx) = mpsc::unbounded_channel();
+        let stats = Arc::new(QueueStats::default());
+        {
+            let txn = db.begin_write().map_err(err)?;
+            txn.open_table(PENDING).map_err(err)?;
+            txn.commit().map_err(err)?;
+            let txn = db.begin_read().map_err(err)?;
+            let table = txn.open_table(PENDING).map_err(err)?;
+            stats
+                .pending
+                .store(table.len().map_err(err)?, Ordering::Relaxed);
+            for row in table.iter().map_err(err)? {
+                let (k, _) = row.map_err(err)?;
+                if let Some(key) = BlobKey::from_bytes(k.value()) {
+                    let _ = work_tx.send(key);
+                }
+            }
+        }
+        let pending = stats.pending.load(Ordering::Relaxed);
+        if pending > 0 {
+            tracing::info!(pending, "resuming uploads queued by a previous run");
+        }
+        let (tx, rx) = mpsc::channel(8192);
+        let writer = QueueWriter {
+            db,
+            max_queued: max_queued as u64,
+            stats: stats.clone(),
+            work_tx: work_tx.clone(),
+        };
+        let writer = std::thread::Builder::new()
+            .name("upload-queue".into())
+            .spawn(move || writer.run(rx))
+            .map_err(err)?;
+        Ok(UploadQueue {
+            tx: Some(tx),
+            writer: Some(writer),
+            work_tx,
+            work_rx: Mutex::new(work_rx),
+            stats,
+        })
+    }
+
+    fn sender(&self) -> Result<&mpsc::Sender<Op>, StoreError> {
+        self.tx.as_ref().ok_or(StoreError::Closed)
+    }
+
+    /// Records that `key` must reach S3; returns once that is durable.
+    /// `false` when the queue is full and the upload was dropped.
+    pub(super) async fn add(&self, key: BlobKey) -> Result<bool, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.sender()?
+            .send(Op::Add(key, done))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        wait.await.map_err(|_| err("writer stopped"))
+    }
+
+    /// The next blob to upload (waits while there is none).
+    pub(super) async fn next(&self) -> Option<BlobKey> {
+        self.work_rx.lock().await.recv().await
+    }
+
+    /// Puts a key back for a later attempt.
+    pub(super) fn retry_later(&self, key: BlobKey) {
+        let _ = self.work_tx.send(key);
+    }
+
+    /// Removes `key`: uploaded, or abandoned for good.
+    pub(super) async fn done(&self, key: BlobKey) {
+        if let Ok(tx) = self.sender() {
+            let _ = tx.send(Op::Done(key)).await;
+        }
+    }
+}
+
+impl Drop for UploadQueue {
+    /// Lets the writer finish its last batch and release the database, so
+    /// the queue can be reopened at once (restart in-process, tests).
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
+}
+
+struct QueueWriter {
+    db: Database,
+    max_queued: u64,
+    stats: Arc<QueueStats>,
+    work_tx: mpsc::UnboundedSender<BlobKey>,
+}
+
+impl QueueWriter {
+    fn run(self, mut rx: mpsc::Receiver<Op>) {
+        while let Some(op) = rx.blocking_recv() {
+            let mut batch = vec![op];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(_) => break,
+                }
+            }
+            if let Err(e) = self.apply(batch) {
+                tracing::error!(error = %e, "upload queue commit failed");
+            }
+        }
+    }
+
+    fn apply(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(err)?;
+        let adds = batch.iter().any(|op| matches!(op, Op::Add(..)));
+        if !adds {
+            // Removals may be lost in a crash: the upload is then repeated,
+            // which S3 treats as an overwrite with the same bytes.
+            txn.set_durability(Durability::None).map_err(err)?;
+        }
+        let mut replies = Vec::new();
+        let mut scheduled = Vec::new();
+        let mut seen = HashSet::new();
+        {
+            let mut table = txn.open_table(PENDING).map_err(err)?;
+            let mut len = table.len().map_err(err)?;
+            for op in batch {
+                match op {
+                    Op::Add(key, reply) => {
+                        let k = key.to_bytes();
+                        let accepted = if table.get(k.as_slice()).map_err(err)?.is_some()
+                            || !seen.insert(key)
+                        {
+                            true
+                        } else if len >= self.max_queued {
+                            false
+                        } else {
+                            table.insert(k.as_slice(), unix_now()).map_err(err)?;
+                            len += 1;
+                            scheduled.push(key);
+                            true
+                        };
+                        replies.push((reply, accepted));
+                    }
+                    Op::Done(key) => {
+                        if table
+                            .remove(key.to_bytes().as_slice())
+                            .map_err(err)?
+                            .is_some()
+                        {
+                            len -= 1;
+                        }
+                    }
+                }
+            }
+            self.stats.pending.store(len, Ordering::Relaxed);
+        }
+        txn.commit().map_err(err)?;
+        for key in scheduled {
+            let _ = self.work_tx.send(key);
+        }
+        for (reply, accepted) in replies {
+            if !accepted {
+                self.stats.dropped_full.fetch_add(1, Ordering::Relaxed);
+            }
+            let _ = reply.send(accepted);
+        }
+        Ok(())
+    }
+}
+
+/// Exponential backoff for retryable upload failures: 1 s doubling to 60 s.
+pub fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs(1u64 << attempt.min(6)).min(Duration::from_secs(60))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bazel_cache_digest::Hash;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queue_survives_reopen_and_is_bounded() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys: Vec<BlobKey> = (0..5u8).map(|i| BlobKey::cas(Hash::of(&[i]))).collect();
+        {
+            let q = UploadQueue::open(dir.path(), 3).unwrap();
+            for k in &keys[..3] {
+                assert!(q.add(*k).await.unwrap());
+            }
+            // Already queued: accepted without taking room.
+            assert!(q.add(keys[0]).await.unwrap());
+            // Full: dropped and counted.
+            assert!(!q.add(keys[3]).await.unwrap());
+            assert_eq!(q.stats.dropped_full.load(Ordering::Relaxed), 1);
+            assert_eq!(q.next().await, Some(keys[0]));
+            q.done(keys[0]).await;
+            assert!(q.add(keys[4]).await.unwrap());
+            assert_eq!(q.stats.pending.load(Ordering::Relaxed), 3);
+        }
+        let q = UploadQueue::open(dir.path(), 3).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            got.push(q.next().await.unwrap());
+        }
+        got.sort();
+        let mut want = vec![keys[1], keys[2], keys[4]];
+        want.sort();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(8));
+        assert_eq!(backoff(30), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,140 @@
+//! Every built-in default, once. `resolve.rs` applies these constants and
+//! the option table (`options.rs`) renders `--help`'s `[default: ...]` from
+//! the same ones, so the two cannot disagree. Options whose default is
+//! "unset" (no limit, feature off, a path found at start-up) have no
+//! constant here; the table says in words what unset means.
+//!
+//! Choices (`storage_mode`, `log_format`, ...) are defaulted by their
+//! spelling, which `resolve.rs` looks up in the same table of spellings as a
+//! value the user wrote.
+//!
+//! Also here: the connection timeouts of both front ends, configurable or
+//! not, so each has one name.
+
+use std::time::Duration;
+
+// Storage
+pub(crate) const MAX_SIZE_GIB: f64 = 5.0;
+pub(crate) const STORAGE_MODE: &str = "zstd";
+pub(crate) const ZSTD_IMPLEMENTATION: &str = "go";
+/// The disk store's own default, so library users of the store get the same.
+pub(crate) const MAX_CONCURRENT_WRITES: usize =
+    bazel_cache_store::disk::DEFAULT_MAX_CONCURRENT_WRITES;
+pub(crate) const FSYNC: bool = true;
+
+// Listeners
+pub(crate) const HTTP_PORT: u16 = 8080;
+pub(crate) const GRPC_PORT: u16 = 9092;
+
+// Connection timeouts
+/// How long a client may take to send an HTTP request's headers
+/// (slowloris); `http_read_timeout` overrides it.
+pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest an upload body (HTTP or gRPC) may stall without a byte
+/// before the write is abandoned; `http_read_timeout` overrides it.
+pub(crate) const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to complete the TLS handshake, on either
+/// port; a client that connects and says nothing must not hold a task and
+/// a socket forever. Not configurable.
+pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+// Authentication and TLS
+pub(crate) const ALLOW_UNAUTHENTICATED_READS: bool = false;
+pub(crate) const MIN_TLS_VERSION: &str = "1.0";
+
+// Cache behaviour
+pub(crate) const DISABLE_HTTP_AC_VALIDATION: bool = false;
+pub(crate) const DISABLE_GRPC_AC_DEPS_CHECK: bool = false;
+pub(crate) const ENABLE_AC_KEY_INSTANCE_MANGLING: bool = false;
+pub(crate) const EXPERIMENTAL_REMOTE_ASSET_API: bool = false;
+
+// Logging and metrics
+pub(crate) const ACCESS_LOG_LEVEL: &str = "all";
+pub(crate) const LOG_TIMEZONE: &str = "UTC";
+pub(crate) const LOG_FORMAT: &str = "text";
+pub(crate) const ENABLE_ENDPOINT_METRICS: bool = false;
+/// bazel-remote's default histogram buckets, in seconds; defined by the
+/// store's histogram, which the metrics use without a config too.
+pub(crate) const DURATION_BUCKETS: [f64; 10] = bazel_cache_store::histogram::DEFAULT_BUCKETS;
+pub(crate) const HTTP_METRICS_PREFIX: bool = false;
+
+// S3 proxy
+pub(crate) const S3_BUCKET_LOOKUP_TYPE: &str = "auto";
+pub(crate) const S3_SIGNATURE_TYPE: &str = "v4";
+pub(crate) const S3_AWS_PROFILE: &str = "default";
+pub(crate) const S3_DISABLE_SSL: bool = false;
+pub(crate) const S3_UPDATE_TIMESTAMPS: bool = false;
+/// The only object key layout; bazel-remote's deprecated `key_version`.
+pub(crate) const S3_KEY_VERSION: i64 = 2;
+pub(crate) const S3_MAX_IDLE_CONNS: usize = 1024;
+pub(crate) const NUM_UPLOADERS: usize = 100;
+pub(crate) const MAX_QUEUED_UPLOADS: usize = 1_000_000;
+
+/// A duration as `--help` writes it (`30s`); whole seconds only.
+pub(super) fn seconds(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+/// Numbers as bazel-remote's `--help` writes them: `5`, `2.5`, `.5`.
+pub(super) fn numbers(values: &[f64]) -> String {
+    values
+        .iter()
+        .map(|v| {
+            let text = v.to_string();
+            match text.strip_prefix("0.") {
+                Some(fraction) => format!(".{fraction}"),
+                None => text,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::options::{DefaultHelp, OPTIONS};
+    use super::*;
+
+    #[test]
+    fn help_spells_numbers_and_durations_like_bazel_remote() {
+        assert_eq!(numbers(&DURATION_BUCKETS), ".5,1,2.5,5,10,20,40,80,160,320");
+        assert_eq!(numbers(&[MAX_SIZE_GIB]), "5");
+        assert_eq!(seconds(HEADER_READ_TIMEOUT), "30s");
+    }
+
+    /// Setting an option to the default `--help` shows changes nothing:
+    /// the text and the applied value come from the same constant.
+    #[test]
+    fn every_default_shown_in_help_is_the_one_applied() {
+        let env =
+            |name: &str| (name == "BAZEL_REMOTE_DIR").then(|| "/nonexistent/cache".to_owned());
+        let config = |extra: &[String]| {
+            let args = ["bazel-cache", "check-config"]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(extra.iter().cloned());
+            crate::config::from_args_and_env(args, &env)
+                .unwrap_or_else(|e| panic!("{extra:?}: {e}"))
+                .config
+        };
+        // The S3 options only apply with the proxy on.
+        let s3 = [
+            "--s3.endpoint=minio:9000",
+            "--s3.bucket=b",
+            "--s3.auth_method=iam_role",
+        ]
+        .map(str::to_owned);
+        let mut checked = 0;
+        for opt in OPTIONS {
+            let DefaultHelp::Value(text) = opt.default else {
+                continue;
+            };
+            let base: &[String] = if opt.key.starts_with("s3.") { &s3 } else { &[] };
+            let mut explicit = base.to_vec();
+            explicit.push(format!("--{}={}", opt.key, text()));
+            assert_eq!(config(&explicit), config(base), "--{}", opt.key);
+            checked += 1;
+        }
+        assert!(checked >= 30, "only {checked} defaults checked");
+    }
+}

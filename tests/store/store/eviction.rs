@@ -1,0 +1,138 @@
+//! LRU eviction: least recently used first (reads and `contains` count as
+//! uses), a put never evicts for its own reservation, and `touch_interval`
+//! limits how often a read reorders.
+
+use std::time::Duration;
+
+use super::helpers::{
+    KIB, MIB, MODES, assert_absent, assert_serves, assert_stats_match_disk, cas, config, get_bytes,
+    open, put_ok, random_bytes,
+};
+use bazel_cache_digest::BlobKey;
+use bazel_cache_store::disk::DiskStore;
+use bazel_cache_store::{Encoding, Store};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lru_evicts_least_recently_used_first() {
+    for mode in MODES {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let store = open(&config(root, 10 * KIB, mode)).await;
+        // Incompressible, so sizes on disk are ~3 KiB in both modes.
+        let blob = |seed| random_bytes(3 * KIB as usize, seed);
+        let (a, b, c, d, e) = (blob(1), blob(2), blob(3), blob(4), blob(5));
+        let (ka, kb, kc, kd, ke) = (cas(&a), cas(&b), cas(&c), cas(&d), cas(&e));
+        let check_bound = |store: &DiskStore| {
+            let s = store.stats();
+            assert!(
+                s.stored_bytes <= 10 * KIB,
+                "{mode:?}: stored {} > max",
+                s.stored_bytes
+            );
+        };
+
+        for (k, data) in [(ka, &a), (kb, &b), (kc, &c)] {
+            put_ok(&store, k, data).await;
+            check_bound(&store);
+        }
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.lru_order().unwrap(),
+            vec![ka, kb, kc],
+            "{mode:?}: insertion order"
+        );
+        assert_eq!(store.stats().evicted_bytes, 0);
+
+        // Reading A makes it the most recently used.
+        assert!(get_bytes(&store, &ka).await.unwrap() == a);
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.lru_order().unwrap(),
+            vec![kb, kc, ka],
+            "{mode:?}: after reading A"
+        );
+
+        let b_path = store.blob_path(&kb).unwrap().unwrap();
+        let b_stored = std::fs::metadata(&b_path).unwrap().len();
+        assert!(b_path.exists());
+        put_ok(&store, kd, &d).await;
+        check_bound(&store);
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.lru_order().unwrap(),
+            vec![kc, ka, kd],
+            "{mode:?}: B must be evicted, not A or C"
+        );
+        assert!(store.blob_path(&kb).unwrap().is_none());
+        assert!(!b_path.exists(), "{mode:?}: evicted file must be deleted");
+        let s = store.stats();
+        assert_eq!(s.evicted_bytes, b_stored);
+        assert_eq!(s.entries, 3);
+        assert_stats_match_disk(&store, root);
+
+        // contains() counts as a use too: touch C, then E evicts A.
+        let a_path = store.blob_path(&ka).unwrap().unwrap();
+        assert_eq!(store.contains(&kc).await.unwrap(), Some(c.len() as u64));
+        store.flush().await.unwrap();
+        put_ok(&store, ke, &e).await;
+        check_bound(&store);
+        store.flush().await.unwrap();
+        assert_eq!(
+            store.lru_order().unwrap(),
+            vec![kd, kc, ke],
+            "{mode:?}: after touching C"
+        );
+        assert!(!a_path.exists());
+        assert!(store.stats().evicted_bytes > b_stored);
+
+        assert_absent(&store, &kb).await;
+        assert_absent(&store, &ka).await;
+        for (k, data) in [(kc, &c), (kd, &d), (ke, &e)] {
+            assert_serves(&store, &k, data).await;
+        }
+        assert_stats_match_disk(&store, root);
+        store.close().await;
+    }
+}
+
+/// A write's reservation must not be counted again once its blob is stored:
+/// a blob over half of max_size (declared size) must survive its own put, and
+/// must not push out blobs that fit beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_does_not_evict_for_its_own_reservation() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = open(&config(root, 10 * KIB, Encoding::Identity)).await;
+    let small = random_bytes(3 * KIB as usize, 1);
+    put_ok(&store, cas(&small), &small).await;
+    let big = random_bytes(6 * KIB as usize, 2);
+    put_ok(&store, cas(&big), &big).await;
+    store.flush().await.unwrap();
+    assert_serves(&store, &cas(&big), &big).await;
+    assert_serves(&store, &cas(&small), &small).await;
+    let s = store.stats();
+    assert_eq!(
+        (s.entries, s.stored_bytes, s.evicted_bytes, s.reserved_bytes),
+        (2, 9 * KIB, 0, 0)
+    );
+    store.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn touch_interval_limits_lru_updates() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let mut cfg = config(root, MIB, Encoding::Identity);
+    cfg.touch_interval = Duration::from_secs(3600);
+    let store = open(&cfg).await;
+    let keys: Vec<BlobKey> = (0..3).map(|i| cas(&random_bytes(1000, i))).collect();
+    for i in 0..3 {
+        let d = random_bytes(1000, i);
+        put_ok(&store, cas(&d), &d).await;
+    }
+    assert!(get_bytes(&store, &keys[0]).await.is_some());
+    store.flush().await.unwrap();
+    // Used less than touch_interval ago: the read does not reorder.
+    assert_eq!(store.lru_order().unwrap(), keys);
+    store.close().await;
+}
