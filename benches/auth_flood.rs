@@ -14,36 +14,17 @@
 
 mod support;
 
-use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bazel_cache::auth::basic_header;
 use bazel_cache_digest::Hash;
+use support::flood::{Flood, FloodCounts, flooder, percentile, write_htpasswd};
 use support::{ServerProcess, env_num};
 
 const USER: &str = "builder";
 const PASSWORD: &str = "right-password";
-
-#[derive(Clone, Copy, PartialEq)]
-enum Flood {
-    None,
-    /// Every flooder repeats one wrong password.
-    SameTypo,
-    /// Every flood request carries a new wrong password.
-    NewGuesses,
-}
-
-impl Flood {
-    fn label(self, flooders: usize) -> String {
-        match self {
-            Flood::None => "no flood".into(),
-            Flood::SameTypo => format!("{flooders} clients repeating a typo"),
-            Flood::NewGuesses => format!("{flooders} clients, new password each"),
-        }
-    }
-}
 
 struct Figures {
     requests: usize,
@@ -51,45 +32,6 @@ struct Figures {
     p99_ms: f64,
     max_ms: f64,
     refused_per_second: f64,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> f64 {
-    let i = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i].as_secs_f64() * 1e3
-}
-
-async fn flooder(
-    n: usize,
-    url: String,
-    kind: Flood,
-    stop: Arc<AtomicBool>,
-    refused: Arc<AtomicU64>,
-) {
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap();
-    let mut i = 0u64;
-    while !stop.load(Ordering::Relaxed) {
-        let password = match kind {
-            Flood::NewGuesses => format!("guess-{n}-{i}"),
-            _ => "typo".to_string(),
-        };
-        i += 1;
-        match client
-            .get(&url)
-            .header("Authorization", basic_header(USER, &password))
-            .send()
-            .await
-        {
-            Ok(r) if r.status() == 401 => {
-                refused.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(r) => panic!("a wrong password got {}", r.status()),
-            // The server may close the connection of a refused request.
-            Err(_) => {}
-        }
-    }
 }
 
 async fn phase(
@@ -100,7 +42,7 @@ async fn phase(
     client: &reqwest::Client,
 ) -> Figures {
     let stop = Arc::new(AtomicBool::new(false));
-    let refused = Arc::new(AtomicU64::new(0));
+    let counts = Arc::new(FloodCounts::default());
     let tasks: Vec<_> = if kind == Flood::None {
         Vec::new()
     } else {
@@ -109,9 +51,10 @@ async fn phase(
                 tokio::spawn(flooder(
                     n,
                     url.to_string(),
+                    USER,
                     kind,
                     stop.clone(),
-                    refused.clone(),
+                    counts.clone(),
                 ))
             })
             .collect()
@@ -121,7 +64,7 @@ async fn phase(
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let good = basic_header(USER, PASSWORD);
-    let refused_before = refused.load(Ordering::Relaxed);
+    let refused_before = counts.refused.load(Ordering::Relaxed);
     let started = Instant::now();
     let mut latencies = Vec::new();
     while started.elapsed() < duration {
@@ -137,7 +80,7 @@ async fn phase(
         latencies.push(t.elapsed());
     }
     let elapsed = started.elapsed();
-    let refused_during = refused.load(Ordering::Relaxed) - refused_before;
+    let refused_during = counts.refused.load(Ordering::Relaxed) - refused_before;
     stop.store(true, Ordering::Relaxed);
     for t in tasks {
         t.await.unwrap();
@@ -160,17 +103,7 @@ async fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let htpasswd = dir.path().join("htpasswd");
-    let out = Command::new("htpasswd")
-        .args(["-c", "-b", "-B", "-C", &cost.to_string()])
-        .arg(&htpasswd)
-        .args([USER, PASSWORD])
-        .output()
-        .expect("run htpasswd (apache2-utils)");
-    assert!(
-        out.status.success(),
-        "htpasswd: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    write_htpasswd(&htpasswd, USER, PASSWORD, cost);
     let data_dir = dir.path().join("cache");
     std::fs::create_dir(&data_dir).unwrap();
     let server = ServerProcess::start(&data_dir, &["--htpasswd_file", htpasswd.to_str().unwrap()]);

@@ -75,6 +75,8 @@ async fn serve(config: Config) -> ExitCode {
     );
     let _ = out.flush();
     drop(out);
+    // glibc keeps what a burst freed; hand it back once it is idle.
+    tokio::spawn(bazel_cache::malloc_trim::run());
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
 }

@@ -16,9 +16,10 @@ use crate::config::{AccessLogLevel, Config, ListenAddr, StorageMode, defaults};
 use crate::grpc::{self, GrpcOptions, GrpcServing, GrpcState};
 use crate::http::{self, HttpOptions, HttpState};
 use crate::listen::tls::{self, TlsError};
-use crate::listen::{self, Listener};
+use crate::listen::{self, ConnectionLimits, Listener, Port};
 use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
+use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
 use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
 use bazel_cache_store::s3::{S3Backend, S3Client};
@@ -36,8 +37,8 @@ const LOCK_WAIT: Duration = Duration::from_secs(90);
 /// and every write in progress holds a descriptor, and the usual soft limit
 /// (1024) is far below what a busy cache needs, while the hard limit is
 /// typically 512k or more (Go programs such as bazel-remote get the same
-/// raise from their runtime).
-fn raise_open_file_limit() {
+/// raise from their runtime). Returns the limit in effect, when known.
+fn raise_open_file_limit() -> Option<u64> {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -46,16 +47,49 @@ fn raise_open_file_limit() {
     #[allow(unsafe_code)]
     unsafe {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return None;
         }
         if limit.rlim_cur < limit.rlim_max {
             let before = limit.rlim_cur;
             limit.rlim_cur = limit.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
                 tracing::debug!(before, after = limit.rlim_cur, "raised the open-file limit");
+            } else {
+                limit.rlim_cur = before;
             }
         }
     }
+    Some(limit.rlim_cur)
+}
+
+/// `max_connections` per port, lowered to what the open-file limit allows
+/// (`listen::stats::fd_ceiling`): past that limit accepting fails and
+/// nobody is served, which the cap is there to prevent.
+fn connection_cap(configured: usize, open_files: Option<u64>, ports: usize) -> usize {
+    let Some(open_files) = open_files else {
+        return configured;
+    };
+    let ceiling = listen::stats::fd_ceiling(open_files, ports);
+    if configured <= ceiling {
+        return configured;
+    }
+    // Lowering the default is routine (a container's limit); a value the
+    // operator chose and cannot have deserves a warning.
+    if configured == defaults::MAX_CONNECTIONS {
+        tracing::info!(
+            max_connections = ceiling,
+            open_file_limit = open_files,
+            "max_connections lowered from its default to fit the open-file limit"
+        );
+    } else {
+        tracing::warn!(
+            max_connections = configured,
+            open_file_limit = open_files,
+            lowered_to = ceiling,
+            "max_connections lowered to fit the open-file limit"
+        );
+    }
+    ceiling
 }
 
 /// Opens the store, waiting while another process holds its index. Nothing
@@ -115,11 +149,22 @@ pub struct Server {
     grpc_tls: Option<TlsAcceptor>,
     /// Re-read when its files change.
     server_cert: Option<Arc<tls::ServerCert>>,
+    /// How long and how many connections each port keeps.
+    connection_limits: ConnectionLimits,
 }
 
 impl Server {
     pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        raise_open_file_limit();
+        let open_files = raise_open_file_limit();
+        let connection_limits = ConnectionLimits {
+            max_connections: connection_cap(
+                config.max_connections,
+                open_files,
+                1 + usize::from(config.grpc_address.is_some()),
+            ),
+            request_head_timeout: config.request_head_timeout,
+            idle_timeout: config.connection_idle_timeout,
+        };
         // Credentials and certificates first: a mistake there must stop the
         // start before anything listens.
         let auth = Arc::new(Authenticator::new(
@@ -158,6 +203,11 @@ impl Server {
             body_stall_timeout: config
                 .http_read_timeout
                 .unwrap_or(defaults::BODY_STALL_TIMEOUT),
+            body_min_rate: config.body_min_rate,
+            body_rate_window: config.body_rate_window,
+            // The one budget: the store's writes and decoders and the front
+            // ends' buffers all reserve from it.
+            memory: MemoryBudget::new(config.max_buffer_memory_bytes, DEFAULT_MEMORY_WAIT),
             ..DiskConfig::new(&config.dir, config.max_size_bytes)
         };
         let store = open_when_free(disk)
@@ -214,8 +264,10 @@ impl Server {
         };
         // The empty-blob rule sits above every tier: no file, no index
         // entry, no backend request for it.
-        let front: Arc<dyn Store> =
-            Arc::new(EmptyBlob::new(tiers, store.config().body_stall_timeout));
+        let front: Arc<dyn Store> = Arc::new(
+            EmptyBlob::new(tiers, store.config().body_stall_timeout)
+                .with_memory(store.config().memory.clone()),
+        );
         Ok(Server {
             config,
             store,
@@ -227,6 +279,7 @@ impl Server {
             http_tls,
             grpc_tls,
             server_cert,
+            connection_limits,
         })
     }
 
@@ -258,11 +311,20 @@ impl Server {
 
     /// Serves until `shutdown` resolves or the idle timeout passes.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) {
-        let metrics = Arc::new(Metrics::new(
-            &MetricsOptions::from_config(&self.config),
-            &self.store,
-            self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
-        ));
+        let http_port = Port::new("http", self.connection_limits);
+        let grpc_port = Port::new("grpc", self.connection_limits);
+        let mut ports = vec![http_port.stats.clone()];
+        if self.grpc.is_some() {
+            ports.push(grpc_port.stats.clone());
+        }
+        let metrics = Arc::new(
+            Metrics::new(
+                &MetricsOptions::from_config(&self.config),
+                &self.store,
+                self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
+            )
+            .with_connections(ports),
+        );
         tracing::info!(
             endpoint_metrics = self.config.enable_endpoint_metrics,
             "Prometheus metrics on /metrics"
@@ -288,6 +350,12 @@ impl Server {
             }),
             metrics: metrics.clone(),
             auth: self.auth.clone(),
+            connections: http_port,
+            memory: self.store.config().memory.clone(),
+            guard_upload: {
+                let store = self.store.clone();
+                Box::new(move |body| store.guard_upload(body))
+            },
         });
         self.auth.spawn_reloader();
         if let Some(cert) = &self.server_cert {
@@ -310,6 +378,7 @@ impl Server {
                 max_blob_size: self.config.max_blob_size,
             },
             on_request: Box::new(move || grpc_touched.store(unix_now(), Ordering::Relaxed)),
+            memory: self.store.config().memory.clone(),
         });
         let idle = idle_watch(self.config.idle_timeout, last_request);
         let stopping = CancellationToken::new();
@@ -327,6 +396,7 @@ impl Server {
             auth: self.auth,
             metrics: grpc_metrics,
             access_log: self.config.access_log_level == AccessLogLevel::All,
+            connections: grpc_port,
         };
         let grpc = self.grpc.map(|listener| {
             let stop = stopping.clone();

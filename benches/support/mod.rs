@@ -5,6 +5,10 @@
 //! the `bazel-cache bench` code itself.
 #![allow(dead_code)] // each bench uses a different subset
 
+pub(crate) mod flood;
+pub(crate) mod good_client;
+pub(crate) mod watch;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -73,6 +77,19 @@ impl ServerProcess {
     /// 127.0.0.1, no access log, and `extra` flags (BENCH_SERVER_ARGS adds
     /// more, e.g. `--fsync=false --storage_mode uncompressed`).
     pub(crate) fn start(dir: &Path, extra: &[&str]) -> ServerProcess {
+        Self::start_with_stderr(dir, extra, Stdio::inherit())
+    }
+
+    /// As [`ServerProcess::start`], with the server's log (stderr) going to
+    /// `log` instead of the bench's output (a hostile client makes it
+    /// chatty).
+    pub(crate) fn start_logging_to(dir: &Path, extra: &[&str], log: &Path) -> ServerProcess {
+        let file =
+            std::fs::File::create(log).unwrap_or_else(|e| panic!("create {}: {e}", log.display()));
+        Self::start_with_stderr(dir, extra, Stdio::from(file))
+    }
+
+    fn start_with_stderr(dir: &Path, extra: &[&str], stderr: Stdio) -> ServerProcess {
         let bin = server_binary();
         let from_env = env_or("BENCH_SERVER_ARGS", "");
         let mut cmd = Command::new(&bin);
@@ -85,7 +102,7 @@ impl ServerProcess {
             .args(from_env.split_whitespace())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(stderr);
         let started = Instant::now();
         let mut child = cmd
             .spawn()
@@ -141,6 +158,43 @@ impl ServerProcess {
     pub(crate) fn grpc(&self) -> &str {
         self.grpc.as_deref().expect("the server serves gRPC")
     }
+
+    /// Stops the server at once (SIGKILL), without the graceful drain of
+    /// drop; for a server a bench has just abused, whose drain would only
+    /// wait for the abuse to time out.
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The `--help` text of the server binary, to pass a flag only to builds
+/// that have it (the benches compare builds of different ages).
+pub(crate) fn server_help() -> String {
+    let bin = server_binary();
+    let out = Command::new(&bin)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("run {} --help: {e}", bin.display()));
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+/// Whether the `--help` text lists `--flag`.
+pub(crate) fn has_flag(help: &str, flag: &str) -> bool {
+    let spelled = format!("--{flag}");
+    help.split(|c: char| c.is_whitespace() || c == ',')
+        .any(|w| {
+            w == spelled
+                || w.starts_with(&format!("{spelled}="))
+                || w.starts_with(&format!("{spelled}["))
+        })
+}
+
+/// Open file descriptors of a process (sockets included).
+pub(crate) fn fd_count(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 impl Drop for ServerProcess {

@@ -21,6 +21,13 @@ pub(crate) const ZSTD_IMPLEMENTATION: &str = "go";
 pub(crate) const MAX_CONCURRENT_WRITES: usize =
     bazel_cache_store::disk::DEFAULT_MAX_CONCURRENT_WRITES;
 pub(crate) const FSYNC: bool = true;
+/// `max_buffer_memory`, in GiB: the store's budget default (which says why).
+pub(crate) const MAX_BUFFER_MEMORY_GIB: f64 =
+    bazel_cache_store::budget::DEFAULT_MAX_BUFFER_MEMORY as f64 / GIB_BYTES;
+/// The least `max_buffer_memory` accepted, in GiB (the store's minimum).
+pub(crate) const MIN_BUFFER_MEMORY_GIB: f64 =
+    bazel_cache_store::budget::MIN_MAX_BUFFER_MEMORY as f64 / GIB_BYTES;
+const GIB_BYTES: f64 = (1u64 << 30) as f64;
 
 // Listeners
 pub(crate) const HTTP_PORT: u16 = 8080;
@@ -32,11 +39,55 @@ pub(crate) const GRPC_PORT: u16 = 9092;
 pub(crate) const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest an upload body (HTTP or gRPC) may stall without a byte
 /// before the write is abandoned; `http_read_timeout` overrides it.
-pub(crate) const BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const BODY_STALL_TIMEOUT: Duration = bazel_cache_store::disk::DEFAULT_BODY_STALL_TIMEOUT;
+/// The least an upload body must bring, bytes/s over `BODY_RATE_WINDOW` of
+/// waiting on it (`body_min_rate`); the disk store's default, which says why.
+pub(crate) const BODY_MIN_RATE: u64 = bazel_cache_store::disk::DEFAULT_BODY_MIN_RATE;
+/// `body_rate_window`: the disk store's default, which says why.
+pub(crate) const BODY_RATE_WINDOW: Duration = bazel_cache_store::disk::DEFAULT_BODY_RATE_WINDOW;
 /// How long a client may take to complete the TLS handshake, on either
 /// port; a client that connects and says nothing must not hold a task and
 /// a socket forever. Not configurable.
 pub(crate) const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// From accept to the first complete request head (HTTP/1 headers, the
+/// HTTP/2 preface), TLS handshake included; `request_head_timeout`. A
+/// real client sends its first request head in the round trip after
+/// connecting (Bazel connects when it has something to ask); 10 s is
+/// many round trips even over a bad link, the same as the TLS handshake's
+/// bound, and short enough that silent connections cannot pile up to the
+/// cap (at 10,000 a minute, 1,700 are held at once).
+pub(crate) const REQUEST_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// An HTTP/2 connection (gRPC, or HTTP/2 on the HTTP port) with no
+/// request in progress for this long is closed; `connection_idle_timeout`.
+/// Bazel keeps its channel between builds of one server session; 10
+/// minutes lets it reuse it between builds a developer runs minutes apart,
+/// and still frees the connections of clients that went away.
+pub(crate) const CONNECTION_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+// Connection limits
+/// Connections open at once on each port; `max_connections`. Sized for a
+/// fleet: a CI farm of hundreds of machines holds one or a few per
+/// machine and port. Lowered at start to fit the open-file limit.
+pub(crate) const MAX_CONNECTIONS: usize = 10_000;
+/// Concurrent HTTP/2 streams per connection, on both ports (tonic sets no
+/// limit unless told). Bazel's default `--remote_max_connections=100`
+/// spreads its requests over connections well below this.
+pub(crate) const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Streams a client may open and reset before the server accepts them
+/// (rapid reset: CVE-2023-44487, h2's CVE-2023-26964): h2's own default,
+/// set explicitly. h2 also caps the reset streams it remembers (50 a
+/// second), CONTINUATION frames and tiny DATA frames on its own.
+pub(crate) const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams the server may reset because of the client's errors before it
+/// closes the connection (h2 0.4.2; the "MadeYouReset" pattern,
+/// CVE-2025-8671). hyper's default, which tonic turns off unless set.
+pub(crate) const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// The largest request header block, on both ports: hyper's default for
+/// HTTP/2. gRPC metadata (Bazel's RequestMetadata, credentials) is well
+/// under 1 KiB; grpc-java refuses more than 8 KiB by default.
+pub(crate) const H2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
+/// How often both ports ping an HTTP/2 client to find dead peers.
+pub(crate) const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(60);
 
 // Authentication and TLS
 pub(crate) const ALLOW_UNAUTHENTICATED_READS: bool = false;

@@ -31,6 +31,9 @@ pub(super) struct Schema {
     pub max_proxy_blob_size: Option<Int>,
     pub fsync: Option<bool>,
     pub max_concurrent_writes: Option<Int>,
+    pub max_buffer_memory: Option<Gib>,
+    pub body_min_rate: Option<Int>,
+    pub body_rate_window: Option<GoDuration>,
 
     pub http_address: Option<String>,
     pub grpc_address: Option<String>,
@@ -38,6 +41,9 @@ pub(super) struct Schema {
     pub http_read_timeout: Option<GoDuration>,
     pub http_write_timeout: Option<GoDuration>,
     pub idle_timeout: Option<GoDuration>,
+    pub max_connections: Option<Int>,
+    pub request_head_timeout: Option<GoDuration>,
+    pub connection_idle_timeout: Option<GoDuration>,
 
     pub htpasswd_file: Option<String>,
     pub allow_unauthenticated_reads: Option<bool>,

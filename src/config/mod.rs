@@ -167,6 +167,14 @@ pub struct Config {
     pub idle_timeout: Option<Duration>,
     pub http_read_timeout: Option<Duration>,
     pub http_write_timeout: Option<Duration>,
+    /// Our extension: connections open at once per port (before the
+    /// open-file limit lowers it at start).
+    pub max_connections: usize,
+    /// Our extension: accept to the first complete request head.
+    pub request_head_timeout: Duration,
+    /// Our extension: an HTTP/2 connection with no request in progress
+    /// this long is closed.
+    pub connection_idle_timeout: Duration,
     pub access_log_level: AccessLogLevel,
     pub log_format: LogFormat,
     pub log_timezone: LogTimezone,
@@ -188,6 +196,14 @@ pub struct Config {
     /// Our extension: fsync each blob (and its directory) before it becomes
     /// visible, so an acknowledged write survives power loss. Default true.
     pub fsync: bool,
-    /// Our extension: blob writes in progress at once (default 256).
+    /// Our extension: blob writes working on received bytes at once
+    /// (default 256).
     pub max_concurrent_writes: usize,
+    /// Our extension: bytes of zstd decoders, upload and download buffers
+    /// held at once (`max_buffer_memory`, in GiB in the file; default 1).
+    pub max_buffer_memory_bytes: u64,
+    /// Our extension: bytes/s an upload body must bring over every
+    /// `body_rate_window` of waiting on it; 0 = no rate check.
+    pub body_min_rate: u64,
+    pub body_rate_window: Duration,
 }

@@ -184,9 +184,21 @@ pub(super) static OPTIONS: &[Opt] = &[
         env: &["BAZEL_REMOTE_MAX_CONCURRENT_WRITES"],
         kind: Kind::Int,
         default: DefaultHelp::Value(|| defaults::MAX_CONCURRENT_WRITES.to_string()),
-        help: "Blob writes in progress at once (HTTP, gRPC and S3 read-through); more wait for a \
-               slot, up to a minute, then get 503 / UNAVAILABLE, so a burst cannot exhaust \
-               memory or file descriptors.",
+        help: "Blob writes working on received bytes at once (hashing, compressing, writing, \
+               fsync; HTTP, gRPC and S3 read-through); a write waiting on its client holds no \
+               slot. More wait for a slot in arrival order, up to a minute, then get 503 / \
+               UNAVAILABLE.",
+        heading: STORAGE,
+    },
+    Opt {
+        key: "max_buffer_memory",
+        env: &["BAZEL_REMOTE_MAX_BUFFER_MEMORY"],
+        kind: Kind::Number,
+        default: DefaultHelp::Value(|| numbers(&[defaults::MAX_BUFFER_MEMORY_GIB])),
+        help: "Memory in GiB (0.25 = 256 MiB) that requests may hold at once in zstd decoders, \
+               upload buffers and download buffers. A request that finds it taken waits up to \
+               2 s, then gets 503 + Retry-After / RESOURCE_EXHAUSTED (counted in \
+               bazel_cache_memory_refused_total). At least 0.03125 (32 MiB).",
         heading: STORAGE,
     },
     Opt {
@@ -240,6 +252,26 @@ pub(super) static OPTIONS: &[Opt] = &[
         heading: LISTEN,
     },
     Opt {
+        key: "body_min_rate",
+        env: &["BAZEL_REMOTE_BODY_MIN_RATE"],
+        kind: Kind::Int,
+        default: DefaultHelp::Value(|| defaults::BODY_MIN_RATE.to_string()),
+        help: "Least bytes per second an upload body (HTTP PUT, gRPC ByteStream Write) must bring, \
+               averaged over every --body_rate_window of waiting on it; a slower body is \
+               abandoned and counted in bazel_cache_uploads_cut_total. 0 turns the check off \
+               (the http_read_timeout stall limit still applies).",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "body_rate_window",
+        env: &["BAZEL_REMOTE_BODY_RATE_WINDOW"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::BODY_RATE_WINDOW)),
+        help: "The window --body_min_rate is averaged over (only time spent waiting on the \
+               client counts); a Go duration (30s, 1m) or seconds.",
+        heading: LISTEN,
+    },
+    Opt {
         key: "http_write_timeout",
         env: &["BAZEL_REMOTE_HTTP_WRITE_TIMEOUT"],
         kind: Kind::Duration,
@@ -253,6 +285,34 @@ pub(super) static OPTIONS: &[Opt] = &[
         kind: Kind::Duration,
         default: DefaultHelp::Unset("0s, ie disabled"),
         help: "Shut the server down after this long without a request.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "max_connections",
+        env: &["BAZEL_REMOTE_MAX_CONNECTIONS"],
+        kind: Kind::Int,
+        default: DefaultHelp::Value(|| defaults::MAX_CONNECTIONS.to_string()),
+        help: "Connections open at once on each port (HTTP, gRPC); more are closed as soon as \
+               accepted. Lowered at start to fit the open-file limit.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "request_head_timeout",
+        env: &["BAZEL_REMOTE_REQUEST_HEAD_TIMEOUT"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::REQUEST_HEAD_TIMEOUT)),
+        help: "Time from accepting a connection (TLS handshake included) to its first complete \
+               request head (HTTP/1 headers or the HTTP/2 preface); a Go duration or seconds.",
+        heading: LISTEN,
+    },
+    Opt {
+        key: "connection_idle_timeout",
+        env: &["BAZEL_REMOTE_CONNECTION_IDLE_TIMEOUT"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::CONNECTION_IDLE_TIMEOUT)),
+        help: "Close an HTTP/2 connection (gRPC, or HTTP/2 on the HTTP port) with no request in \
+               progress for this long; HTTP/1 connections idle for --http_read_timeout's header \
+               time.",
         heading: LISTEN,
     },
     // Authentication and TLS

@@ -153,6 +153,36 @@ impl Resolver<'_> {
             0 => return Err(self.invalid("max_concurrent_writes", "must be at least 1")),
             n => n,
         };
+        let max_buffer_memory_bytes = self.gib(
+            "max_buffer_memory",
+            s.max_buffer_memory
+                .unwrap_or(Gib(defaults::MAX_BUFFER_MEMORY_GIB)),
+        )?;
+        if max_buffer_memory_bytes < bazel_cache_store::budget::MIN_MAX_BUFFER_MEMORY {
+            return Err(self.invalid(
+                "max_buffer_memory",
+                format!(
+                    "must be at least {} (32 MiB): a zstd decoder at the largest window \
+                     accepted takes 8.6 MiB",
+                    defaults::MIN_BUFFER_MEMORY_GIB
+                ),
+            ));
+        }
+        let body_min_rate = self.count(
+            "body_min_rate",
+            s.body_min_rate,
+            defaults::BODY_MIN_RATE as usize,
+        )? as u64;
+        let body_rate_window = match s.body_rate_window {
+            None => defaults::BODY_RATE_WINDOW,
+            Some(GoDuration(d)) if d.is_zero() => {
+                return Err(self.invalid(
+                    "body_rate_window",
+                    "must be greater than 0 (body_min_rate 0 turns the rate check off)",
+                ));
+            }
+            Some(GoDuration(d)) => d,
+        };
         let access_log_level = self.choice(
             "access_log_level",
             s.access_log_level,
@@ -178,6 +208,25 @@ impl Resolver<'_> {
         let endpoint_metrics_duration_buckets =
             self.buckets(s.endpoint_metrics_duration_buckets)?;
 
+        let max_connections = match self.count(
+            "max_connections",
+            s.max_connections,
+            defaults::MAX_CONNECTIONS,
+        )? {
+            0 => return Err(self.invalid("max_connections", "must be at least 1")),
+            n => n,
+        };
+        let request_head_timeout = self.bound(
+            "request_head_timeout",
+            s.request_head_timeout,
+            defaults::REQUEST_HEAD_TIMEOUT,
+        )?;
+        let connection_idle_timeout = self.bound(
+            "connection_idle_timeout",
+            s.connection_idle_timeout,
+            defaults::CONNECTION_IDLE_TIMEOUT,
+        )?;
+
         // Last: it creates the directory, which only a valid config should do.
         let dir = self.dir(s.dir, env)?;
 
@@ -193,6 +242,9 @@ impl Resolver<'_> {
             idle_timeout: timeout(s.idle_timeout),
             http_read_timeout: timeout(s.http_read_timeout),
             http_write_timeout: timeout(s.http_write_timeout),
+            max_connections,
+            request_head_timeout,
+            connection_idle_timeout,
             access_log_level,
             log_format,
             log_timezone,
@@ -221,6 +273,9 @@ impl Resolver<'_> {
             max_queued_uploads,
             fsync: s.fsync.unwrap_or(defaults::FSYNC),
             max_concurrent_writes,
+            max_buffer_memory_bytes,
+            body_min_rate,
+            body_rate_window,
         })
     }
 
@@ -270,6 +325,16 @@ impl Resolver<'_> {
             Some(Int(n)) => {
                 usize::try_from(n).map_err(|_| self.invalid(key, "must not be negative"))
             }
+        }
+    }
+
+    /// A time limit that cannot be turned off (every connection is
+    /// bounded): absent = `default`, zero refused.
+    fn bound(&self, key: &str, value: Option<GoDuration>, default: Duration) -> Result<Duration> {
+        match value {
+            None => Ok(default),
+            Some(GoDuration(d)) if d.is_zero() => Err(self.invalid(key, "must be greater than 0")),
+            Some(GoDuration(d)) => Ok(d),
         }
     }
 

@@ -6,8 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
-use futures_util::Stream;
-use futures_util::future::join_all;
+use futures_util::{Stream, StreamExt};
 use prost::Message;
 use re::content_addressable_storage_server::{
     ContentAddressableStorage, ContentAddressableStorageServer,
@@ -23,6 +22,18 @@ use bazel_cache_store::{Encoding, PutRequest, Store, StoreError, read_all};
 
 /// Directories per GetTree response when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
+
+/// Blobs of one BatchUpdateBlobs or BatchReadBlobs call worked on at once,
+/// in request order. Writing every blob of a call at once put all of them
+/// (50,000 tiny blobs, each with its fsync) in the write slots' queue, and
+/// other clients' single writes waited behind the whole batch; now a call
+/// has at most this many writes queued or working, and since slot waiters
+/// are served in arrival order, others' writes interleave with its blobs.
+/// Far below the default 256 write slots, so one call cannot take them all;
+/// calls at once are bounded by the connection and HTTP/2 stream caps.
+/// Reads are bounded the same way, so a batch read opens at most this many
+/// files at a time.
+const BATCH_IN_FLIGHT: usize = 16;
 
 pub(super) fn service(state: Arc<GrpcState>) -> ContentAddressableStorageServer<CasService> {
     ContentAddressableStorageServer::new(CasService { state })
@@ -144,7 +155,10 @@ impl ContentAddressableStorage for CasService {
             }
         });
         Ok(Response::new(re::BatchUpdateBlobsResponse {
-            responses: join_all(puts).await,
+            responses: futures_util::stream::iter(puts)
+                .buffered(BATCH_IN_FLIGHT)
+                .collect()
+                .await,
         }))
     }
 
@@ -171,8 +185,8 @@ impl ContentAddressableStorage for CasService {
             .acceptable_compressors
             .contains(&(re::compressor::Value::Zstd as i32));
         let store = self.state.store.as_ref();
-        let reads = digests.iter().map(|d| async move {
-            let (data, compressor, status) = match read_for_batch(store, d, zstd).await {
+        let reads = digests.into_iter().map(|d| async move {
+            let (data, compressor, status) = match read_for_batch(store, &d, zstd).await {
                 Ok(Some((data, enc))) => {
                     let c = match enc {
                         Encoding::Identity => re::compressor::Value::Identity,
@@ -194,14 +208,17 @@ impl ContentAddressableStorage for CasService {
                 }
             };
             re::batch_read_blobs_response::Response {
-                digest: Some(to_proto(d)),
+                digest: Some(to_proto(&d)),
                 data,
                 compressor,
                 status: Some(status),
             }
         });
         Ok(Response::new(re::BatchReadBlobsResponse {
-            responses: join_all(reads).await,
+            responses: futures_util::stream::iter(reads)
+                .buffered(BATCH_IN_FLIGHT)
+                .collect()
+                .await,
         }))
     }
 

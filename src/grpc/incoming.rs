@@ -10,7 +10,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::listen::{self, ConnInfo, Connection, Listener};
+use crate::listen::{self, ConnInfo, Connection, Listener, Port};
 
 impl Connected for Connection {
     type ConnectInfo = ConnInfo;
@@ -20,11 +20,13 @@ impl Connected for Connection {
     }
 }
 
-/// Accepts until `stop` is cancelled; yields connections ready for HTTP/2.
+/// Accepts until `stop` is cancelled, under `port`'s limits; yields
+/// connections ready for HTTP/2.
 pub(crate) fn incoming(
     listener: Listener,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
+    port: Port,
 ) -> impl Stream<Item = io::Result<Connection>> + Send + 'static {
-    listen::accept(listener, tls, stop, "gRPC").map(Ok)
+    listen::accept(listener, tls, stop, port).map(Ok)
 }

@@ -13,7 +13,6 @@ pub(crate) mod incoming;
 pub mod resource;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use tonic::{Code, Status};
@@ -22,9 +21,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::listen::Listener;
+use crate::config::defaults;
+use crate::listen::activity::ActivityLayer;
+use crate::listen::{Listener, Port};
 use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
 use bazel_cache_digest::{Digest, Hash, mangle_ac_key};
+use bazel_cache_store::budget::MemoryBudget;
 use bazel_cache_store::{Store, StoreError};
 
 /// `max_batch_total_size_bytes` announced in Capabilities: the most blob
@@ -64,6 +66,9 @@ pub struct GrpcState {
     pub options: GrpcOptions,
     /// Called at the start of every request (idle-timeout bookkeeping).
     pub on_request: Box<dyn Fn() + Send + Sync>,
+    /// The memory budget ByteStream Read chunks and Write chunks queued for
+    /// the store are reserved from (the store's).
+    pub memory: Arc<MemoryBudget>,
 }
 
 /// How the gRPC port is served, besides the services' shared state.
@@ -74,6 +79,8 @@ pub struct GrpcServing {
     pub metrics: Option<Arc<GrpcMetrics>>,
     /// One log line per RPC (`access_log_level: all`).
     pub access_log: bool,
+    /// The port's connection limits and counters.
+    pub connections: Port,
 }
 
 /// Serves the gRPC services until `stop` is cancelled. Health reports
@@ -99,10 +106,19 @@ pub async fn serve(
             .await;
     }
     let router = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(60)))
+        .http2_keepalive_interval(Some(defaults::H2_KEEPALIVE_INTERVAL))
         // Large blobs stream over one HTTP/2 stream: let flow-control windows
         // grow with the bandwidth-delay product instead of 64 KiB defaults.
         .http2_adaptive_window(Some(true))
+        // Tonic leaves streams unlimited and error resets unbounded unless
+        // told (see defaults.rs).
+        .max_concurrent_streams(defaults::H2_MAX_CONCURRENT_STREAMS)
+        .http2_max_pending_accept_reset_streams(Some(defaults::H2_MAX_PENDING_ACCEPT_RESET_STREAMS))
+        .http2_max_local_error_reset_streams(Some(defaults::H2_MAX_LOCAL_ERROR_RESET_STREAMS))
+        .http2_max_header_list_size(defaults::H2_MAX_HEADER_LIST_SIZE)
+        // Outermost: a call counts on its connection (the idle timeout)
+        // from its first to its last byte, whatever the layers below do.
+        .layer(ActivityLayer)
         .layer(GrpcMetricsLayer::new(serving.metrics, serving.access_log))
         .layer(auth::AuthLayer::new(serving.auth))
         .add_service(health)
@@ -121,7 +137,7 @@ pub async fn serve(
             }
         }
     };
-    let incoming = incoming::incoming(listener, serving.tls, stop);
+    let incoming = incoming::incoming(listener, serving.tls, stop, serving.connections);
     router
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await
@@ -134,6 +150,8 @@ pub(crate) fn store_status(e: StoreError) -> Status {
         _ if e.is_out_of_space() => Status::resource_exhausted(e.to_string()),
         _ if e.is_client_error() => Status::invalid_argument(e.to_string()),
         StoreError::Closed | StoreError::Busy { .. } => Status::unavailable(e.to_string()),
+        // Retryable: Bazel retries RESOURCE_EXHAUSTED with back-off.
+        StoreError::MemoryExhausted(_) => Status::resource_exhausted(e.to_string()),
         _ => {
             tracing::error!(error = %e, "store failure");
             Status::internal(e.to_string())

@@ -7,20 +7,19 @@ use futures_util::TryStreamExt;
 use http::{HeaderMap, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyDataStream, BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::path::{self, PathError};
 use super::{Body, HttpState, empty, error, full, method_not_allowed};
 use bazel_cache_digest::{BlobKey, Kind, mangle_ac_key};
 use bazel_cache_store::action_result as ac;
-use bazel_cache_store::{Blob, Encoding, PutRequest, StoreError, read_all};
+use bazel_cache_store::budget::{MemoryBudget, MemoryUse, ReadBuffers, Reservation};
+use bazel_cache_store::{Blob, Encoding, PutRequest, StoreError, read_all, zstd_decode};
 
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.
 const X_DIGEST_SIZE: &str = "x-digest-sizebytes";
-/// Read size when streaming a blob out.
-const CHUNK: usize = 256 * 1024;
 
 pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
     let parsed = match path::parse(req.uri().path()) {
@@ -50,7 +49,10 @@ fn store_error(key: &BlobKey, e: StoreError) -> Response<Body> {
         error(StatusCode::BAD_REQUEST, format!("{key}: {e}"))
     } else if e.is_out_of_space() {
         error(StatusCode::INSUFFICIENT_STORAGE, format!("{key}: {e}"))
-    } else if matches!(e, StoreError::Busy { .. } | StoreError::Closed) {
+    } else if matches!(
+        e,
+        StoreError::Busy { .. } | StoreError::Closed | StoreError::MemoryExhausted(_)
+    ) {
         // Retryable: Bazel and curl --retry honour 503 + Retry-After.
         let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, format!("{key}: {e}"));
         resp.headers_mut()
@@ -106,7 +108,13 @@ async fn get(
         body,
         ..
     } = blob;
-    let stream = ReaderStream::with_capacity(body, CHUNK).map_ok(Frame::data);
+    // The chunk being read and those hyper holds for a slow client, from
+    // the memory budget, for as long as the body lives.
+    let ReadBuffers { chunk, reservation } = state.memory.reserve_read(body_len).await?;
+    let stream = ReaderStream::with_capacity(body, chunk).map_ok(move |data| {
+        let _held = &reservation;
+        Frame::data(data)
+    });
     let body = StreamBody::new(stream).boxed_unsync();
     let coding = (encoding == Encoding::Zstd).then_some("zstd");
     Ok(match body_len {
@@ -218,26 +226,21 @@ async fn put(
         });
     }
     let stream = BodyDataStream::new(req.into_body()).map_err(io::Error::other);
-    let mut reader = StreamReader::new(stream);
+    let reader = StreamReader::new(stream);
 
     if key.kind == Kind::Ac && state.options.validate_ac {
         // ActionResults are small: read, decode and validate before storing.
         let limit = ac::MAX_ACTION_RESULT_BYTES.min(state.options.max_blob_size);
-        let mut raw = Vec::new();
-        (&mut reader)
-            .take(limit + 1)
-            .read_to_end(&mut raw)
-            .await
-            .map_err(StoreError::Body)?;
-        if raw.len() as u64 > limit {
-            return Err(StoreError::TooLarge {
-                size: raw.len() as u64,
-                limit,
-            });
-        }
+        let (mut held, mut decoded_held) = (Reservation::none(), Reservation::none());
+        // Read here, not by the store: guard it as the store guards bodies.
+        let mut guarded = (state.guard_upload)(Box::pin(reader));
+        let raw = read_whole(&mut guarded, limit, &state.memory, &mut held).await?;
         let bytes = match encoding {
             Encoding::Identity => raw,
-            Encoding::Zstd => decode_zstd_bounded(&raw, limit)?,
+            Encoding::Zstd => {
+                let decoder = zstd_decode::decoder(io::Cursor::new(raw), &state.memory).await?;
+                read_whole(decoder, limit, &state.memory, &mut decoded_held).await?
+            }
         };
         if let Some(expected) = size
             && expected != bytes.len() as u64
@@ -279,22 +282,38 @@ async fn put(
         .expect("static response"))
 }
 
-fn decode_zstd_bounded(raw: &[u8], limit: u64) -> Result<Vec<u8>, StoreError> {
-    use std::io::Read;
+/// Reads `body` whole, refusing it past `limit` bytes (`TooLarge`); the
+/// memory it takes is reserved in `held` from the budget before the buffer
+/// grows (an action-cache body may be up to 64 MiB).
+async fn read_whole(
+    mut body: impl AsyncRead + Unpin,
+    limit: u64,
+    memory: &std::sync::Arc<MemoryBudget>,
+    held: &mut Reservation,
+) -> Result<Vec<u8>, StoreError> {
+    const STEP: usize = 64 * 1024;
     let mut out = Vec::new();
-    let decoder = zstd::stream::read::Decoder::new(raw)
-        .map_err(|e| StoreError::InvalidBody(format!("zstd: {e}")))?;
-    decoder
-        .take(limit + 1)
-        .read_to_end(&mut out)
-        .map_err(|e| StoreError::InvalidBody(format!("zstd: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(StoreError::TooLarge {
-            size: out.len() as u64,
-            limit,
-        });
+    loop {
+        if out.len() == out.capacity() {
+            // Doubling, as a Vec grows; reserved before it is allocated.
+            let next = (2 * out.capacity()).max(out.len() + STEP);
+            memory
+                .grow(held, MemoryUse::UploadBuffer, next as u64)
+                .await?;
+            out.reserve_exact(next - out.len());
+        }
+        // Reads into the spare capacity only.
+        let n = body.read_buf(&mut out).await.map_err(StoreError::body)?;
+        if out.len() as u64 > limit {
+            return Err(StoreError::TooLarge {
+                size: out.len() as u64,
+                limit,
+            });
+        }
+        if n == 0 {
+            return Ok(out);
+        }
     }
-    Ok(out)
 }
 
 #[cfg(test)]

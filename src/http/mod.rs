@@ -22,9 +22,13 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 
 use crate::auth::{Access, Authenticator, Denied};
-use crate::listen::{self, ConnInfo, Listener};
+use crate::config::defaults;
+use crate::listen::activity::ActivityBody;
+use crate::listen::{self, ConnInfo, Listener, Port};
 use crate::metrics::{self, Endpoint, Metrics, access_log};
+use bazel_cache_store::BlobReader;
 use bazel_cache_store::Store;
+use bazel_cache_store::budget::MemoryBudget;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -68,6 +72,15 @@ pub struct HttpState {
     pub metrics: Arc<Metrics>,
     /// Who may read and write `/ac/` and `/cas/`.
     pub auth: Arc<Authenticator>,
+    /// The port's connection limits and counters.
+    pub connections: Port,
+    /// The memory budget download buffers and action-cache bodies read
+    /// whole are reserved from (the store's).
+    pub memory: Arc<MemoryBudget>,
+    /// The disk store's progress guard (`DiskStore::guard_upload`), for a
+    /// body the front end reads itself before it puts it: an action-cache
+    /// entry it validates. Bodies handed to the store are guarded there.
+    pub guard_upload: Box<dyn Fn(BlobReader) -> BlobReader + Send + Sync>,
 }
 
 /// What a request knows of its connection.
@@ -88,11 +101,18 @@ pub async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(state.options.header_read_timeout)
         .keep_alive(true);
-    builder.http2().max_concurrent_streams(256);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .keep_alive_interval(defaults::H2_KEEPALIVE_INTERVAL)
+        .max_concurrent_streams(defaults::H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(defaults::H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(defaults::H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .max_header_list_size(defaults::H2_MAX_HEADER_LIST_SIZE);
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     let stop = CancellationToken::new();
-    let mut incoming = listen::accept(listener, tls, stop.clone(), "HTTP");
+    let mut incoming = listen::accept(listener, tls, stop.clone(), state.connections.clone());
     loop {
         let accepted = tokio::select! {
             accepted = incoming.next() => accepted,
@@ -104,10 +124,23 @@ pub async fn serve(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let conn = Arc::new(accepted.info);
-            let service = service_fn(move |req| {
+            let service = service_fn(move |req: Request<Incoming>| {
                 let state = state.clone();
                 let conn = conn.clone();
-                async move { Ok::<_, Infallible>(handle(&state, req, &conn).await) }
+                // An HTTP/2 request counts on its connection until its
+                // response is sent (the idle timeout); HTTP/1 idleness is
+                // hyper's header timeout.
+                let active =
+                    (req.version() == http::Version::HTTP_2).then(|| conn.activity.begin());
+                async move {
+                    let resp = handle(&state, req, &conn).await;
+                    Ok::<_, Infallible>(match active {
+                        Some(active) => {
+                            resp.map(|body| ActivityBody::new(body, Some(active)).boxed_unsync())
+                        }
+                        None => resp,
+                    })
+                }
             });
             let conn = builder
                 .serve_connection(TokioIo::new(accepted.io), service)
@@ -139,7 +172,10 @@ async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respo
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let version = req.version();
-    let resp = route(state, req, conn).await;
+    let resp = match ambiguous_framing(&req) {
+        Some(refused) => refused,
+        None => route(state, req, conn).await,
+    };
     let resp = close_after_refused_body(&method, version, resp);
     let http_metrics = state.metrics.http();
     http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
@@ -171,6 +207,43 @@ async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respon
             }
         },
     }
+}
+
+/// Refuses, with 400 and `Connection: close`, a request whose body a proxy
+/// in front and this server could delimit differently (request smuggling):
+/// a `Transfer-Encoding` other than exactly `chunked` (`gzip, chunked`,
+/// `chunked, chunked`, two header lines), or one next to `Content-Length`.
+///
+/// hyper refuses some of these itself (400 before we see the request): a
+/// `Transfer-Encoding` whose last coding is not `chunked`, any on HTTP/1.0,
+/// two different `Content-Length`s; h2 refuses `transfer-encoding` on
+/// HTTP/2. With both `Transfer-Encoding` and `Content-Length` on HTTP/1.1,
+/// hyper drops `Content-Length` before we see it, reads the body as
+/// chunked and closes the connection after the answer (RFC 9112 §6.3), so
+/// what a proxy took for the rest of the body is never read as a request;
+/// the check below only guards against a hyper that would let both through.
+fn ambiguous_framing(req: &Request<Incoming>) -> Option<Response<Body>> {
+    let mut codings = req.headers().get_all(header::TRANSFER_ENCODING).iter();
+    let first = codings.next()?;
+    let only_chunked = codings.next().is_none()
+        && first
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"chunked");
+    let reason = if !only_chunked {
+        "Transfer-Encoding must be exactly \"chunked\" (other transfer codings are refused)"
+    } else if req.headers().contains_key(header::CONTENT_LENGTH) {
+        "a request may not have both Transfer-Encoding and Content-Length"
+    } else {
+        return None;
+    };
+    tracing::debug!(path = %req.uri().path(), reason, "request refused");
+    let mut resp = error(StatusCode::BAD_REQUEST, reason);
+    resp.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    Some(resp)
 }
 
 /// Reads and drops up to 1 MiB of a refused request's body (for at most

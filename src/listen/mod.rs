@@ -9,15 +9,28 @@
 //!   [`Connection`]s, handshakes running concurrently under a time limit.
 //! - `tls.rs`: rustls acceptors, mTLS, the server certificate re-read when
 //!   its files change.
+//! - `guard.rs`: the IO wrapper of every connection: the deadline for the
+//!   first request head, the HTTP/2 idle timeout, PING/SETTINGS floods
+//!   (`h2_flood.rs`).
+//! - `activity.rs`: the requests in progress on a connection, as the front
+//!   ends count them (what "idle" means for HTTP/2).
+//! - `stats.rs`: [`ConnectionStats`], each port's counters for `/metrics`,
+//!   and the cap on open connections.
 //!
 //! The front ends only hand connections to their protocol: hyper-util's
 //! auto builder (`crate::http`) or tonic (`crate::grpc::incoming`).
 
 pub(crate) mod accept;
+pub(crate) mod activity;
+mod guard;
+mod h2_flood;
+pub(crate) mod stats;
 pub(crate) mod tls;
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, UnixListener};
@@ -25,6 +38,8 @@ use tokio::net::{TcpListener, UnixListener};
 use crate::config::ListenAddr;
 
 pub(crate) use accept::{Connection, accept};
+pub(crate) use activity::Activity;
+pub(crate) use stats::ConnectionStats;
 
 /// A bound listener.
 pub enum Listener {
@@ -82,4 +97,54 @@ pub(crate) struct ConnInfo {
     pub peer: std::sync::Arc<str>,
     /// The client presented a certificate the CA verified (mTLS).
     pub client_cert: bool,
+    /// Requests in progress on the connection; the front ends count theirs
+    /// here (the HTTP/2 idle timeout reads it).
+    pub activity: Arc<Activity>,
+}
+
+/// How long and how many connections a port keeps, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Connections open at once; more are closed as soon as accepted.
+    pub max_connections: usize,
+    /// From accept (TLS handshake included) to the first complete request
+    /// head: HTTP/1 headers or the HTTP/2 preface.
+    pub request_head_timeout: Duration,
+    /// An HTTP/2 connection with no request in progress for this long is
+    /// closed. (HTTP/1 between requests: hyper's `header_read_timeout`.)
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        use crate::config::defaults;
+        ConnectionLimits {
+            max_connections: defaults::MAX_CONNECTIONS,
+            request_head_timeout: defaults::REQUEST_HEAD_TIMEOUT,
+            idle_timeout: defaults::CONNECTION_IDLE_TIMEOUT,
+        }
+    }
+}
+
+/// One listening port's connection policy and counters. `pub` only
+/// because the front ends' public serving options hold it.
+#[derive(Debug, Clone)]
+pub struct Port {
+    pub limits: ConnectionLimits,
+    pub stats: Arc<ConnectionStats>,
+}
+
+impl Port {
+    /// `name` is the metric label and log field (`http`, `grpc`); the cap
+    /// is `limits.max_connections`.
+    pub(crate) fn new(name: &'static str, limits: ConnectionLimits) -> Port {
+        Port {
+            limits,
+            stats: ConnectionStats::new(name, limits.max_connections),
+        }
+    }
+
+    pub(crate) fn name(&self) -> &'static str {
+        self.stats.port()
+    }
 }

@@ -27,6 +27,8 @@
 //!   histogram, and the constructor of histogram families;
 //! - `store_collector.rs`: disk, S3 and upload-queue figures, read at scrape
 //!   time;
+//! - `connections.rs`: each port's connections (`bazel_cache_connections_*`),
+//!   read at scrape time;
 //! - `lookups.rs`: `bazel_remote_incoming_requests_total`;
 //! - `counting_store.rs`: the store decorator that counts gRPC lookups;
 //! - `http.rs`: the per-request HTTP series;
@@ -34,6 +36,7 @@
 //! - `access_log.rs`: the access-log lines of both front ends.
 
 pub(crate) mod access_log;
+mod connections;
 mod counting_store;
 mod grpc;
 mod histogram;
@@ -208,6 +211,16 @@ impl Metrics {
             s3,
             oldest_access,
         }
+    }
+
+    /// Adds the `bazel_cache_connections_*` series of these ports.
+    pub(crate) fn with_connections(
+        mut self,
+        ports: Vec<Arc<crate::listen::ConnectionStats>>,
+    ) -> Metrics {
+        self.registry
+            .register_collector(Box::new(connections::ConnectionCollector { ports }));
+        self
     }
 
     pub(crate) fn http(&self) -> &HttpMetrics {

@@ -13,10 +13,11 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::histogram::AtomicHistogram;
+use bazel_cache_store::budget::MemoryUse;
 use bazel_cache_store::disk::DiskStore;
 use bazel_cache_store::proxy::ProxyStore;
 use bazel_cache_store::s3::S3Backend;
-use bazel_cache_store::{Store, StoreStats, unix_now};
+use bazel_cache_store::{CutReason, Store, StoreStats, unix_now};
 
 /// The S3 tier, held weakly: metrics never keep the stores open.
 #[derive(Debug, Clone)]
@@ -112,6 +113,19 @@ impl Collector for StoreCollector {
                 "The total number of bytes removed from disk backend, due to put of already existing key",
                 s.overwritten_bytes,
             )?;
+            // Ours: bodies the progress guard cut (HTTP PUT, BatchUpdateBlobs,
+            // ByteStream Write), exported as bazel_cache_uploads_cut_total.
+            let mut family = enc.encode_descriptor(
+                "bazel_cache_uploads_cut",
+                "Upload bodies abandoned because they sent nothing for http_read_timeout \
+                 (stalled) or less than body_min_rate over body_rate_window (too_slow)",
+                None,
+                MetricType::Counter,
+            )?;
+            for reason in [CutReason::Stalled, CutReason::TooSlow] {
+                ConstCounter::new(disk.uploads_cut().get(reason))
+                    .encode(family.encode_family(&[("reason", reason.label())])?)?;
+            }
             let atime = self.oldest_access.load(Ordering::Relaxed);
             let idle = if atime == 0 {
                 0
@@ -124,6 +138,32 @@ impl Collector for StoreCollector {
                 "The idle time (now - atime) of the least recently used item in the cache; reads refresh an item's atime at most once a minute",
                 idle,
             )?;
+            // Ours: the memory budget (max_buffer_memory) every front end
+            // and the store reserve buffers and zstd decoders from.
+            let memory = &disk.config().memory;
+            gauge(
+                &mut enc,
+                "bazel_cache_memory_in_use_bytes",
+                "Bytes of zstd decoders, upload buffers and download buffers reserved now",
+                memory.in_use(),
+            )?;
+            gauge(
+                &mut enc,
+                "bazel_cache_memory_limit_bytes",
+                "max_buffer_memory: the most bytes of buffers and decoders reserved at once",
+                memory.limit(),
+            )?;
+            let mut family = enc.encode_descriptor(
+                "bazel_cache_memory_refused",
+                "Requests refused (503 / RESOURCE_EXHAUSTED) because max_buffer_memory stayed \
+                 full while they waited, by what they needed memory for",
+                None,
+                MetricType::Counter,
+            )?;
+            for what in MemoryUse::ALL {
+                ConstCounter::new(memory.refused(what))
+                    .encode(family.encode_family(&[("what", what.label())])?)?;
+            }
         }
         let Some((proxy, backend)) = self.s3.as_ref().and_then(S3Refs::upgrade) else {
             return Ok(());

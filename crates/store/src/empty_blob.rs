@@ -10,14 +10,16 @@
 //! A write of the empty blob is still verified: a non-empty body under the
 //! empty hash is a client error, exactly as for any other blob.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_compression::tokio::bufread::ZstdDecoder;
 use async_trait::async_trait;
 use bazel_cache_digest::{BlobKey, Digest, EMPTY_SHA256, Hasher, Kind};
-use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::stall::StallGuard;
+use crate::budget::{DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget};
+use crate::progress::ProgressGuard;
+use crate::zstd_decode;
 use crate::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats};
 
 /// Whether `key` names the empty CAS blob.
@@ -31,6 +33,8 @@ pub struct EmptyBlob<S> {
     /// Bounds a write body under the empty hash that stops sending, as the
     /// disk store bounds every other body.
     body_stall_timeout: Duration,
+    /// What a zstd body's decoder reserves its memory from.
+    memory: Arc<MemoryBudget>,
 }
 
 impl<S: Store> EmptyBlob<S> {
@@ -38,7 +42,15 @@ impl<S: Store> EmptyBlob<S> {
         EmptyBlob {
             inner,
             body_stall_timeout,
+            memory: MemoryBudget::new(DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT),
         }
+    }
+
+    /// Decodes zstd bodies within `memory` (the server's one budget)
+    /// instead of a budget of the default size of its own.
+    pub fn with_memory(mut self, memory: Arc<MemoryBudget>) -> Self {
+        self.memory = memory;
+        self
     }
 
     pub fn inner(&self) -> &S {
@@ -57,19 +69,15 @@ impl<S: Store> EmptyBlob<S> {
                 actual: size,
             });
         }
-        let body = StallGuard::new(req.body, self.body_stall_timeout, "upload");
+        let body = ProgressGuard::new(req.body, self.body_stall_timeout, "upload");
         let mut reader: Box<dyn AsyncRead + Send + Unpin> = match req.encoding {
             Encoding::Identity => Box::new(body),
-            Encoding::Zstd => {
-                let mut dec = ZstdDecoder::new(BufReader::new(body));
-                dec.multiple_members(true);
-                Box::new(dec)
-            }
+            Encoding::Zstd => Box::new(zstd_decode::decoder(body, &self.memory).await?),
         };
         let mut hasher = Hasher::new();
         let mut buf = vec![0u8; 64 * 1024];
         loop {
-            let n = reader.read(&mut buf).await.map_err(StoreError::Body)?;
+            let n = reader.read(&mut buf).await.map_err(StoreError::body)?;
             if n == 0 {
                 break;
             }

@@ -11,9 +11,14 @@
 //! - `action_result.rs`: what a valid `ActionResult` is, and whether a cached
 //!   one is complete (every blob it names is present).
 //! - `empty_blob.rs`: the empty-blob rule, a decorator above every store.
-//! - `stall.rs`: the one guard that cuts a body that stops sending.
+//! - `progress.rs`: the one guard that cuts a body that stops sending or
+//!   sends too slowly, and the counts of cut uploads.
 //! - `histogram.rs`: lock-free latency histograms the store records and the
 //!   server exports.
+//! - `budget.rs`: the memory budget (`max_buffer_memory`) that decoders,
+//!   upload buffers and read buffers reserve from.
+//! - `zstd_frame.rs`, `zstd_decode.rs`: zstd frame headers read ahead of
+//!   the decoder; the one decoder, its window capped, its memory reserved.
 //! - `secret.rs`: [`Secret`], credentials that never print.
 //! - `disk/`: files plus a redb index, LRU eviction, crash recovery; the
 //!   local tier of every configuration.
@@ -26,15 +31,19 @@
 //! exposes counters that the server reads.
 
 pub mod action_result;
+pub mod budget;
 pub mod disk;
 mod empty_blob;
 pub mod histogram;
+mod progress;
 pub mod proxy;
 pub mod s3;
 mod secret;
-mod stall;
+pub mod zstd_decode;
+pub mod zstd_frame;
 
 pub use empty_blob::{EmptyBlob, is_empty_blob};
+pub use progress::{CutCounts, CutReason, cut_reason};
 pub use secret::Secret;
 
 use std::io;
@@ -128,9 +137,30 @@ pub enum StoreError {
     /// write waited: the client should retry (HTTP 503, gRPC UNAVAILABLE).
     #[error("server busy: {writes} writes already in progress; retry later")]
     Busy { writes: usize },
+    /// The memory budget (`max_buffer_memory`) stayed full while the
+    /// request waited for buffers: the client should retry (HTTP 503, gRPC
+    /// RESOURCE_EXHAUSTED).
+    #[error(transparent)]
+    MemoryExhausted(#[from] budget::MemoryExhausted),
 }
 
 impl StoreError {
+    /// A failed read of a client's body: a zstd frame refused before it
+    /// was decoded becomes [`StoreError::InvalidBody`], a decoder refused
+    /// memory [`StoreError::MemoryExhausted`]; anything else stays
+    /// [`StoreError::Body`].
+    pub fn body(e: io::Error) -> StoreError {
+        if let Some(inner) = e.get_ref() {
+            if let Some(refusal) = inner.downcast_ref::<zstd_frame::FrameError>() {
+                return StoreError::InvalidBody(refusal.to_string());
+            }
+            if let Some(exhausted) = inner.downcast_ref::<budget::MemoryExhausted>() {
+                return StoreError::MemoryExhausted(exhausted.clone());
+            }
+        }
+        StoreError::Body(e)
+    }
+
     /// True when the client sent something wrong (HTTP 4xx, gRPC INVALID_ARGUMENT).
     pub fn is_client_error(&self) -> bool {
         matches!(

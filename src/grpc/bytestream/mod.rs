@@ -2,8 +2,9 @@
 //! chunks — Read, Write and QueryWriteStatus, with the resource names of
 //! REAPI v2 (parsed in `resource.rs`).
 //!
-//! **Read** opens the blob in the store and streams its body in chunks of
-//! `READ_CHUNK` (read.rs) bytes, so no blob is ever held in memory whole. A
+//! **Read** opens the blob in the store and streams its body in chunks (of
+//! 32 to 256 KiB, from the memory budget; read.rs says what a Read holds
+//! while its client does not read), so no blob is ever held whole. A
 //! `compressed-blobs/zstd` read from offset 0 of a blob stored compressed
 //! sends the stored bytes as they are; any other compressed read compresses
 //! on the fly (zstd level 1) after skipping `read_offset` uncompressed bytes.
@@ -37,9 +38,12 @@
 //! The registry is bounded: at most [`MAX_UPLOADS`] uploads (when full, the
 //! upload idle the longest is aborted to make room; if none is idle, the new
 //! upload still runs but is not resumable), of which at most
-//! [`MAX_IDLE_UPLOADS`] idle (each holds a temp file, a store reservation
-//! and the put's buffers while nobody feeds it). The registry's lock (a
-//! `std::sync::Mutex`) is taken when a stream starts or ends, never per chunk.
+//! [`MAX_IDLE_UPLOADS`] idle. An idle upload holds no write slot; its temp
+//! file, reservation and buffers last until the store's progress guard cuts
+//! its silent body (a rate window, 30 s by default), after which it is
+//! *dead*: QueryWriteStatus reports `committed_size` 0 and the client starts
+//! over (uploads.rs says why). The registry's lock (a `std::sync::Mutex`) is
+//! taken when a stream starts or ends, never per chunk.
 //!
 //! Files: this one holds the service and QueryWriteStatus; `read.rs` the
 //! Read path; `write.rs` the Write protocol, in named steps; `uploads.rs`

@@ -1,14 +1,36 @@
-//! ByteStream Read: a blob streamed from the store in chunks of
-//! [`READ_CHUNK`] bytes, so no blob is ever held in memory whole. A
-//! `compressed-blobs/zstd` read from offset 0 of a blob stored compressed
-//! sends the stored bytes as they are; any other compressed read compresses
-//! on the fly (zstd level [`ZSTD_LEVEL`]) after skipping `read_offset`
-//! uncompressed bytes.
+//! ByteStream Read: a blob streamed from the store in chunks, so no blob
+//! is ever held in memory whole. A `compressed-blobs/zstd` read from offset
+//! 0 of a blob stored compressed sends the stored bytes as they are; any
+//! other compressed read compresses on the fly (zstd level [`ZSTD_LEVEL`])
+//! after skipping `read_offset` uncompressed bytes.
+//!
+//! **Memory per Read.** A Read reserves its buffers from the memory budget
+//! ([`MemoryBudget::reserve_read`]) once the blob is found, and holds them
+//! until its response stream is dropped (the call ends, the client resets
+//! the stream or the connection closes): [`READ_CHUNKS_HELD`] chunks of a
+//! size picked from how full the budget is (256 KiB while at least half is
+//! free, down to 32 KiB; a smaller blob's own size), plus the decoder of a
+//! blob stored compressed (reserved by the store from its frame header:
+//! about 1 MiB for the store's 512 KiB window) or the encoder of an
+//! on-the-fly compressed read ([`ZSTD_ENCODER_BYTES`]).
+//!
+//! A client that stops reading (HTTP/2 flow window at 0) cannot make a
+//! stream hold more. The chunk stream below is polled only when tonic's
+//! encoder asks; tonic yields a frame as soon as it holds 32 KiB (its yield
+//! threshold), so each chunk of 32 KiB or more becomes one frame; hyper
+//! polls the body for the next frame only once it has handed the one before
+//! to h2, which it does only when the stream has send capacity. So a parked
+//! stream holds the frame hyper waits to send, at most one more that h2 is
+//! still sending (when the window closed mid-way), and the blob reader's
+//! buffers (a tokio `File` keeps a buffer of its last read's size): three
+//! chunks, and the decoder. All of it is counted in the budget, so parked
+//! streams together hold at most `max_buffer_memory`; a Read that finds it
+//! full waits up to 2 s, then gets RESOURCE_EXHAUSTED.
 
 use std::io;
 
 use async_compression::Level;
-use async_compression::tokio::bufread::{ZstdDecoder, ZstdEncoder};
+use async_compression::tokio::bufread::ZstdEncoder;
 use bazel_remote_apis::google::bytestream::{ReadRequest, ReadResponse};
 use tokio::io::{AsyncReadExt, BufReader};
 use tonic::{Request, Response, Status};
@@ -17,10 +39,11 @@ use super::super::resource::{self, quote};
 use super::super::{GrpcState, store_status};
 use super::{ReadStream, named};
 use bazel_cache_digest::BlobKey;
-use bazel_cache_store::{BlobReader, Encoding};
+use bazel_cache_store::budget::{
+    MemoryBudget, MemoryExhausted, MemoryUse, READ_CHUNKS_HELD, ReadBuffers, ZSTD_ENCODER_BYTES,
+};
+use bazel_cache_store::{BlobReader, Encoding, StoreError, zstd_decode};
 
-/// Bytes per ReadResponse (the last one may be shorter).
-const READ_CHUNK: usize = 256 * 1024;
 /// zstd level for compressing on the fly: fast enough not to slow a read.
 const ZSTD_LEVEL: i32 = 1;
 
@@ -72,6 +95,15 @@ pub(super) async fn read(
             quote(name)
         )));
     }
+    let memory_error =
+        |e: MemoryExhausted| named(name, store_status(StoreError::MemoryExhausted(e)));
+    // What the client will get: at most the rest of the blob (compressed
+    // on the fly: about as much).
+    let len = blob.body_len.unwrap_or(u64::MAX).min(size - offset);
+    let mut buffers = (state.memory)
+        .reserve_read(Some(len))
+        .await
+        .map_err(memory_error)?;
 
     let mut body = match blob.encoding {
         // Stored compressed and wanted compressed from the start: as stored.
@@ -80,20 +112,20 @@ pub(super) async fn read(
                 blob.body,
                 blob.body_len,
                 name.to_string(),
+                buffers,
             )));
         }
         // The store hands out zstd only when asked; decode if it did anyway.
-        Encoding::Zstd => {
-            let input = BufReader::with_capacity(READ_CHUNK, blob.body);
-            let mut dec = ZstdDecoder::new(input);
-            dec.multiple_members(true);
-            Box::pin(dec)
-        }
+        Encoding::Zstd => Box::pin(
+            zstd_decode::decoder(blob.body, &state.memory)
+                .await
+                .map_err(memory_error)?,
+        ),
         Encoding::Identity => blob.body,
     };
     if offset > 0 {
         // The store's bodies don't seek: read past the first `offset` bytes.
-        let mut skip = BufReader::with_capacity(READ_CHUNK, (&mut body).take(offset));
+        let mut skip = BufReader::with_capacity(buffers.chunk, (&mut body).take(offset));
         let skipped = tokio::io::copy_buf(&mut skip, &mut tokio::io::sink())
             .await
             .map_err(|e| read_error(name, &e))?;
@@ -109,18 +141,33 @@ pub(super) async fn read(
             } else {
                 limit.min(remaining)
             };
-            chunks(Box::pin(body.take(want)), Some(want), name.to_string())
+            chunks(
+                Box::pin(body.take(want)),
+                Some(want),
+                name.to_string(),
+                buffers,
+            )
         }
         Encoding::Zstd => {
-            let input = BufReader::with_capacity(READ_CHUNK, body.take(size - offset));
+            reserve_encoder(&state.memory, &mut buffers)
+                .await
+                .map_err(memory_error)?;
+            let input = BufReader::with_capacity(buffers.chunk, body.take(size - offset));
             let enc = ZstdEncoder::with_quality(input, Level::Precise(ZSTD_LEVEL));
-            chunks(Box::pin(enc), None, name.to_string())
+            chunks(Box::pin(enc), None, name.to_string(), buffers)
         }
     };
     Ok(Response::new(stream))
 }
 
 fn read_error(name: &str, e: &io::Error) -> Status {
+    // A later frame's decoder refused memory: retryable, not a fault.
+    if let Some(m) = e
+        .get_ref()
+        .and_then(|i| i.downcast_ref::<MemoryExhausted>())
+    {
+        return Status::resource_exhausted(format!("{}: {m}", quote(name)));
+    }
     tracing::error!(resource = %name, error = %e, "reading blob failed");
     Status::internal(format!("{}: reading the stored blob: {e}", quote(name)))
 }
@@ -133,15 +180,34 @@ fn truncated(name: &str, missing: u64) -> Status {
     ))
 }
 
-/// Streams `reader` as ReadResponses of up to [`READ_CHUNK`] bytes. With
-/// `expected`, a body ending early is an error, not a short blob.
-fn chunks(reader: BlobReader, expected: Option<u64>, name: String) -> ReadStream {
+/// An on-the-fly compressed read also holds a zstd encoder (and the input
+/// buffer in front of it, one more chunk).
+async fn reserve_encoder(
+    memory: &std::sync::Arc<MemoryBudget>,
+    buffers: &mut ReadBuffers,
+) -> Result<(), MemoryExhausted> {
+    let total = (READ_CHUNKS_HELD + 1) * buffers.chunk as u64 + ZSTD_ENCODER_BYTES;
+    memory
+        .grow(&mut buffers.reservation, MemoryUse::ReadBuffer, total)
+        .await
+}
+
+/// Streams `reader` as ReadResponses of up to `buffers.chunk` bytes,
+/// holding `buffers` until the stream is dropped. With `expected`, a body
+/// ending early is an error, not a short blob.
+fn chunks(
+    reader: BlobReader,
+    expected: Option<u64>,
+    name: String,
+    buffers: ReadBuffers,
+) -> ReadStream {
+    let ReadBuffers { chunk, reservation } = buffers;
     let state = Some((reader, expected, name));
-    Box::pin(futures_util::stream::unfold(state, |state| async move {
+    let stream = futures_util::stream::unfold(state, move |state| async move {
         let (mut reader, mut expected, name) = state?;
-        let mut data = Vec::with_capacity(READ_CHUNK);
+        let mut data = Vec::with_capacity(chunk);
         let mut eof = false;
-        while data.len() < READ_CHUNK {
+        while data.len() < chunk {
             match reader.read_buf(&mut data).await {
                 Ok(0) => {
                     eof = true;
@@ -162,5 +228,9 @@ fn chunks(reader: BlobReader, expected: Option<u64>, name: String) -> ReadStream
         }
         let next = (!eof).then_some((reader, expected, name));
         Some((Ok(ReadResponse { data }), next))
+    });
+    Box::pin(futures_util::StreamExt::map(stream, move |item| {
+        let _held = &reservation;
+        item
     }))
 }

@@ -10,9 +10,23 @@
 //! The registry is bounded: at most `max` uploads (when full, the upload
 //! idle the longest is aborted to make room; if none is idle, the new
 //! upload still runs but is not resumable), of which at most `max_idle`
-//! idle (each holds a temp file, a store reservation and the put's buffers
-//! while nobody feeds it). The registry's lock (a `std::sync::Mutex`) is
-//! taken when a stream starts or ends, never per chunk.
+//! idle. The registry's lock (a `std::sync::Mutex`) is taken when a stream
+//! starts or ends, never per chunk.
+//!
+//! What an idle upload holds, and for how long: its put waits on the
+//! channel, which to the store is a body that sends nothing, so it holds no
+//! write slot (slots are only held for work on received bytes), and the
+//! store's progress guard cuts it once it has been silent for the stall
+//! limit or below the minimum rate over a rate window (30 s by default).
+//! Until then it holds its temp file, a reservation of its declared size
+//! and its put's buffers (at most 256 KiB plus zstd contexts); after, only
+//! its registry entry (name and byte count), until the TTL. So idle uploads
+//! hold at most `max_idle` temp files and reservations, each for at most a
+//! rate window. A client that resumes within that time (Bazel retries
+//! within seconds) continues its upload; one that comes back later finds
+//! the upload *dead*: QueryWriteStatus reports `committed_size` 0 and a
+//! Write at a later offset is INVALID_ARGUMENT, so the client restarts it
+//! cleanly at offset 0.
 //!
 //! It is apart from the service because it is a data structure with its own
 //! invariants (the idle count, epochs guarding expiry) that the Write
@@ -34,6 +48,7 @@ use tonic::Status;
 
 use super::super::resource::quote;
 use bazel_cache_digest::BlobKey;
+use bazel_cache_store::budget::Reservation;
 use bazel_cache_store::{Encoding, PutRequest, Store, StoreError};
 
 /// WriteRequest payloads queued between a Write stream and its put.
@@ -58,12 +73,20 @@ pub(super) struct Upload {
     pub(super) finishing: AtomicBool,
 }
 
+/// A WriteRequest's data queued for the put, with its memory held against
+/// the budget until the put takes it (up to [`UPLOAD_QUEUE`] messages of up
+/// to ~8.5 MiB each may wait for a put that is slow to read them).
+pub(super) struct Chunk {
+    pub(super) data: Bytes,
+    pub(super) held: Reservation,
+}
+
 /// What the feeding stream holds while it feeds: the put's input and the
 /// put task.
 pub(super) struct Pipe {
-    /// `Some(bytes)` is data, `None` is finish_write. If every sender is
+    /// `Some(chunk)` is data, `None` is finish_write. If every sender is
     /// dropped without `None`, the put's body fails: nothing is stored.
-    pub(super) tx: Option<mpsc::Sender<Option<Bytes>>>,
+    pub(super) tx: Option<mpsc::Sender<Option<Chunk>>>,
     pub(super) put: Option<JoinHandle<Result<(), StoreError>>>,
 }
 
@@ -98,6 +121,12 @@ impl Upload {
         })
     }
 
+    /// The put has ended without finish_write (cut by the store's progress
+    /// guard, or failed): nothing received so far is kept.
+    pub(super) fn is_dead(&self) -> bool {
+        self.put_task.is_finished() && !self.finishing.load(Ordering::Acquire)
+    }
+
     /// Stops the upload for good: cancels its stream and its put (unless
     /// the put is already committing a finished upload).
     pub(super) fn abort(&self) {
@@ -118,11 +147,15 @@ impl Drop for Upload {
 
 /// The put's body: the channel's chunks, ending at finish_write; an error if
 /// the channel closes before that.
-fn body_stream(rx: mpsc::Receiver<Option<Bytes>>) -> impl Stream<Item = io::Result<Bytes>> + Send {
+fn body_stream(rx: mpsc::Receiver<Option<Chunk>>) -> impl Stream<Item = io::Result<Bytes>> + Send {
     futures_util::stream::unfold(Some(rx), |rx| async move {
         let mut rx = rx?;
         match rx.recv().await {
-            Some(Some(data)) => Some((Ok(data), Some(rx))),
+            Some(Some(Chunk { data, held })) => {
+                // The put copies it at once: its reservation ends here.
+                drop(held);
+                Some((Ok(data), Some(rx)))
+            }
             Some(None) => None,
             None => Some((
                 Err(io::Error::new(
@@ -209,6 +242,14 @@ impl Uploads {
     ) -> Result<Arc<Upload>, Status> {
         let mut reg = lock(&self.registry);
         if offset != 0 {
+            if reg.entries.get(name).is_some_and(|e| e.upload.is_dead()) {
+                reg.take(name);
+                return Err(Status::invalid_argument(format!(
+                    "{}: write_offset {offset} but this upload was abandoned (its client sent \
+                     nothing, or too little, for too long); start again at write_offset 0",
+                    quote(name)
+                )));
+            }
             let Some(e) = reg.entries.get_mut(name) else {
                 return Err(Status::invalid_argument(format!(
                     "{}: write_offset {offset} but no upload of this resource is in progress \
@@ -319,12 +360,16 @@ impl Uploads {
         }
     }
 
-    /// Bytes received so far by the registered upload of `name`.
+    /// Bytes received so far by the registered upload of `name`: 0 for a
+    /// dead one, whose bytes are gone (the client must start over).
     pub(super) fn progress(&self, name: &str) -> Option<u64> {
-        lock(&self.registry)
-            .entries
-            .get(name)
-            .map(|e| e.upload.received.load(Ordering::Acquire))
+        lock(&self.registry).entries.get(name).map(|e| {
+            if e.upload.is_dead() {
+                0
+            } else {
+                e.upload.received.load(Ordering::Acquire)
+            }
+        })
     }
 
     /// Registered uploads, after checking the idle count.
@@ -387,22 +432,36 @@ mod tests {
     use super::*;
     use crate::grpc::{GrpcOptions, GrpcState};
     use bazel_cache_digest::Hash;
+    use bazel_cache_store::CutReason;
     use bazel_cache_store::disk::{DiskConfig, DiskStore};
 
     struct Harness {
         client: ByteStreamClient<Channel>,
         uploads: Arc<Uploads>,
+        store: Arc<DiskStore>,
         dir: tempfile::TempDir,
     }
 
     impl Harness {
         async fn start(max_uploads: usize, max_idle: usize, ttl: Duration) -> Harness {
+            Harness::start_with(max_uploads, max_idle, ttl, |_| {}).await
+        }
+
+        /// With the disk store's config tuned (its progress guard).
+        async fn start_with(
+            max_uploads: usize,
+            max_idle: usize,
+            ttl: Duration,
+            tune: impl FnOnce(&mut DiskConfig),
+        ) -> Harness {
             let dir = tempfile::tempdir().unwrap();
             let mut cfg = DiskConfig::new(dir.path(), 1 << 30);
             cfg.fsync = false;
+            tune(&mut cfg);
             let store = Arc::new(DiskStore::open(cfg).await.unwrap());
             let state = Arc::new(GrpcState {
-                store,
+                memory: store.config().memory.clone(),
+                store: store.clone(),
                 options: GrpcOptions::default(),
                 on_request: Box::new(|| {}),
             });
@@ -422,6 +481,7 @@ mod tests {
             Harness {
                 client,
                 uploads,
+                store,
                 dir,
             }
         }
@@ -614,5 +674,64 @@ mod tests {
         }
         assert_eq!(h.uploads.len(), 0);
         assert_eq!(h.temp_files(), 0);
+    }
+
+    /// A guard of 1000 bytes/s over 1 s windows (a stall limit far away).
+    fn fast_guard(cfg: &mut DiskConfig) {
+        cfg.body_stall_timeout = Duration::from_secs(600);
+        cfg.body_min_rate = 1000;
+        cfg.body_rate_window = Duration::from_secs(1);
+    }
+
+    #[tokio::test]
+    async fn an_idle_upload_is_resumable_until_cut_then_reports_zero_and_restarts() {
+        let h = Harness::start_with(100, 100, Duration::from_secs(600), fast_guard).await;
+        let (data, hex) = blob(3);
+        let name = upload_name("c", &hex);
+        // Interrupted, and resumed at once: the upload goes on.
+        let first = h.write(&name, &data[..4000], 0, false, false);
+        assert_eq!(first.await.unwrap().unwrap(), 4000);
+        let second = h.write(&name, &data[4000..7000], 4000, false, false);
+        assert_eq!(second.await.unwrap().unwrap(), 7000);
+        assert_eq!(h.query(&name).await.unwrap(), (7000, false));
+        // Left idle: the store cuts its silent body and lets go of its temp
+        // file and reservation; the upload is dead, not gone.
+        eventually("the cut", || h.temp_files() == 0).await;
+        eventually("the reservation's release", || {
+            h.store.stats().reserved_bytes == 0
+        })
+        .await;
+        assert_eq!(h.query(&name).await.unwrap(), (0, false));
+        assert_eq!(h.store.uploads_cut().get(CutReason::TooSlow), 1);
+        // Resuming where it was is refused; starting over works.
+        let late = h.write(&name, &data[7000..], 7000, true, false);
+        assert_eq!(
+            late.await.unwrap().unwrap_err().code(),
+            Code::InvalidArgument
+        );
+        let again = h.write(&name, &data, 0, true, false);
+        assert_eq!(again.await.unwrap().unwrap(), 10_000);
+        assert_eq!(h.query(&name).await.unwrap(), (10_000, true));
+        assert_eq!(h.uploads.len(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_goes_silent_is_ended_when_its_upload_is_cut() {
+        let h = Harness::start_with(100, 100, Duration::from_secs(600), fast_guard).await;
+        let (data, hex) = blob(4);
+        let name = upload_name("d", &hex);
+        // One message, then the stream stays open and silent.
+        let held = h.write(&name, &data[..100], 0, false, true);
+        let status = tokio::time::timeout(Duration::from_secs(30), held)
+            .await
+            .expect("the call is ended once its upload is cut")
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains("bytes/s"), "{status:?}");
+        assert_eq!(h.query(&name).await.unwrap(), (0, false));
+        assert_eq!(h.temp_files(), 0);
+        let again = h.write(&name, &data, 0, true, false);
+        assert_eq!(again.await.unwrap().unwrap(), 10_000);
     }
 }

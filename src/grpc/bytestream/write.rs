@@ -27,10 +27,11 @@ use tonic::{Response, Status, Streaming};
 
 use super::super::resource::{self, quote};
 use super::super::store_status;
-use super::uploads::{Attachment, Pipe, Upload, lock};
+use super::uploads::{Attachment, Chunk, Pipe, Upload, lock};
 use super::{ByteStreamService, named};
 use bazel_cache_digest::BlobKey;
-use bazel_cache_store::{Encoding, StoreError};
+use bazel_cache_store::budget::{MemoryBudget, MemoryUse};
+use bazel_cache_store::{Encoding, StoreError, cut_reason};
 
 /// What a Write stream uploads, from its first request.
 struct WriteTarget {
@@ -57,7 +58,7 @@ enum StreamEnd {
 /// the feed lets go: the sender, the pipe's lock, the token, then the
 /// attachment (which keeps the upload for resumption or unregisters it).
 struct Feed {
-    tx: mpsc::Sender<Option<Bytes>>,
+    tx: mpsc::Sender<Option<Chunk>>,
     pipe: OwnedMutexGuard<Pipe>,
     /// Cancelled when a newer stream takes over, or the upload is aborted.
     token: CancellationToken,
@@ -65,6 +66,8 @@ struct Feed {
     upload: Arc<Upload>,
     /// Bytes received so far, over every stream of the upload.
     committed: u64,
+    /// What data queued for the put is reserved from.
+    memory: Arc<MemoryBudget>,
 }
 
 impl ByteStreamService {
@@ -159,6 +162,7 @@ impl ByteStreamService {
             attachment,
             upload,
             committed,
+            memory: self.state.memory.clone(),
         })
     }
 }
@@ -248,14 +252,20 @@ impl Feed {
                         max_compressed(size)
                     )));
                 }
+                // Queued until the put takes it: from the memory budget. A
+                // refusal leaves the upload resumable at `committed`.
+                let held = (self.memory)
+                    .reserve(MemoryUse::UploadBuffer, n)
+                    .await
+                    .map_err(|e| named(name, store_status(StoreError::MemoryExhausted(e))))?;
+                let chunk = Chunk {
+                    data: Bytes::from(msg.data),
+                    held,
+                };
                 tokio::select! {
-                    sent = self.tx.send(Some(Bytes::from(msg.data))) => {
+                    sent = self.tx.send(Some(chunk)) => {
                         if sent.is_err() {
-                            // The put ended before the data did: it failed.
-                            self.attachment.done = true;
-                            return Err(put_outcome(name, &mut self.pipe).await.err().unwrap_or_else(
-                                || Status::internal(format!("{}: upload ended early", quote(name))),
-                            ));
+                            return Err(self.put_ended(name).await);
                         }
                     }
                     _ = self.token.cancelled() => return Err(superseded(name)),
@@ -276,8 +286,28 @@ impl Feed {
                     Err(status) => return Err(status),
                 },
                 _ = self.token.cancelled() => return Err(superseded(name)),
+                // The put ended while the client kept us waiting: the
+                // progress guard cut it. End the call now rather than hold
+                // the stream for a client that may never send again.
+                _ = self.tx.closed() => return Err(self.put_ended(name).await),
             };
         }
+    }
+
+    /// The put ended before the data did: its error. A put the progress
+    /// guard cut stays registered, dead (QueryWriteStatus reports 0, so the
+    /// client starts over); any other failure unregisters the upload.
+    async fn put_ended(&mut self, name: &str) -> Status {
+        let Some(put) = self.pipe.put.take() else {
+            self.attachment.done = true;
+            return Status::aborted(format!("{}: upload already finished", quote(name)));
+        };
+        let result = put.await;
+        let cut = matches!(&result, Ok(Err(StoreError::Body(e))) if cut_reason(e).is_some());
+        self.attachment.done = !cut;
+        put_result(name, result)
+            .err()
+            .unwrap_or_else(|| Status::internal(format!("{}: upload ended early", quote(name))))
     }
 
     /// Step 5, after `finish_write`: ends the put's body; the put verifies
@@ -344,17 +374,6 @@ fn superseded(name: &str) -> Status {
         "{}: upload taken over by a newer Write of the same resource, or abandoned",
         quote(name)
     ))
-}
-
-/// What the put task returned, as a status. Takes the task out of the pipe.
-async fn put_outcome(name: &str, pipe: &mut Pipe) -> Result<(), Status> {
-    let Some(put) = pipe.put.take() else {
-        return Err(Status::aborted(format!(
-            "{}: upload already finished",
-            quote(name)
-        )));
-    };
-    put_result(name, put.await)
 }
 
 fn put_result(name: &str, result: Result<Result<(), StoreError>, JoinError>) -> Result<(), Status> {

@@ -264,3 +264,66 @@ fn unsupported_proxy_blocks_are_rejected() {
         "{err}"
     );
 }
+
+#[test]
+fn body_progress_keys_from_every_source() {
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let c = fx.config(&[], &[]);
+    assert_eq!(c.body_min_rate, 256);
+    assert_eq!(c.body_rate_window, Duration::from_secs(30));
+    let file = fx.file("body_min_rate: 1000\nbody_rate_window: 1m\n");
+    let c = fx.config(
+        &["--config_file", &file],
+        &[("BAZEL_REMOTE_BODY_RATE_WINDOW", "45s")],
+    );
+    assert_eq!(c.body_min_rate, 1000);
+    assert_eq!(c.body_rate_window, Duration::from_secs(45), "env over file");
+    // 0 turns the rate check off; a zero window or a negative rate is refused.
+    assert_eq!(fx.config(&["--body_min_rate=0"], &[]).body_min_rate, 0);
+    assert_eq!(
+        fx.error(&["--body_rate_window=0s"], &[]),
+        "body_rate_window: must be greater than 0 (body_min_rate 0 turns the rate check off) \
+         (set by --body_rate_window)"
+    );
+    assert!(
+        fx.error(&["--body_min_rate=-1"], &[])
+            .starts_with("body_min_rate: must not be negative"),
+    );
+}
+
+#[test]
+fn max_buffer_memory_from_every_source() {
+    let fx = Fixture::new();
+    assert_eq!(fx.config(&[], &[]).max_buffer_memory_bytes, 1 << 30);
+    let file = fx.file("max_buffer_memory: 0.5\n");
+    assert_eq!(
+        fx.config(&["--config_file", &file], &[])
+            .max_buffer_memory_bytes,
+        512 << 20
+    );
+    assert_eq!(
+        fx.config(
+            &["--config_file", &file],
+            &[("BAZEL_REMOTE_MAX_BUFFER_MEMORY", "2")]
+        )
+        .max_buffer_memory_bytes,
+        2 << 30,
+        "env over file"
+    );
+    assert_eq!(
+        fx.config(&["--max_buffer_memory=0.03125"], &[])
+            .max_buffer_memory_bytes,
+        32 << 20
+    );
+    // Less than one decoder at the largest window (and a few buffers) is refused.
+    assert_eq!(
+        fx.error(&["--max_buffer_memory=0.01"], &[]),
+        "max_buffer_memory: must be at least 0.03125 (32 MiB): a zstd decoder at the largest \
+         window accepted takes 8.6 MiB (set by --max_buffer_memory)"
+    );
+    assert!(
+        fx.error(&["--max_buffer_memory=0"], &[])
+            .starts_with("max_buffer_memory: must be greater than 0"),
+    );
+}

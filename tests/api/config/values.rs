@@ -210,3 +210,38 @@ fn compatibility_keys_are_accepted() {
     assert_eq!(invocation.notes.len(), 1, "{:?}", invocation.notes);
     assert!(invocation.notes[0].contains("profile_address"));
 }
+
+#[test]
+fn connection_limits_from_every_source_and_never_off() {
+    let fx = Fixture::new();
+    let c = fx.config(&[], &[]);
+    assert_eq!(c.max_connections, 10_000);
+    assert_eq!(c.request_head_timeout, Duration::from_secs(10));
+    assert_eq!(c.connection_idle_timeout, Duration::from_secs(600));
+
+    let file = fx.file("max_connections: 50\nconnection_idle_timeout: 1h\n");
+    let c = fx.config(
+        &["--config_file", &file, "--request_head_timeout=2.5s"],
+        &[("BAZEL_REMOTE_CONNECTION_IDLE_TIMEOUT", "90s")],
+    );
+    assert_eq!(c.max_connections, 50);
+    assert_eq!(c.request_head_timeout, Duration::from_millis(2500));
+    assert_eq!(
+        c.connection_idle_timeout,
+        Duration::from_secs(90),
+        "env over file"
+    );
+
+    for (args, key) in [
+        (&["--max_connections=0"][..], "max_connections"),
+        (&["--max_connections=-1"][..], "max_connections"),
+        (&["--request_head_timeout=0"][..], "request_head_timeout"),
+        (
+            &["--connection_idle_timeout=0s"][..],
+            "connection_idle_timeout",
+        ),
+    ] {
+        let err = fx.error(args, &[]);
+        assert!(err.starts_with(&format!("{key}: ")), "{err}");
+    }
+}

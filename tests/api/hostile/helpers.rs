@@ -146,3 +146,18 @@ pub(super) async fn raw_unary(
     .await
     .map(|r| r.into_inner())
 }
+
+/// The server's resident memory now and at its peak since it started
+/// (`VmRSS` and `VmHWM` of /proc/<pid>/status), in bytes.
+pub(super) fn resident(s: &Server) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} in /proc/<pid>/status"));
+        let kib: u64 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        kib * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}

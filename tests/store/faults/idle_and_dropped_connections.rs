@@ -47,8 +47,16 @@ fn raise_nofile(want: u64) -> u64 {
 async fn ten_thousand_idle_connections_neither_block_others_nor_leak() {
     const IDLE: usize = 10_000;
     // The server starts with the limits of the environment (it inherits
-    // ours before we raise them): what a deployment would give it.
-    let server = Server::start(&[]);
+    // ours before we raise them): what a deployment would give it. Room
+    // for the idle connections and the round trips beside them, and time
+    // to hold them: by default a silent connection is closed after 10 s
+    // (tests/api/hostile/connections.rs checks that).
+    let server = Server::start(&[
+        "--max_connections",
+        "10100",
+        "--request_head_timeout",
+        "300s",
+    ]);
     let pid = server.pid();
     let server_limit = open_files_limit(pid);
     let ours = raise_nofile(IDLE as u64 + 1000);

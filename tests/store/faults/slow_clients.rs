@@ -1,7 +1,8 @@
 //! Slow clients: slowloris connections dribbling headers, an upload that
-//! stalls midway, stalled uploads holding every write slot until
-//! `http_read_timeout` cuts them. Others are served meanwhile; descriptors,
-//! temp files and reservations come back.
+//! stalls midway, as many stalled uploads as there are write slots (which
+//! they do not hold while they wait) until `http_read_timeout` cuts them.
+//! Others are served meanwhile; descriptors, temp files and reservations
+//! come back.
 
 use std::time::Duration;
 
@@ -150,9 +151,9 @@ async fn stalled_upload_does_not_block_others_and_leaves_nothing_when_dropped() 
 /// `http_read_timeout` is documented as the time allowed to read a client
 /// request (bazel-remote: Go's `ReadTimeout`, which covers the body). A
 /// client that stops sending mid-body should lose its connection, temp
-/// file, reservation and write slot once it passes; otherwise a few
-/// stalled uploads (as many as `max_concurrent_writes`) starve every other
-/// writer.
+/// file and reservation once it passes. (It holds no write slot while it
+/// waits: as many stalled uploads as `max_concurrent_writes` do not stop
+/// another writer.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 
 async fn http_read_timeout_cuts_stalled_uploads_and_frees_their_write_slots() {
@@ -174,7 +175,7 @@ async fn http_read_timeout_cuts_stalled_uploads_and_frees_their_write_slots() {
         || (temp_files(&dir) == SLOTS, temp_files(&dir)),
     )
     .await;
-    // Another writer needs a slot that only the timeout can free.
+    // Another writer gets a slot while they stall.
     normal_round_trip(&server, 1).await;
     for (i, conn) in stalled.iter_mut().enumerate() {
         let mut buf = [0u8; 4096];

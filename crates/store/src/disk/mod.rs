@@ -17,17 +17,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_compression::Level;
-use async_compression::tokio::bufread::ZstdDecoder;
 use async_compression::tokio::write::ZstdEncoder;
 use async_trait::async_trait;
 use tokio::fs::File;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
+use crate::budget::{
+    DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget, MemoryUse, ZSTD_ENCODER_BYTES,
+};
+use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
-use crate::stall::StallGuard;
+use crate::zstd_decode;
 use crate::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
 use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
 
@@ -75,9 +78,27 @@ async fn decompress_small(mut file: File, on_disk: u64, size: u64) -> Result<Vec
 /// several hundred MB/s per core, so compression does not dominate a PUT.
 const ZSTD_LEVEL: i32 = 1;
 
-/// Writes in progress at once unless `max_concurrent_writes` says otherwise:
-/// the one place this default is written (the server's `--help` shows it).
+/// Write slots unless `max_concurrent_writes` says otherwise: the one place
+/// this default is written (the server's `--help` shows it).
 pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 256;
+
+/// The least an upload body must bring, in bytes per second averaged over
+/// [`DEFAULT_BODY_RATE_WINDOW`] of waiting on it (`body_min_rate`). 256 B/s
+/// is 1/500 of a 1 Mbit/s link: a laptop on such a VPN uploading 100 blobs
+/// at once (Bazel's `--remote_max_connections` default) gives each about
+/// 1.25 kB/s, five times this; and a window asks for 7.5 KiB, less than one
+/// of Bazel's 16 KiB ByteStream chunks, which gRPC delivers only whole.
+pub const DEFAULT_BODY_MIN_RATE: u64 = 256;
+/// The longest an upload body may go without a byte before the write is
+/// abandoned (the server's `http_read_timeout` overrides it).
+pub const DEFAULT_BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// The window over which [`DEFAULT_BODY_MIN_RATE`] is averaged
+/// (`body_rate_window`). Long enough to ride out gRPC flow-control pauses,
+/// TCP retransmission back-off and a chunk arriving whole on a slow link;
+/// short enough that a body sending a byte a second is cut after 30 s of
+/// waiting on it (the stall limit alone let it run for ever, and before
+/// that cut only a body silent for 60 s).
+pub const DEFAULT_BODY_RATE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Settings of the disk store; the server fills them from its validated config.
 #[derive(Debug, Clone)]
@@ -94,13 +115,24 @@ pub struct DiskConfig {
     /// `max_size_hard_limit`: writes are refused when the bytes in flight
     /// (being received) would exceed it. `None`: max_size is the bound.
     pub hard_limit_bytes: Option<u64>,
-    /// Writes in progress at once (`max_concurrent_writes`); more wait.
+    /// Write slots (`max_concurrent_writes`): writes working on bytes
+    /// they have at once; more wait, first come first served (see
+    /// [`DiskStore`]'s `write_slots`).
     pub max_concurrent_writes: usize,
     /// How long a write waits for a slot before it is refused as busy.
     pub write_slot_wait: Duration,
     /// A body that sends nothing for this long is abandoned, freeing its
-    /// slot, reservation and temp file (`http_read_timeout`, default 60 s).
+    /// reservation and temp file (`http_read_timeout`, default 60 s).
     pub body_stall_timeout: Duration,
+    /// A body must also bring this many bytes per second averaged over
+    /// every `body_rate_window` of waiting on it, or it is abandoned the
+    /// same way (`body_min_rate`; 0: no rate check).
+    pub body_min_rate: u64,
+    pub body_rate_window: Duration,
+    /// The memory budget (`max_buffer_memory`) a write's buffers and zstd
+    /// contexts, and a read's decoder, are reserved from; shared with the
+    /// front ends.
+    pub memory: Arc<MemoryBudget>,
 }
 
 impl DiskConfig {
@@ -115,15 +147,37 @@ impl DiskConfig {
             hard_limit_bytes: None,
             max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
             write_slot_wait: Duration::from_secs(60),
-            body_stall_timeout: Duration::from_secs(60),
+            body_stall_timeout: DEFAULT_BODY_STALL_TIMEOUT,
+            body_min_rate: DEFAULT_BODY_MIN_RATE,
+            body_rate_window: DEFAULT_BODY_RATE_WINDOW,
+            memory: MemoryBudget::new(DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT),
         }
     }
 }
 
 pub struct DiskStore {
     cfg: DiskConfig,
-    /// One permit per write in progress: bounds open temp files and buffers.
+    /// One permit per write *working*: hashing, compressing and writing a
+    /// chunk it has received, or flushing and fsyncing its file at the end.
+    /// Slots bound concurrent disk work and the encoder buffers it fills;
+    /// a write never holds one while it waits for the client's next bytes,
+    /// so slow or stalled clients cannot take them hostage. Waiters are
+    /// served first come first served (tokio's semaphore is fair), so a
+    /// single write's chunk queues behind at most the chunks already
+    /// waiting, never behind a whole batch.
+    ///
+    /// What a write holds while it waits on its client — its temp file, its
+    /// reservation (the declared size), one receive buffer of at most
+    /// `CHUNK` bytes and its zstd contexts — is bounded instead by how many
+    /// bodies are being received (the listeners' connection cap and HTTP/2
+    /// stream cap; idle resumable ByteStream uploads by their registry's
+    /// `max_idle`), by how long a body may wait (the progress guard cuts a
+    /// body that stalls for `body_stall_timeout` or brings less than
+    /// `body_min_rate` over a `body_rate_window`, and lets all of it go),
+    /// and by the front ends' memory budget for request bodies.
     write_slots: tokio::sync::Semaphore,
+    /// Upload bodies cut by the progress guard (metrics).
+    cuts: Arc<CutCounts>,
     layout: Layout,
     reader: index::Reader,
     tx: mpsc::Sender<Op>,
@@ -227,6 +281,7 @@ impl DiskStore {
 
         Ok(DiskStore {
             write_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_writes.max(1)),
+            cuts: Arc::default(),
             cfg,
             layout,
             reader,
@@ -298,6 +353,37 @@ impl DiskStore {
         self.stats.evictions.load(Ordering::Relaxed)
     }
 
+    /// Upload bodies cut since start because they stalled or were too slow
+    /// (metrics).
+    pub fn uploads_cut(&self) -> &CutCounts {
+        &self.cuts
+    }
+
+    /// `body` under the progress guard every upload gets (`body_stall_timeout`,
+    /// `body_min_rate` over `body_rate_window`), its cut counted in
+    /// [`DiskStore::uploads_cut`]: for a front end that reads a client's body
+    /// itself before it puts it (an action-cache entry it validates), so
+    /// that read cannot be held open by a client that dribbles either.
+    pub fn guard_upload(&self, body: BlobReader) -> BlobReader {
+        Box::pin(
+            ProgressGuard::new(body, self.cfg.body_stall_timeout, "upload")
+                .min_rate(self.cfg.body_min_rate, self.cfg.body_rate_window)
+                .counting(self.cuts.clone()),
+        )
+    }
+
+    /// A write slot, for work on bytes already received (see
+    /// `write_slots`); `Busy` when none frees up within `write_slot_wait`.
+    async fn write_slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>, StoreError> {
+        match tokio::time::timeout(self.cfg.write_slot_wait, self.write_slots.acquire()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            Ok(Err(_)) => Err(StoreError::Closed),
+            Err(_) => Err(StoreError::Busy {
+                writes: self.cfg.max_concurrent_writes,
+            }),
+        }
+    }
+
     /// Keys from least to most recently used (tests and diagnostics).
     pub fn lru_order(&self) -> Result<Vec<BlobKey>, StoreError> {
         self.reader.lru_order()
@@ -339,17 +425,6 @@ impl DiskStore {
                 });
             }
         }
-        let _slot = match tokio::time::timeout(self.cfg.write_slot_wait, self.write_slots.acquire())
-            .await
-        {
-            Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => return Err(StoreError::Closed),
-            Err(_) => {
-                return Err(StoreError::Busy {
-                    writes: self.cfg.max_concurrent_writes,
-                });
-            }
-        };
         let key = req.key;
         if key.kind == Kind::Cas && self.reader.get(&key)?.is_some() {
             // Already stored (clients re-upload what others built): verify the
@@ -438,6 +513,10 @@ impl DiskStore {
 
     /// Copies the body into a temp file: decode, hash, count, check limits,
     /// encode for storage. Returns (logical size, stored size, stored encoding).
+    ///
+    /// Received bytes collect in a buffer with no write slot held; a slot
+    /// is taken to hash, encode and write each full buffer, and for the
+    /// last one with the flush and fsync, then given back.
     async fn write_temp(
         &self,
         tmp: Option<&PathBuf>,
@@ -449,15 +528,10 @@ impl DiskStore {
             encoding,
             body,
         } = req;
-        let body: BlobReader =
-            Box::pin(StallGuard::new(body, self.cfg.body_stall_timeout, "upload"));
+        let body = self.guard_upload(body);
         let mut input: BlobReader = match encoding {
             Encoding::Identity => body,
-            Encoding::Zstd => {
-                let mut dec = ZstdDecoder::new(BufReader::with_capacity(64 * 1024, body));
-                dec.multiple_members(true);
-                Box::pin(dec)
-            }
+            Encoding::Zstd => Box::pin(zstd_decode::decoder(body, &self.cfg.memory).await?),
         };
         let stored_encoding = match key.kind {
             Kind::Cas => self.cfg.cas_encoding,
@@ -470,20 +544,30 @@ impl DiskStore {
 
         let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
         let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
+        // The receive buffer and the storage encoder, from the memory budget.
+        let encoder = if matches!(sink, Sink::Zstd(_)) {
+            ZSTD_ENCODER_BYTES
+        } else {
+            0
+        };
+        let _buffers = (self.cfg.memory)
+            .reserve(MemoryUse::UploadBuffer, cap as u64 + encoder)
+            .await?;
         let mut buf = vec![0u8; cap];
         let mut hasher = Hasher::new();
         let mut filled = 0;
+        let mut seen = 0u64;
         loop {
+            // No slot is held here: this is the wait on the client.
             let n = input
                 .read(&mut buf[filled..])
                 .await
-                .map_err(StoreError::Body)?;
+                .map_err(StoreError::body)?;
             if n == 0 {
                 break;
             }
-            hasher.update(&buf[filled..filled + n]);
             filled += n;
-            let seen = hasher.len();
+            seen += n as u64;
             if seen > limit {
                 return Err(match size {
                     Some(expected) if seen > expected && expected <= self.cfg.max_blob_size => {
@@ -505,10 +589,15 @@ impl DiskStore {
                 });
             }
             if filled == buf.len() {
+                let _slot = self.write_slot().await?;
+                hasher.update(&buf);
                 sink.write_all(&buf).await?;
                 filled = 0;
             }
         }
+        // The last chunk, the size and digest checks, flush and fsync.
+        let _slot = self.write_slot().await?;
+        hasher.update(&buf[..filled]);
         sink.write_all(&buf[..filled]).await?;
         let logical = hasher.len();
         if let Some(expected) = size
@@ -675,9 +764,9 @@ impl Store for DiskStore {
                 }
             }
             (Encoding::Zstd, false) => {
-                let capacity = (on_disk as usize).clamp(4096, CHUNK);
-                let mut dec = ZstdDecoder::new(BufReader::with_capacity(capacity, file));
-                dec.multiple_members(true);
+                let mut dec = zstd_decode::decoder(file, &self.cfg.memory).await?;
+                // A full budget is refused here, before the caller answers.
+                zstd_decode::reserve_first_frame(&mut dec).await?;
                 Blob {
                     size: entry.size,
                     encoding: Encoding::Identity,
@@ -732,5 +821,165 @@ impl Drop for DiskStore {
         {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Write slots are held for work on received bytes only, and the
+    //! progress guard's cuts are counted.
+
+    use super::*;
+    use crate::CutReason;
+    use bazel_cache_digest::Hash;
+
+    async fn store(dir: &std::path::Path, tune: impl FnOnce(&mut DiskConfig)) -> Arc<DiskStore> {
+        let mut cfg = DiskConfig::new(dir, 64 << 20);
+        cfg.fsync = false;
+        tune(&mut cfg);
+        Arc::new(DiskStore::open(cfg).await.unwrap())
+    }
+
+    fn put(data: &[u8], body: BlobReader) -> PutRequest {
+        PutRequest {
+            key: BlobKey::cas(Hash::of(data)),
+            size: Some(data.len() as u64),
+            encoding: Encoding::Identity,
+            body,
+        }
+    }
+
+    fn bytes(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_stalled_body_holds_no_slot() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), |c| {
+            c.max_concurrent_writes = 1;
+            c.write_slot_wait = Duration::from_millis(500);
+        })
+        .await;
+        // Bigger than a chunk: part of it has been written, under the slot,
+        // before the body stalls.
+        let big = bytes(CHUNK + CHUNK / 2, 1);
+        let (mut tx, rx) = tokio::io::duplex(64 * 1024);
+        let stalled = tokio::spawn({
+            let (store, big) = (store.clone(), big.clone());
+            async move { store.put(put(&big, Box::pin(rx))).await }
+        });
+        tx.write_all(&big[..CHUNK + 1000]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The only slot is free: other writes complete while it stalls.
+        for seed in 2..5 {
+            let small = bytes(1000, seed);
+            let body = Box::pin(io::Cursor::new(small.clone()));
+            store.put(put(&small, body)).await.unwrap();
+            assert_eq!(
+                store
+                    .contains(&BlobKey::cas(Hash::of(&small)))
+                    .await
+                    .unwrap(),
+                Some(1000)
+            );
+        }
+        assert!(!stalled.is_finished());
+        tx.write_all(&big[CHUNK + 1000..]).await.unwrap();
+        drop(tx);
+        stalled.await.unwrap().unwrap();
+        assert_eq!(
+            store.contains(&BlobKey::cas(Hash::of(&big))).await.unwrap(),
+            Some(big.len() as u64)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_write_that_cannot_get_a_slot_in_time_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), |c| {
+            c.max_concurrent_writes = 1;
+            c.write_slot_wait = Duration::from_millis(200);
+        })
+        .await;
+        // The slot is taken by disk work (here: by hand).
+        let held = store.write_slots.acquire().await.unwrap();
+        let data = bytes(1000, 9);
+        let err = store
+            .put(put(&data, Box::pin(io::Cursor::new(data.clone()))))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Busy { writes: 1 }), "{err}");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
+        // Waiters get the slot when it frees.
+        let waiting = tokio::spawn({
+            let (store, data) = (store.clone(), data.clone());
+            async move {
+                store
+                    .put(put(&data, Box::pin(io::Cursor::new(data.clone()))))
+                    .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished());
+        drop(held);
+        waiting.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn cut_bodies_are_counted_by_reason_and_leave_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store(dir.path(), |c| {
+            c.body_stall_timeout = Duration::from_millis(300);
+            c.body_min_rate = 1000;
+            c.body_rate_window = Duration::from_millis(400);
+        })
+        .await;
+        let data = bytes(10_000, 7);
+        // A byte every 50 ms: 20 bytes/s, far below 1000.
+        let (mut tx, rx) = tokio::io::duplex(1024);
+        let dribble = tokio::spawn({
+            let data = data.clone();
+            async move {
+                for b in data {
+                    if tx.write_all(&[b]).await.is_err() {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let err = store.put(put(&data, Box::pin(rx))).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Body(e) if crate::cut_reason(e) == Some(CutReason::TooSlow)),
+            "{err}"
+        );
+        dribble.abort();
+        // Silent: the stall limit.
+        let (_tx, rx) = tokio::io::duplex(1024);
+        let err = store.put(put(&data, Box::pin(rx))).await.unwrap_err();
+        assert!(
+            matches!(&err, StoreError::Body(e) if crate::cut_reason(e) == Some(CutReason::Stalled)),
+            "{err}"
+        );
+        assert_eq!(store.uploads_cut().get(CutReason::TooSlow), 1);
+        assert_eq!(store.uploads_cut().get(CutReason::Stalled), 1);
+        assert_eq!(
+            store
+                .contains(&BlobKey::cas(Hash::of(&data)))
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(store.stats().reserved_bytes, 0);
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("tmp")).unwrap().count(),
+            0
+        );
     }
 }

@@ -42,7 +42,7 @@ use super::exchange::{Call, Op, header_value, protocol};
 use super::signing::Signer;
 use super::transport::{HttpClient, http_client};
 use crate::BlobReader;
-use crate::stall::StallGuard;
+use crate::progress::ProgressGuard;
 
 pub use super::error::S3Error;
 pub use super::stats::S3RequestStats;
@@ -233,7 +233,7 @@ impl S3Client {
             let reader = tokio_util::io::StreamReader::new(stream);
             Ok(Some(S3Object {
                 len,
-                body: Box::pin(StallGuard::new(reader, stall_timeout, "S3 GET")),
+                body: Box::pin(ProgressGuard::new(reader, stall_timeout, "S3 GET")),
             }))
         })
         .await

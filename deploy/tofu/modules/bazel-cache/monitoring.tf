@@ -159,6 +159,21 @@ resource "kubectl_manifest" "prometheus_rules" {
                 summary     = "Bazel cache drops S3 uploads"
                 description = "The S3 upload queue of ${var.name} is full (max_queued_uploads): new blobs are not shared with the other replicas."
               }
+            },
+            {
+              # The server's limits turning clients away, for 10 minutes on
+              # end: a hostile or broken client, or limits too tight for the
+              # builds. Timeouts of idle connections are routine and left out.
+              alert = "BazelCacheLimitsHit"
+              expr  = "sum(rate(bazel_cache_connections_refused_total{${local.job}}[5m])) + sum(rate(bazel_cache_connections_floods_total{${local.job}}[5m])) + sum(rate(bazel_cache_uploads_cut_total{${local.job}}[5m])) + sum(rate(bazel_cache_memory_refused_total{${local.job}}[5m])) > 0"
+              for   = "10m"
+              labels = {
+                severity = "warning"
+              }
+              annotations = {
+                summary     = "Bazel cache ${var.name} is refusing or cutting clients"
+                description = "For 10 minutes ${var.name} in namespace ${var.namespace} has refused connections (max_connections), closed HTTP/2 floods, cut upload bodies (stalled or below body_min_rate) or refused requests for buffer memory (max_buffer_memory). The bazel_cache_* series (dashboard row Limits) say which; raise that limit if the clients are legitimate builds."
+              }
             }
           ]
         }
