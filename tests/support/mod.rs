@@ -92,6 +92,16 @@ impl Server {
     /// Defaults `--max_size 1 --http_address 127.0.0.1:0 --grpc_address none`
     /// are added unless `extra_args` sets the same flag.
     pub(crate) fn start_with_dir(dir: &Path, extra_args: &[&str]) -> Server {
+        Server::start_with_dir_env(dir, extra_args, &[])
+    }
+
+    /// [`Server::start_with_dir`] with extra environment variables (fault
+    /// injection hooks the server reads at start).
+    pub(crate) fn start_with_dir_env(
+        dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let bin = server_binary();
         let mut args: Vec<String> = vec!["--dir".into(), dir.display().to_string()];
         for (flag, value) in [
@@ -108,6 +118,7 @@ impl Server {
 
         let mut child = Command::new(&bin)
             .args(&args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -631,6 +642,15 @@ pub(crate) fn noise(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Compressible bytes (text that compresses far below its size), unique
+/// per seed.
+pub(crate) fn text(len: usize, seed: u64) -> Vec<u8> {
+    let mut out = format!("seed {seed}\n").into_bytes();
+    out.extend((0..len.saturating_sub(out.len())).map(|i| b"the quick brown fox "[i % 20]));
+    out.truncate(len);
+    out
 }
 
 /// The repository (the server crate's directory).

@@ -262,7 +262,7 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_steady_body_passes_and_a_stalled_one_times_out() {
         let (mut tx, rx) = tokio::io::duplex(16);
         let mut guard = ProgressGuard::new(rx, Duration::from_millis(400), "upload");
@@ -309,7 +309,7 @@ mod tests {
             .min_rate(1000, Duration::from_millis(200))
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_steady_slow_body_above_the_rate_passes() {
         // 100 bytes every 20 ms: 5000 bytes/s for a second, five times the
         // minimum, in many windows.
@@ -320,7 +320,7 @@ mod tests {
         writer.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_dribbling_body_is_cut_within_the_window() {
         // A byte every 20 ms (50 bytes/s): a byte a second, scaled down.
         let (rx, writer) = dribble(1, Duration::from_millis(20), 10_000);
@@ -339,7 +339,7 @@ mod tests {
         writer.abort();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_pause_is_carried_by_the_bytes_of_its_window() {
         // 1000 bytes, then nothing for longer than a window (and far less
         // than the stall limit), then 1000 more: the first window of
@@ -356,7 +356,7 @@ mod tests {
         writer.await.unwrap();
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn silence_for_two_windows_is_cut_before_the_stall_limit() {
         let (mut tx, rx) = tokio::io::duplex(1 << 16);
         tx.write_all(&[1u8; 1000]).await.unwrap();
@@ -374,7 +374,7 @@ mod tests {
         drop(tx);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn a_completed_body_is_never_cut() {
         // Far below the rate, but it ends before a window of waiting.
         let (mut tx, rx) = tokio::io::duplex(1 << 16);
@@ -402,7 +402,7 @@ mod tests {
         assert_eq!(n, 5);
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn cuts_are_counted_by_reason() {
         let counts = Arc::new(CutCounts::default());
         let (_tx, rx) = tokio::io::duplex(16);

@@ -7,23 +7,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::helpers::{KIB, MIB, blob_files, temp_files, upload_name, wait_until};
+use super::helpers::{
+    KIB, MIB, assert_files_served_and_counted, blob_files, temp_files, upload_name, wait_until,
+};
 use crate::support::{
-    self, Server, async_client as http_client, bytestream_client as bytestream, hex,
+    self, Server, async_client as http_client, bytestream_client as bytestream, hex, text,
 };
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream::WriteRequest;
 use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
 use prost::Message;
 use tonic::transport::Channel;
-
-/// Compressible bytes, unique per seed.
-fn text(len: usize, seed: u64) -> Vec<u8> {
-    let mut out = format!("seed {seed}\n").into_bytes();
-    out.extend((0..len.saturating_sub(out.len())).map(|i| b"the quick brown fox "[i % 20]));
-    out.truncate(len);
-    out
-}
 
 /// One ByteStream Write of `data` in 64 KiB messages.
 async fn bytestream_write(
@@ -311,54 +305,7 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
         }
     }
 
-    // The index agrees with the files: every file is served and intact
-    // (including writes that were in flight at the kill), and /status
-    // counts exactly the files on disk.
-    let files = blob_files(dir.path());
-    let mut served = 0;
-    for f in &files {
-        let r = client
-            .get(format!("{}/{}/{}", server.http_url, f.kind, f.hex))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            r.status(),
-            200,
-            "{} is on disk but not served",
-            f.path.display()
-        );
-        let body = r.bytes().await.unwrap();
-        if f.kind == "cas" {
-            assert_eq!(hex(&body), f.hex, "{} served corrupt", f.path.display());
-        } else {
-            assert_eq!(
-                &body[..],
-                &std::fs::read(&f.path).unwrap()[..],
-                "{}",
-                f.path.display()
-            );
-        }
-        served += 1;
-    }
-    let st = server.status_async().await;
-    let on_disk: u64 = files.iter().map(|f| f.len).sum();
-    println!(
-        "after recovery: {served} blob files served intact; /status NumFiles {} CurrSize {}; on disk {} files, {on_disk} bytes",
-        st["NumFiles"],
-        st["CurrSize"],
-        files.len()
-    );
-    assert_eq!(
-        st["NumFiles"].as_u64(),
-        Some(files.len() as u64),
-        "NumFiles vs files on disk: {st}"
-    );
-    assert_eq!(
-        st["CurrSize"].as_u64(),
-        Some(on_disk),
-        "CurrSize vs bytes on disk: {st}"
-    );
+    let files = assert_files_served_and_counted(&server, dir.path()).await;
     assert_eq!(temp_files(dir.path()), 0, "temp files survived the restart");
     let distinct: HashSet<&str> = acked
         .iter()

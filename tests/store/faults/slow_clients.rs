@@ -167,8 +167,11 @@ async fn http_read_timeout_cuts_stalled_uploads_and_frees_their_write_slots() {
     let dir = server.dir.clone();
     let mut stalled = Vec::new();
     for i in 0..SLOTS {
-        stalled.push(partial_put(&server, &support::noise(2 * MIB, 78 + i as u64), 64 * KIB).await);
+        stalled
+            .push(partial_put(&server, &support::noise(2 * MIB, 78 + i as u64), 512 * KIB).await);
     }
+    // More than one receive buffer each: a write creates its temp file
+    // when its first full buffer goes to disk.
     wait_until(
         "every stalled upload holds a temp file",
         Duration::from_secs(30),

@@ -76,10 +76,14 @@ async fn concurrent_writers_of_the_same_blob() {
             .len();
         let others_logical: u64 = others.iter().map(|d| d.len() as u64).sum();
         assert_eq!(s.logical_bytes, same.len() as u64 + others_logical);
-        assert_eq!(
-            s.overwritten_bytes,
-            15 * same_stored,
-            "{mode:?}: 15 of 16 writes replaced an equal copy"
+        // A write that began before the first copy was committed replaces
+        // an equal copy when it lands; one that began after only verifies
+        // its bytes. Which is which depends on scheduling: only whole
+        // copies, at most 15, can have been replaced.
+        assert!(
+            s.overwritten_bytes % same_stored == 0 && s.overwritten_bytes <= 15 * same_stored,
+            "{mode:?}: {} bytes overwritten, not whole copies of {same_stored} (at most 15)",
+            s.overwritten_bytes
         );
         assert_eq!(s.reserved_bytes, 0);
         store.flush().await.unwrap();
@@ -200,7 +204,9 @@ async fn cancelled_put_leaves_no_temp_file() {
                 .await
         })
     };
-    tx.write_all(&random_bytes(100_000, 1)).await.unwrap();
+    // More than one receive buffer (256 KiB): the temp file is created
+    // when the first full buffer goes to disk.
+    tx.write_all(&random_bytes(300_000, 1)).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while tmp_files(root).is_empty() {
         assert!(

@@ -154,9 +154,10 @@ async fn round_trip_zstd_mode() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_streamed_blob_round_trips() {
     let data = Arc::new({
-        // Half incompressible, half text: exercises both ends of zstd.
-        let mut d = random_bytes(10 * MIB as usize, 1);
-        d.extend(text_bytes(10 * MIB as usize, 2));
+        // Half text, half incompressible: exercises both ends of zstd (a
+        // blob is stored compressed when its first chunk compresses).
+        let mut d = text_bytes(10 * MIB as usize, 2);
+        d.extend(random_bytes(10 * MIB as usize, 1));
         d
     });
     let key = cas(&data);
@@ -208,6 +209,32 @@ async fn large_streamed_blob_round_trips() {
         assert!(tmp_files(root).is_empty());
         store.close().await;
     }
+}
+
+/// In zstd storage, a blob whose first chunk does not compress (an
+/// archive, an image: most large build outputs) is stored as sent: no CPU
+/// spent compressing it, nothing to decompress on a plain read, and the
+/// bytes on disk are the blob's. Readers that accept zstd get it plain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompressible_blobs_are_stored_uncompressed_in_zstd_mode() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&config(dir.path(), 64 * MIB, Encoding::Zstd)).await;
+    for data in [random_bytes(4096, 5), random_bytes(3 * MIB as usize, 6)] {
+        let key = cas(&data);
+        put_ok(&store, key, &data).await;
+        let path = store.blob_path(&key).unwrap().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), data, "{}", path.display());
+        let blob = store.get(&key, true).await.unwrap().unwrap();
+        assert_eq!(blob.encoding, Encoding::Identity);
+        assert_eq!(read_body(blob).await, data);
+        assert_eq!(store.stats().stored_bytes, store.stats().logical_bytes);
+    }
+    // A compressible one is still compressed.
+    let text = text_bytes(MIB as usize, 7);
+    put_ok(&store, cas(&text), &text).await;
+    let blob = store.get(&cas(&text), true).await.unwrap().unwrap();
+    assert_eq!(blob.encoding, Encoding::Zstd);
+    store.close().await;
 }
 
 /// Small zstd-stored blobs are decompressed in one call (the fast path of

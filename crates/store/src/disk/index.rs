@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use super::group_sync::GroupSync;
 use super::layout::Layout;
 use crate::{Encoding, StoreError, StoreStats, unix_now};
 use bazel_cache_digest::{BlobKey, Kind};
@@ -38,6 +39,12 @@ const META_CLEAN: &str = "clean_shutdown";
 
 /// Longest time a committed index change may stay non-durable.
 pub(super) const DURABLE_EVERY: Duration = Duration::from_secs(2);
+/// Fault injection for the crash tests: milliseconds the writer sleeps in
+/// every group commit after the batch's files are renamed into place and
+/// before they are acknowledged, logging a warning as it starts, so a test
+/// can kill the process there. Unset in production.
+pub(super) const PAUSE_GROUP_COMMIT_ENV: &str = "BAZEL_CACHE_FAULT_PAUSE_GROUP_COMMIT_MS";
+
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
 
@@ -372,6 +379,9 @@ pub(super) struct Writer {
     layout: Layout,
     stats: Arc<SharedStats>,
     fsync: bool,
+    durable: GroupSync,
+    /// Fault injection for the crash tests ([`PAUSE_GROUP_COMMIT_ENV`]).
+    pause_in_group_commit: Option<Duration>,
     next_seq: u64,
     dirty_since_durable: bool,
     last_durable: Instant,
@@ -391,7 +401,13 @@ impl Writer {
             .map_err(index_err)?
             .map(|v| v.value())
             .unwrap_or(1);
+        let pause_in_group_commit = std::env::var(PAUSE_GROUP_COMMIT_ENV)
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
         Ok(Writer {
+            pause_in_group_commit,
+            durable: GroupSync::new(layout.tmp_dir())?,
             db,
             layout,
             stats,
@@ -476,8 +492,30 @@ impl Writer {
             return;
         }
 
-        // Move new blobs into place first: a rename that fails is reported to
-        // its writer and never indexed.
+        // Group commit: the bytes of every new blob in this batch reach
+        // stable storage in one flush, before any of them is renamed into
+        // place (a file under its final name is always whole)...
+        if self.fsync && inserts.iter().any(|(ins, _)| !ins.adopt) {
+            let sources: Vec<&std::path::Path> = inserts
+                .iter()
+                .filter(|(ins, _)| !ins.adopt)
+                .map(|(ins, _)| ins.from.as_path())
+                .collect();
+            if let Err(e) = self.durable.sync_files(&sources) {
+                tracing::error!(error = %e, "flushing new blobs to stable storage failed");
+                let reason = e.to_string();
+                for (ins, done) in inserts {
+                    if !ins.adopt {
+                        let _ = std::fs::remove_file(&ins.from);
+                        let _ =
+                            done.send(Err(StoreError::Io(std::io::Error::other(reason.clone()))));
+                    }
+                }
+                return;
+            }
+        }
+        // ...then moved into place: a rename that fails is reported to its
+        // writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
         for (mut ins, done) in inserts {
@@ -496,12 +534,28 @@ impl Writer {
             }
             placed.push((ins, dest, done));
         }
-        if self.fsync {
-            for dir in &dirs {
-                if let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all()) {
-                    tracing::warn!(dir = %dir.display(), error = %e, "fsync of blob directory failed");
-                }
+        if let Some(pause) = self.pause_in_group_commit
+            && !placed.is_empty()
+        {
+            tracing::warn!(
+                blobs = placed.len(),
+                "fault injection: group commit paused between rename and acknowledgement"
+            );
+            std::thread::sleep(pause);
+        }
+        // ...and the renames are made durable in a second flush before any
+        // write is acknowledged. (The index commit below need not be
+        // durable: after a crash, recovery rebuilds it from the files.)
+        if self.fsync
+            && !dirs.is_empty()
+            && let Err(e) = self.durable.sync_dirs(&dirs)
+        {
+            tracing::error!(error = %e, "flushing renamed blobs to stable storage failed");
+            for (_, dest, done) in placed {
+                let _ = std::fs::remove_file(&dest);
+                let _ = done.send(Err(StoreError::Io(std::io::Error::other(e.to_string()))));
             }
+            return;
         }
 
         match self.commit(&placed, &touches, &forgets, durable) {

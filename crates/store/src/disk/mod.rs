@@ -2,10 +2,13 @@
 //! in LRU order to stay under `max_size`.
 //!
 //! A write streams into a temp file while it is hashed (and compressed, for
-//! CAS blobs in zstd storage mode), is checked against its digest, fsync'd when
-//! configured, and only then renamed to its final name by the index writer:
-//! no reader ever sees a partial or unverified blob.
+//! CAS blobs in zstd storage mode) and is checked against its digest; the
+//! index writer then flushes it to stable storage with the rest of its
+//! batch (group_sync.rs, when `fsync` is on), renames it to its final name
+//! and indexes it: no reader ever sees a partial or unverified blob, and a
+//! write is acknowledged only once it would survive a power loss.
 
+mod group_sync;
 mod index;
 mod layout;
 mod recovery;
@@ -24,7 +27,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
-use self::sink::{Sink, TempFile};
+use self::sink::{FileSink, TempFile};
 use crate::budget::{
     DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget, MemoryUse, ZSTD_ENCODER_BYTES,
 };
@@ -440,12 +443,10 @@ impl DiskStore {
             Some(size) => Some(self.reserve(size)?),
             None => None,
         };
-        // Removed on every early return, and if this future is dropped.
-        let tmp = TempFile {
-            path: self.layout.tmp_path(),
-            armed: true,
+        let received = self.write_temp(Some(self.layout.tmp_path()), req).await?;
+        let Some((tmp, stored, encoding)) = received.file else {
+            return Err(StoreError::Io(io::Error::other("write produced no file")));
         };
-        let (size, stored, encoding) = self.write_temp(Some(&tmp.path), req).await?;
         if reservation.is_none() {
             reservation = Some(self.reserve(stored)?);
         }
@@ -453,7 +454,7 @@ impl DiskStore {
         let insert = Insert {
             key,
             from: tmp.path.clone(),
-            size,
+            size: received.size,
             stored,
             encoding,
             adopt: false,
@@ -464,6 +465,7 @@ impl DiskStore {
             return Err(StoreError::Closed);
         }
         tmp.hand_over();
+        // The writer answers once the blob is durable (group commit).
         wait.await.map_err(|_| StoreError::Closed)??;
         Ok(Written::Stored)
     }
@@ -511,17 +513,19 @@ impl DiskStore {
         let _ = self.tx.try_send(Op::Forget(*key));
     }
 
-    /// Copies the body into a temp file: decode, hash, count, check limits,
-    /// encode for storage. Returns (logical size, stored size, stored encoding).
+    /// Copies the body into a temp file at `tmp` (`None`: an identical CAS
+    /// blob is stored, only verify): decode, hash, count, check limits,
+    /// encode for storage.
     ///
     /// Received bytes collect in a buffer with no write slot held; a slot
-    /// is taken to hash, encode and write each full buffer, and for the
-    /// last one with the flush and fsync, then given back.
+    /// is taken while one blocking task hashes, encodes and writes each full
+    /// buffer (the first also creates the file, the last also closes it),
+    /// then given back. One hand-off per buffer, none per network frame.
     async fn write_temp(
         &self,
-        tmp: Option<&PathBuf>,
+        tmp: Option<PathBuf>,
         req: PutRequest,
-    ) -> Result<(u64, u64, Encoding), StoreError> {
+    ) -> Result<Received, StoreError> {
         let PutRequest {
             key,
             size,
@@ -533,19 +537,15 @@ impl DiskStore {
             Encoding::Identity => body,
             Encoding::Zstd => Box::pin(zstd_decode::decoder(body, &self.cfg.memory).await?),
         };
-        let stored_encoding = match key.kind {
+        let wanted = match key.kind {
             Kind::Cas => self.cfg.cas_encoding,
             Kind::Ac => Encoding::Identity,
-        };
-        let mut sink = match tmp {
-            Some(path) => Sink::new(File::create(path).await?, stored_encoding),
-            None => Sink::Discard,
         };
 
         let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
         let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
         // The receive buffer and the storage encoder, from the memory budget.
-        let encoder = if matches!(sink, Sink::Zstd(_)) {
+        let encoder = if tmp.is_some() && wanted == Encoding::Zstd {
             ZSTD_ENCODER_BYTES
         } else {
             0
@@ -553,14 +553,19 @@ impl DiskStore {
         let _buffers = (self.cfg.memory)
             .reserve(MemoryUse::UploadBuffer, cap as u64 + encoder)
             .await?;
-        let mut buf = vec![0u8; cap];
-        let mut hasher = Hasher::new();
+        let mut work = Work {
+            hasher: Hasher::new(),
+            sink: None,
+            create: tmp.map(|path| (path, wanted)),
+            buf: vec![0u8; cap],
+            finished: None,
+        };
         let mut filled = 0;
         let mut seen = 0u64;
         loop {
             // No slot is held here: this is the wait on the client.
             let n = input
-                .read(&mut buf[filled..])
+                .read(&mut work.buf[filled..])
                 .await
                 .map_err(StoreError::body)?;
             if n == 0 {
@@ -588,18 +593,16 @@ impl DiskStore {
                     capacity: self.cfg.max_size_bytes,
                 });
             }
-            if filled == buf.len() {
+            if filled == work.buf.len() {
                 let _slot = self.write_slot().await?;
-                hasher.update(&buf);
-                sink.write_all(&buf).await?;
+                work = work.run(filled, false).await?;
                 filled = 0;
             }
         }
-        // The last chunk, the size and digest checks, flush and fsync.
+        // The last chunk, closing the file, then the size and digest checks.
         let _slot = self.write_slot().await?;
-        hasher.update(&buf[..filled]);
-        sink.write_all(&buf[..filled]).await?;
-        let logical = hasher.len();
+        let work = work.run(filled, true).await?;
+        let logical = work.hasher.len();
         if let Some(expected) = size
             && expected != logical
         {
@@ -608,20 +611,74 @@ impl DiskStore {
                 actual: logical,
             });
         }
-        let actual = hasher.finish();
+        let actual = work.hasher.finish();
         if key.kind == Kind::Cas && actual != key.hash {
             return Err(StoreError::DigestMismatch {
                 expected: key.hash,
                 actual,
             });
         }
-        let (file, stored) = sink.finish().await?;
-        if let Some(file) = file
-            && self.cfg.fsync
-        {
-            file.sync_all().await?;
+        Ok(Received {
+            size: logical,
+            file: work.finished,
+        })
+    }
+}
+
+/// What [`DiskStore::write_temp`] received: the blob's logical size and,
+/// unless it only verified, its temp file, stored size and encoding.
+struct Received {
+    size: u64,
+    file: Option<(TempFile, u64, Encoding)>,
+}
+
+/// A write's state that its blocking tasks work on: moved into each task
+/// and back, so no lock is shared and a dropped put drops it (and its temp
+/// file) wherever it is.
+struct Work {
+    hasher: Hasher,
+    sink: Option<FileSink>,
+    /// The temp file to create in the first task, and the encoding wanted.
+    create: Option<(PathBuf, Encoding)>,
+    buf: Vec<u8>,
+    /// Set by the last task: the closed temp file, its size and encoding.
+    finished: Option<(TempFile, u64, Encoding)>,
+}
+
+/// Hashing a chunk this small costs less than handing it to a thread, when
+/// there is no file to write.
+const INLINE_HASH: usize = 64 * 1024;
+
+impl Work {
+    /// Hashes and stores `buf[..len]`; `last` also closes the file.
+    fn step(&mut self, len: usize, last: bool) -> io::Result<()> {
+        if let Some((path, encoding)) = self.create.take() {
+            self.sink = Some(FileSink::create(path, encoding)?);
         }
-        Ok((logical, stored, stored_encoding))
+        let chunk = &self.buf[..len];
+        self.hasher.update(chunk);
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write(chunk)?;
+        }
+        if last {
+            let sink = self.sink.take().unwrap_or_else(FileSink::discard);
+            self.finished = sink.finish()?;
+        }
+        Ok(())
+    }
+
+    /// [`Work::step`] on a blocking thread, or inline when it only hashes
+    /// a small chunk.
+    async fn run(mut self, len: usize, last: bool) -> Result<Work, StoreError> {
+        let writes = self.create.is_some() || self.sink.as_ref().is_some_and(FileSink::writes_file);
+        if !writes && len <= INLINE_HASH {
+            self.step(len, last)?;
+            return Ok(self);
+        }
+        tokio::task::spawn_blocking(move || self.step(len, last).map(|()| self))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("write task failed: {e}"))))?
+            .map_err(StoreError::from)
     }
 }
 
