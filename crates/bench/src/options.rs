@@ -350,6 +350,22 @@ mod tests {
         assert_eq!(o.load.warmup, Duration::from_secs(1));
         assert_eq!(o.chunk_size, 1 << 20);
         assert!(o.mix.has(Op::Read) && o.mix.has(Op::Write) && !o.mix.has(Op::Find));
+        assert_eq!((o.batch, o.content), (1, Content::Random));
+        assert_eq!(o.cpu, CpuSource::None);
+        // --batch 0: ByteStream only; the spellings of the CPU flags.
+        let o = parse(&[
+            "grpc://h:1",
+            "--batch",
+            "0",
+            "--compressible",
+            "--server-pid",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!((o.batch, o.content), (0, Content::Compressible));
+        assert_eq!(o.cpu, CpuSource::Pid(7));
+        let o = parse(&["grpc://h:1", "--metrics-url", "http://h:2"]).unwrap();
+        assert!(matches!(o.cpu, CpuSource::Metrics { explicit: true, .. }));
         // --requests alone means no time limit.
         let o = parse(&["http://h", "--requests", "5"]).unwrap();
         assert_eq!((o.load.duration, o.load.requests), (None, Some(5)));
@@ -440,6 +456,11 @@ mod tests {
                 "--instance_name",
             ),
             (&["http://h", "--cert", "c.pem"], "--key"),
+            (
+                &["http://h", "--server_pid", "1", "--metrics_url", "http://h"],
+                "--metrics_url",
+            ),
+            (&["grpc://h:1", "--metrics_url", "h:80"], "--metrics_url: "),
             (&["ftp://h"], "unknown scheme"),
         ] {
             let err = parse(args).unwrap_err().to_string();
