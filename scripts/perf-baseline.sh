@@ -31,58 +31,15 @@ if [ ! -x "$bench" ]; then
   cargo build --release --locked
 fi
 
+source scripts/nginx-blobs.sh
 work=$(mktemp -d -t perf-baseline.XXXXXX)
-nginx_pid=""
 cleanup() {
-  if [ -n "$nginx_pid" ]; then
-    kill "$nginx_pid" 2>/dev/null || true
-    wait "$nginx_pid" 2>/dev/null || true
-  fi
+  stop_nginx
   rm -rf "$work"
 }
 trap cleanup EXIT
-mkdir -p "$work/root/cas" "$work/tmp"
-
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])' 2>/dev/null \
-  || echo $((20000 + RANDOM % 20000)))
-user_line=""
-[ "$(id -u)" -eq 0 ] && user_line="user root;" # workers must write the PUT prefill into $work
-cat >"$work/nginx.conf" <<EOF
-$user_line
-worker_processes auto;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  sendfile on;
-  tcp_nopush on;
-  tcp_nodelay on;
-  keepalive_requests 100000000;
-  keepalive_timeout 120s;
-  client_max_body_size 0;
-  client_body_temp_path $work/tmp/body;
-  proxy_temp_path $work/tmp/proxy;
-  fastcgi_temp_path $work/tmp/fastcgi;
-  uwsgi_temp_path $work/tmp/uwsgi;
-  scgi_temp_path $work/tmp/scgi;
-  types { }
-  default_type application/octet-stream;
-  server {
-    listen 127.0.0.1:$port;
-    root $work/root;
-    # PUT (WebDAV) only so the load generator can store its prefill here.
-    location /cas/ { dav_methods PUT; dav_access user:rw; }
-  }
-}
-EOF
-"$nginx" -p "$work" -c "$work/nginx.conf" -g 'daemon off;' &
-nginx_pid=$!
-for _ in $(seq 100); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.1
-done
-url="http://127.0.0.1:$port"
+start_nginx "$work"
+url=$NGINX_URL
 
 echo "== machine: $(nproc) cores, $(uname -r); load: $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== nginx $("$nginx" -v 2>&1 | sed 's/.*nginx\///') (sendfile on, $(nproc) workers) at $url, loaded by $bench bench"

@@ -30,6 +30,7 @@
 //! - `connections.rs`: each port's connections (`bazel_cache_connections_*`),
 //!   read at scrape time;
 //! - `lookups.rs`: `bazel_remote_incoming_requests_total`;
+//! - `process.rs`: the standard `process_*` metrics (CPU, memory, fds);
 //! - `counting_store.rs`: the store decorator that counts gRPC lookups;
 //! - `http.rs`: the per-request HTTP series;
 //! - `grpc.rs`: the tower layer behind the `grpc_server_*` series;
@@ -42,6 +43,7 @@ mod grpc;
 mod histogram;
 mod http;
 mod lookups;
+mod process;
 mod store_collector;
 
 use std::fmt::{self, Write as _};
@@ -202,6 +204,7 @@ impl Metrics {
             s3: s3.clone(),
             oldest_access: oldest_access.clone(),
         }));
+        registry.register_collector(Box::new(process::ProcessCollector));
         Metrics {
             registry,
             http,

@@ -411,6 +411,78 @@ async fn grpc_metrics_need_endpoint_metrics() {
     assert_eq!(request(&s, "PUT", "/metrics", Some(b"x")).await, 405);
 }
 
+#[tokio::test]
+async fn standard_process_metrics_are_exported() {
+    use crate::support::prometheus::MetricType;
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let s = Server::start(&[]);
+    let before = scrape(&s).await;
+    for (name, family, ty) in [
+        (
+            "process_cpu_seconds_total",
+            "process_cpu_seconds_total",
+            MetricType::Counter,
+        ),
+        (
+            "process_resident_memory_bytes",
+            "process_resident_memory_bytes",
+            MetricType::Gauge,
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "process_virtual_memory_bytes",
+            MetricType::Gauge,
+        ),
+        ("process_open_fds", "process_open_fds", MetricType::Gauge),
+        ("process_max_fds", "process_max_fds", MetricType::Gauge),
+        (
+            "process_start_time_seconds",
+            "process_start_time_seconds",
+            MetricType::Gauge,
+        ),
+    ] {
+        assert!(before.has(name), "{name} missing:\n{}", before.text);
+        assert_eq!(before.types.get(family), Some(&ty), "{family}");
+    }
+    let rss = before.value("process_resident_memory_bytes", &[]);
+    assert!(rss > 0.0, "{rss}");
+    assert!(before.value("process_virtual_memory_bytes", &[]) >= rss);
+    let fds = before.value("process_open_fds", &[]);
+    assert!(fds > 0.0, "{fds}");
+    assert!(before.value("process_max_fds", &[]) >= fds);
+    // btime is whole seconds: allow a little either side.
+    let start = before.value("process_start_time_seconds", &[]);
+    assert!(
+        start >= started - 5.0 && start <= started + 120.0,
+        "start {start}, test started {started}"
+    );
+
+    // Work the server until its CPU counter (10 ms ticks) moves.
+    let cpu = before.value("process_cpu_seconds_total", &[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seed = 100;
+    loop {
+        for _ in 0..20 {
+            let blob = support::noise(256 * 1024, seed);
+            seed += 1;
+            assert_eq!(request(&s, "PUT", &cas(&blob), Some(&blob)).await, 200);
+            assert_eq!(request(&s, "GET", &cas(&blob), None).await, 200);
+        }
+        let now = scrape(&s).await.value("process_cpu_seconds_total", &[]);
+        if now > cpu {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process_cpu_seconds_total stayed at {cpu} after {} uploads",
+            seed - 100
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The design document's alerts
 // ---------------------------------------------------------------------------

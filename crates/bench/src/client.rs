@@ -1,9 +1,11 @@
 //! One connected client of either protocol, with the operations the load
 //! is made of; HTTP requests carry one blob, gRPC calls as many as the
-//! server's batch limit allows.
+//! server's batch limit allows (or one, through ByteStream, with
+//! `--batch 0`).
 
 use std::sync::Arc;
 
+use crate::action;
 use crate::blobs::{ABSENT, BlobId, SizeClass};
 use crate::error::{BenchError, OpError};
 use crate::grpc::GrpcClient;
@@ -51,21 +53,14 @@ impl Client {
                 Ok(Client::Http(Box::new(client)))
             }
             Protocol::Grpc => Ok(Client::Grpc(
-                GrpcClient::connect(
-                    &options.target,
-                    loaded.as_ref(),
-                    &options.instance_name,
-                    options.connections,
-                    options.chunk_size,
-                )
-                .await?,
+                GrpcClient::connect(options, loaded.as_ref()).await?,
             )),
         }
     }
 
     /// Blobs of `size` one request carries when `batch` are asked for:
     /// HTTP always 1; gRPC as many as fit the batch limit, 1 for
-    /// ByteStream.
+    /// ByteStream (and for `--batch 0`).
     pub(crate) fn per_request(&self, size: u64, batch: usize) -> usize {
         match self {
             Client::Http(_) => 1,
@@ -73,27 +68,72 @@ impl Client {
         }
     }
 
+    /// Uploads `ids`, as zstd streams if `zstd`.
     pub(crate) async fn write(
         &self,
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
         match self {
-            Client::Http(h) => one_by_one(ids, |id| h.put(class, id)).await,
-            Client::Grpc(g) => g.write(worker, class, ids).await,
+            Client::Http(h) => one_by_one(ids, |id| h.put_as(class, id, zstd)).await,
+            Client::Grpc(g) => g.write(worker, class, ids, zstd).await,
         }
     }
 
+    /// Downloads and verifies `ids`, accepting zstd if `zstd`.
     pub(crate) async fn read(
         &self,
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
         match self {
-            Client::Http(h) => one_by_one(ids, |id| h.get(class, id)).await,
-            Client::Grpc(g) => g.read(worker, class, ids).await,
+            Client::Http(h) => one_by_one(ids, |id| h.get_as(class, id, zstd)).await,
+            Client::Grpc(g) => g.read(worker, class, ids, zstd).await,
+        }
+    }
+
+    /// Stores ActionResult `id` of `class` (see `action.rs`), naming one of
+    /// the `prefilled` blobs; returns its encoded length.
+    pub(crate) async fn ac_write(
+        &self,
+        worker: usize,
+        class: &SizeClass,
+        id: BlobId,
+        prefilled: u64,
+    ) -> Result<u64, OpError> {
+        let digest = action::action_digest(class, id);
+        let result = action::action_result(class, id, prefilled);
+        match self {
+            Client::Http(h) => {
+                let (encoded, _) = action::encoded(&result);
+                h.ac_put(&digest.hash, encoded).await
+            }
+            Client::Grpc(g) => {
+                let len = action::encoded(&result).0.len() as u64;
+                g.ac_write(worker, digest, result, len).await
+            }
+        }
+    }
+
+    /// Fetches ActionResult `id` of `class` and checks it is the one
+    /// [`Client::ac_write`] stores; returns its length.
+    pub(crate) async fn ac_read(
+        &self,
+        worker: usize,
+        class: &SizeClass,
+        id: BlobId,
+        prefilled: u64,
+    ) -> Result<u64, OpError> {
+        let digest = action::action_digest(class, id);
+        let (encoded, hash) = action::encoded(&action::action_result(class, id, prefilled));
+        let len = encoded.len() as u64;
+        match self {
+            Client::Http(h) => h.ac_get(&digest.hash, len, hash).await,
+            Client::Grpc(g) => g.ac_read(worker, digest, len, hash).await,
         }
     }
 

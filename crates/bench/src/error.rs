@@ -24,6 +24,9 @@ pub enum BenchError {
     /// Connecting to the target or asking it for its capabilities failed.
     #[error("cannot use {target}: {message}")]
     Connect { target: String, message: String },
+    /// `--metrics_url` or `--server_pid` cannot be read.
+    #[error("cannot measure the server's CPU from {from}: {message}")]
+    ServerCpu { from: String, message: String },
     /// Uploading the blobs that reads are made of failed.
     #[error("prefill: {0}")]
     Prefill(OpError),
@@ -43,6 +46,8 @@ pub enum OpError {
     Transport(String),
     /// A read returned bytes that do not hash to the blob's name.
     Corrupt { what: String },
+    /// A read's zstd stream does not decode.
+    Undecodable { what: String, message: String },
     /// A read returned the wrong number of bytes.
     WrongSize {
         what: String,
@@ -66,10 +71,29 @@ impl OpError {
             OpError::Http { status, .. } => format!("HTTP {status}"),
             OpError::Grpc { code, .. } => format!("gRPC {code:?}"),
             OpError::Transport(_) => "transport".to_owned(),
-            OpError::Corrupt { .. } => "corrupt".to_owned(),
+            OpError::Corrupt { .. } | OpError::Undecodable { .. } => "corrupt".to_owned(),
             OpError::WrongSize { .. } => "wrong size".to_owned(),
             OpError::WrongAnswer(_) => "wrong answer".to_owned(),
             OpError::Timeout => "timeout".to_owned(),
+        }
+    }
+
+    /// Whether the server said it does not have what was asked for.
+    pub(crate) fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            OpError::Http { status: 404, .. }
+                | OpError::Grpc {
+                    code: tonic::Code::NotFound,
+                    ..
+                }
+        )
+    }
+
+    pub(crate) fn undecodable(what: &str, message: String) -> OpError {
+        OpError::Undecodable {
+            what: what.to_owned(),
+            message,
         }
     }
 
@@ -91,6 +115,7 @@ impl fmt::Display for OpError {
             OpError::Corrupt { what } => {
                 write!(f, "{what}: the bytes read do not hash to the blob's name")
             }
+            OpError::Undecodable { what, message } => write!(f, "{what}: {message}"),
             OpError::WrongSize {
                 what,
                 expected,

@@ -13,6 +13,7 @@ use std::time::Duration;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
 use bs::byte_stream_client::ByteStreamClient;
+use prost::Message as _;
 use re::capabilities_client::CapabilitiesClient;
 use re::content_addressable_storage_client::ContentAddressableStorageClient;
 use tonic::metadata::{AsciiMetadataValue, MetadataValue};
@@ -20,13 +21,17 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
+use re::action_cache_client::ActionCacheClient;
+
 use crate::blobs::{BlobId, SizeClass};
 use crate::client::one_by_one;
 use crate::error::{BenchError, OpError, chain};
 use crate::http::{check, short};
-use crate::target::Target;
+use crate::mix::Op;
+use crate::options::Options;
 use crate::tls::Loaded;
-use bazel_cache_digest::Hasher;
+use crate::zstd_read::Verifier;
+use bazel_cache_digest::Hash;
 
 /// The most blob bytes put in one batch call whatever the server announces:
 /// a default gRPC server refuses messages over 4 MiB, and the request needs
@@ -58,6 +63,10 @@ pub(crate) struct GrpcClient {
     instance: String,
     /// Blob bytes per batch call; larger blobs go through ByteStream.
     batch_limit: u64,
+    /// False with `--batch 0`: every blob goes through ByteStream.
+    batches: bool,
+    /// Whether BatchUpdateBlobs takes zstd (else zstd writes use ByteStream).
+    zstd_batches: bool,
     /// Bytes per ByteStream `WriteRequest`.
     chunk: usize,
     /// Makes upload resource names unique within this process.
@@ -69,12 +78,10 @@ impl GrpcClient {
     /// Opens `connections` HTTP/2 connections (requests are spread over
     /// them by worker) and asks the server for its capabilities.
     pub(crate) async fn connect(
-        target: &Target,
+        options: &Options,
         tls: Option<&Loaded>,
-        instance: &str,
-        connections: usize,
-        chunk: usize,
     ) -> Result<GrpcClient, BenchError> {
+        let (target, instance) = (&options.target, options.instance_name.as_str());
         let connect_error = |message: String| BenchError::Connect {
             target: target.redacted(),
             message,
@@ -90,8 +97,8 @@ impl GrpcClient {
                 .tls_config(tls.tonic(target.server_name()))
                 .map_err(|e| connect_error(chain(&e)))?;
         }
-        let mut channels = Vec::with_capacity(connections);
-        for _ in 0..connections.max(1) {
+        let mut channels = Vec::with_capacity(options.connections);
+        for _ in 0..options.connections.max(1) {
             channels.push(
                 endpoint
                     .connect()
@@ -111,7 +118,9 @@ impl GrpcClient {
             auth,
             instance: instance.to_owned(),
             batch_limit: BATCH_CEILING,
-            chunk: chunk.max(1),
+            batches: options.batch > 0,
+            zstd_batches: false,
+            chunk: options.chunk_size.max(1),
             uploads: AtomicU64::new(0),
             nonce: u64::from(std::process::id()) << 32 ^ crate::time_seed(),
         };
@@ -139,6 +148,15 @@ impl GrpcClient {
         if cache.max_batch_total_size_bytes > 0 {
             client.batch_limit = BATCH_CEILING.min(cache.max_batch_total_size_bytes as u64);
         }
+        let zstd = re::compressor::Value::Zstd as i32;
+        if options.mix.any(Op::zstd) && !cache.supported_compressors.contains(&zstd) {
+            return Err(connect_error(
+                "the server does not announce zstd among its supported_compressors, which \
+                 read-zstd and write-zstd use"
+                    .to_owned(),
+            ));
+        }
+        client.zstd_batches = cache.supported_batch_update_compressors.contains(&zstd);
         Ok(client)
     }
 
@@ -161,6 +179,11 @@ impl GrpcClient {
             .max_decoding_message_size(MAX_MESSAGE)
     }
 
+    fn action_cache(&self, worker: usize) -> ActionCacheClient<Svc> {
+        ActionCacheClient::with_interceptor(self.channel(worker), self.auth.clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+    }
+
     fn bytestream(&self, worker: usize) -> ByteStreamClient<Svc> {
         ByteStreamClient::with_interceptor(self.channel(worker), self.auth.clone())
             .max_decoding_message_size(MAX_MESSAGE)
@@ -173,33 +196,91 @@ impl GrpcClient {
         }
     }
 
-    /// Uploads `ids` (all of `class`): one batch call when they fit it,
-    /// else one ByteStream write each. Returns the bytes sent.
+    /// Uploads `ids` (all of `class`), as zstd streams if `zstd`: one batch
+    /// call when they fit it, else one ByteStream write each. Returns the
+    /// blob bytes sent.
     pub(crate) async fn write(
         &self,
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
-        if ids.len() <= self.per_batch(class.size(), ids.len()) {
-            self.batch_update(worker, class, ids).await
+        if self.fits_batch(class, ids) && (!zstd || self.zstd_batches) {
+            self.batch_update(worker, class, ids, zstd).await
         } else {
-            one_by_one(ids, |id| self.stream_write(worker, class, id)).await
+            one_by_one(ids, |id| self.stream_write(worker, class, id, zstd)).await
         }
     }
 
-    /// Downloads and checks `ids`, like [`GrpcClient::write`].
+    /// Downloads and checks `ids`, accepting zstd if `zstd`, like
+    /// [`GrpcClient::write`].
     pub(crate) async fn read(
         &self,
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
-        if ids.len() <= self.per_batch(class.size(), ids.len()) {
-            self.batch_read(worker, class, ids).await
+        if self.fits_batch(class, ids) {
+            self.batch_read(worker, class, ids, zstd).await
         } else {
-            one_by_one(ids, |id| self.stream_read(worker, class, id)).await
+            one_by_one(ids, |id| self.stream_read(worker, class, id, zstd)).await
         }
+    }
+
+    fn fits_batch(&self, class: &SizeClass, ids: &[BlobId]) -> bool {
+        self.batches && ids.len() <= self.per_batch(class.size(), ids.len())
+    }
+
+    /// `UpdateActionResult`; returns the ActionResult's encoded length.
+    pub(crate) async fn ac_write(
+        &self,
+        worker: usize,
+        action: re::Digest,
+        result: re::ActionResult,
+        len: u64,
+    ) -> Result<u64, OpError> {
+        let what = format!("UpdateActionResult {}", &action.hash[..16]);
+        self.action_cache(worker)
+            .update_action_result(re::UpdateActionResultRequest {
+                instance_name: self.instance.clone(),
+                action_digest: Some(action),
+                action_result: Some(result),
+                results_cache_policy: None,
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            })
+            .await
+            .map_err(|s| OpError::grpc(what, &s))?;
+        Ok(len)
+    }
+
+    /// `GetActionResult`, checked against the encoding of the ActionResult
+    /// stored (`len` bytes hashing to `expected`); returns its length.
+    pub(crate) async fn ac_read(
+        &self,
+        worker: usize,
+        action: re::Digest,
+        len: u64,
+        expected: Hash,
+    ) -> Result<u64, OpError> {
+        let what = format!("GetActionResult {}", &action.hash[..16]);
+        let result = self
+            .action_cache(worker)
+            .get_action_result(re::GetActionResultRequest {
+                instance_name: self.instance.clone(),
+                action_digest: Some(action),
+                inline_stdout: false,
+                inline_stderr: false,
+                inline_output_files: Vec::new(),
+                digest_function: re::digest_function::Value::Sha256 as i32,
+            })
+            .await
+            .map_err(|s| OpError::grpc(what.clone(), &s))?
+            .into_inner();
+        let mut hasher = bazel_cache_digest::Hasher::new();
+        hasher.update(&result.encode_to_vec());
+        check(&what, len, expected, hasher)
     }
 
     /// `FindMissingBlobs`: which of `ids` the server lacks.
@@ -241,13 +322,18 @@ impl GrpcClient {
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
         let requests = ids
             .iter()
             .map(|&id| re::batch_update_blobs_request::Request {
                 digest: Some(digest(class, id)),
-                data: class.copy(id, 0..class.size()),
-                compressor: re::compressor::Value::Identity as i32,
+                data: if zstd {
+                    class.zstd_copy(id, 0..class.zstd_len())
+                } else {
+                    class.copy(id, 0..class.size())
+                },
+                compressor: compressor(zstd) as i32,
             })
             .collect();
         let responses = self
@@ -279,6 +365,7 @@ impl GrpcClient {
         worker: usize,
         class: &Arc<SizeClass>,
         ids: &[BlobId],
+        zstd: bool,
     ) -> Result<u64, OpError> {
         let digests: Vec<re::Digest> = ids.iter().map(|&id| digest(class, id)).collect();
         let responses = self
@@ -286,7 +373,11 @@ impl GrpcClient {
             .batch_read_blobs(re::BatchReadBlobsRequest {
                 instance_name: self.instance.clone(),
                 digests: digests.clone(),
-                acceptable_compressors: Vec::new(),
+                acceptable_compressors: if zstd {
+                    vec![compressor(true) as i32]
+                } else {
+                    Vec::new()
+                },
                 digest_function: re::digest_function::Value::Sha256 as i32,
             })
             .await
@@ -304,15 +395,16 @@ impl GrpcClient {
                 .ok_or_else(|| {
                     OpError::WrongAnswer("BatchReadBlobs answered for a blob not asked for".into())
                 })?;
-            let mut hasher = Hasher::new();
-            hasher.update(&r.data);
             let hash = class.hash(ids[i]);
-            bytes += check(
-                &format!("BatchReadBlobs {}", short(&hash)),
-                class.size(),
-                hash,
-                hasher,
-            )?;
+            let what = format!("BatchReadBlobs {}", short(&hash));
+            let zstd_answer = r.compressor == compressor(true) as i32;
+            if zstd_answer && !zstd {
+                return Err(OpError::WrongAnswer(format!(
+                    "{what}: answered with zstd, which was not accepted"
+                )));
+            }
+            let hasher = verify(&what, zstd_answer, [&r.data[..]])?;
+            bytes += check(&what, class.size(), hash, hasher)?;
             answered[i] = true;
         }
         if answered.iter().any(|a| !a) {
@@ -330,25 +422,28 @@ impl GrpcClient {
         worker: usize,
         class: &Arc<SizeClass>,
         id: BlobId,
+        zstd: bool,
     ) -> Result<u64, OpError> {
         let size = class.size();
         let hash = class.hash(id);
         let n = self.uploads.fetch_add(1, Ordering::Relaxed);
         let resource = format!(
-            "{}uploads/{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}/blobs/{}/{size}",
+            "{}uploads/{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}/{}",
             self.prefix(),
             (self.nonce >> 32) as u32,
             (self.nonce >> 16) as u16,
             self.nonce & 0xfff,
             (n >> 48) & 0xfff,
             n & 0xffff_ffff_ffff,
-            hash.to_hex(),
+            blob_resource(&hash, size, zstd),
         );
+        // Offsets count the bytes sent: compressed ones for zstd.
+        let sent = if zstd { class.zstd_len() } else { size };
         let chunk = self.chunk as u64;
         let class = class.clone();
-        let messages = size.div_ceil(chunk);
+        let messages = sent.div_ceil(chunk);
         let requests = futures_util::stream::iter((0..messages).map(move |k| {
-            let range = k * chunk..((k + 1) * chunk).min(size);
+            let range = k * chunk..((k + 1) * chunk).min(sent);
             bs::WriteRequest {
                 resource_name: if k == 0 {
                     resource.clone()
@@ -356,11 +451,15 @@ impl GrpcClient {
                     String::new()
                 },
                 write_offset: range.start as i64,
-                finish_write: range.end == size,
-                data: class.copy(id, range),
+                finish_write: range.end == sent,
+                data: if zstd {
+                    class.zstd_copy(id, range)
+                } else {
+                    class.copy(id, range)
+                },
             }
         }));
-        let what = format!("ByteStream.Write {}", short(&hash));
+        let what = format!("ByteStream.Write{} {}", zstd_tag(zstd), short(&hash));
         let committed = self
             .bytestream(worker)
             .write(requests)
@@ -368,9 +467,13 @@ impl GrpcClient {
             .map_err(|s| OpError::grpc(what.clone(), &s))?
             .into_inner()
             .committed_size;
-        if committed != size as i64 {
+        // A compressed upload of a blob the server already has may end
+        // early with -1 (REAPI); otherwise the bytes sent are committed.
+        let expected =
+            committed == sent as i64 || (zstd && (committed == -1 || committed == size as i64));
+        if !expected {
             return Err(OpError::WrongAnswer(format!(
-                "{what}: committed_size {committed} for a {size}-byte blob"
+                "{what}: committed_size {committed} after sending {sent} bytes of a {size}-byte blob"
             )));
         }
         Ok(size)
@@ -381,29 +484,76 @@ impl GrpcClient {
         worker: usize,
         class: &Arc<SizeClass>,
         id: BlobId,
+        zstd: bool,
     ) -> Result<u64, OpError> {
         let hash = class.hash(id);
-        let what = format!("ByteStream.Read {}", short(&hash));
+        let what = format!("ByteStream.Read{} {}", zstd_tag(zstd), short(&hash));
         let mut stream = self
             .bytestream(worker)
             .read(bs::ReadRequest {
-                resource_name: format!("{}blobs/{}/{}", self.prefix(), hash.to_hex(), class.size()),
+                resource_name: format!(
+                    "{}{}",
+                    self.prefix(),
+                    blob_resource(&hash, class.size(), zstd)
+                ),
                 read_offset: 0,
                 read_limit: 0,
             })
             .await
             .map_err(|s| OpError::grpc(what.clone(), &s))?
             .into_inner();
-        let mut hasher = Hasher::new();
+        let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(&what, e))?;
         while let Some(msg) = stream
             .message()
             .await
             .map_err(|s| OpError::grpc(what.clone(), &s))?
         {
-            hasher.update(&msg.data);
+            verifier
+                .update(&msg.data)
+                .map_err(|e| OpError::undecodable(&what, e))?;
         }
+        let hasher = verifier
+            .finish()
+            .map_err(|e| OpError::undecodable(&what, e))?;
         check(&what, class.size(), hash, hasher)
     }
+}
+
+/// `blobs/{hash}/{size}` or `compressed-blobs/zstd/{hash}/{size}`.
+fn blob_resource(hash: &Hash, size: u64, zstd: bool) -> String {
+    let kind = if zstd {
+        "compressed-blobs/zstd"
+    } else {
+        "blobs"
+    };
+    format!("{kind}/{}/{size}", hash.to_hex())
+}
+
+fn zstd_tag(zstd: bool) -> &'static str {
+    if zstd { " zstd" } else { "" }
+}
+
+fn compressor(zstd: bool) -> re::compressor::Value {
+    if zstd {
+        re::compressor::Value::Zstd
+    } else {
+        re::compressor::Value::Identity
+    }
+}
+
+/// Hashes `pieces` (decoded from zstd first if `zstd`).
+fn verify<'a>(
+    what: &str,
+    zstd: bool,
+    pieces: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<bazel_cache_digest::Hasher, OpError> {
+    let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(what, e))?;
+    for p in pieces {
+        verifier
+            .update(p)
+            .map_err(|e| OpError::undecodable(what, e))?;
+    }
+    verifier.finish().map_err(|e| OpError::undecodable(what, e))
 }
 
 fn digest(class: &SizeClass, id: BlobId) -> re::Digest {

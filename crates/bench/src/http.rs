@@ -1,14 +1,15 @@
 //! The HTTP client: bazel-remote's protocol (`PUT`/`GET`/`HEAD`
-//! `<prefix>/cas/<sha256>`), as Bazel's `--remote_cache=http://` speaks it:
-//! HTTP/1.1 with keep-alive, one connection per request in flight, basic
-//! auth from the URL. Any server of that protocol works, including a plain
+//! `<prefix>/cas/<sha256>`, `GET`/`PUT` `<prefix>/ac/<sha256>`, zstd bodies
+//! with `Content-Encoding`/`Accept-Encoding: zstd` and `X-Digest-SizeBytes`),
+//! as Bazel's `--remote_cache=http://` speaks it: HTTP/1.1 with keep-alive,
+//! one connection per request in flight, basic auth from the URL. Any server of that protocol works, including a plain
 //! file server for GET (which is how nginx is measured for comparison).
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{AUTHORIZATION, CONTENT_LENGTH, HeaderValue};
+use http::header::{ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_LENGTH, HeaderValue};
 use http::{Method, Request, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
@@ -22,12 +23,15 @@ use crate::blobs::{BlobId, SizeClass};
 use crate::error::{BenchError, OpError, chain};
 use crate::target::Target;
 use crate::tls::Loaded;
+use crate::zstd_read::Verifier;
 use bazel_cache_digest::{Hash, Hasher};
 
 type Body = BoxBody<Bytes, Infallible>;
 
 /// Request bodies are sent in frames of at most this many bytes.
 const FRAME: usize = 256 << 10;
+/// bazel-remote's header for the size of the blob a zstd body decodes to.
+const X_DIGEST_SIZE: &str = "x-digest-sizebytes";
 
 pub struct HttpClient {
     client: Client<HttpsConnector<HttpConnector>, Body>,
@@ -78,87 +82,177 @@ impl HttpClient {
         Ok(HttpClient { client, base, auth })
     }
 
-    fn request(&self, method: Method, hash: &Hash, body: Body, len: Option<u64>) -> Request<Body> {
-        let mut req =
-            Request::builder()
-                .method(method)
-                .uri(format!("{}/cas/{}", self.base, hash.to_hex()));
+    /// A request for `<base>/<kind>/<hash>` with the URL's credentials.
+    fn request(&self, method: Method, kind: &str, hash: &str) -> http::request::Builder {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("{}/{kind}/{hash}", self.base));
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
-        if let Some(len) = len {
-            req = req.header(CONTENT_LENGTH, len);
-        }
-        req.body(body).expect("method, URI and headers are valid")
+        req
     }
 
-    /// Uploads blob `id`; returns the bytes sent. The body is streamed in
-    /// slices of the class's shared content, never assembled.
-    pub async fn put(&self, class: &Arc<SizeClass>, id: BlobId) -> Result<u64, OpError> {
-        let hash = class.hash(id);
-        let size = class.size();
-        let body: Body = if size as usize <= FRAME {
-            Full::new(Bytes::from(class.copy(id, 0..size))).boxed()
-        } else {
-            let frames = class
-                .pieces(id, 0..size, FRAME)
-                .map(|b| Ok::<_, Infallible>(Frame::data(b)));
-            StreamBody::new(futures_util::stream::iter(frames)).boxed()
-        };
-        let req = self.request(Method::PUT, &hash, body, Some(size));
-        let what = || format!("PUT {}", short(&hash));
+    /// Sends `req` and reads the answer's body, expecting a 2xx status.
+    async fn exchange(&self, req: Request<Body>, what: &str) -> Result<(), OpError> {
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|e| transport(&what(), &e))?;
+            .map_err(|e| transport(what, &e))?;
         let status = resp.status();
         // Drain the answer so the connection can be reused.
         let _ = resp.into_body().collect().await;
         if !status.is_success() {
             return Err(OpError::Http {
                 status: status.as_u16(),
-                context: what(),
+                context: what.to_owned(),
             });
         }
+        Ok(())
+    }
+
+    /// Uploads blob `id`; returns the bytes sent. The body is streamed in
+    /// slices of the class's shared content, never assembled.
+    pub async fn put(&self, class: &Arc<SizeClass>, id: BlobId) -> Result<u64, OpError> {
+        self.put_as(class, id, false).await
+    }
+
+    /// Uploads blob `id`, as a zstd stream if `zstd` (`Content-Encoding:
+    /// zstd`, the blob's size in bazel-remote's `X-Digest-SizeBytes`);
+    /// returns the blob's size.
+    pub(crate) async fn put_as(
+        &self,
+        class: &Arc<SizeClass>,
+        id: BlobId,
+        zstd: bool,
+    ) -> Result<u64, OpError> {
+        let hash = class.hash(id);
+        let size = class.size();
+        let (len, pieces) = if zstd {
+            let len = class.zstd_len();
+            (len, class.zstd_pieces(id, 0..len, FRAME))
+        } else {
+            (size, class.pieces(id, 0..size, FRAME))
+        };
+        let body: Body = if len as usize <= FRAME {
+            Full::new(pieces.collect::<Vec<Bytes>>().concat().into()).boxed()
+        } else {
+            let frames = pieces.map(|b| Ok::<_, Infallible>(Frame::data(b)));
+            StreamBody::new(futures_util::stream::iter(frames)).boxed()
+        };
+        let mut req = self
+            .request(Method::PUT, "cas", &hash.to_hex())
+            .header(CONTENT_LENGTH, len);
+        if zstd {
+            req = req
+                .header(CONTENT_ENCODING, "zstd")
+                .header(X_DIGEST_SIZE, size);
+        }
+        let req = req.body(body).expect("method, URI and headers are valid");
+        let what = format!("PUT{} {}", if zstd { " zstd" } else { "" }, short(&hash));
+        self.exchange(req, &what).await?;
         Ok(size)
     }
 
     /// Downloads blob `id` and checks its length and SHA-256 as the bytes
     /// arrive; returns the bytes read.
     pub async fn get(&self, class: &Arc<SizeClass>, id: BlobId) -> Result<u64, OpError> {
+        self.get_as(class, id, false).await
+    }
+
+    /// Downloads blob `id`, accepting zstd if `zstd`, and checks what it
+    /// decodes to (a server may answer uncompressed: that is checked as is).
+    pub(crate) async fn get_as(
+        &self,
+        class: &Arc<SizeClass>,
+        id: BlobId,
+        zstd: bool,
+    ) -> Result<u64, OpError> {
         let hash = class.hash(id);
-        let what = || format!("GET {}", short(&hash));
-        let req = self.request(Method::GET, &hash, Empty::new().boxed(), None);
+        let what = format!("GET{} {}", if zstd { " zstd" } else { "" }, short(&hash));
+        let mut req = self.request(Method::GET, "cas", &hash.to_hex());
+        if zstd {
+            req = req.header(ACCEPT_ENCODING, "zstd");
+        }
+        let req = req
+            .body(Empty::new().boxed())
+            .expect("method, URI and headers are valid");
+        let hasher = self.download(req, &what).await?;
+        check(&what, class.size(), hash, hasher)
+    }
+
+    /// Sends a GET and decodes its body (`Content-Encoding: zstd` or none)
+    /// into a hasher as it arrives.
+    async fn download(&self, req: Request<Body>, what: &str) -> Result<Hasher, OpError> {
         let resp = self
             .client
             .request(req)
             .await
-            .map_err(|e| transport(&what(), &e))?;
+            .map_err(|e| transport(what, &e))?;
         if resp.status() != StatusCode::OK {
             let status = resp.status().as_u16();
             let _ = resp.into_body().collect().await;
             return Err(OpError::Http {
                 status,
-                context: what(),
+                context: what.to_owned(),
             });
         }
+        let zstd = resp
+            .headers()
+            .get(CONTENT_ENCODING)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
+        let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(what, e))?;
         let mut body = resp.into_body();
-        let mut hasher = Hasher::new();
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| transport(&format!("{} (body)", what()), &e))?;
+            let frame = frame.map_err(|e| transport(&format!("{what} (body)"), &e))?;
             if let Ok(data) = frame.into_data() {
-                hasher.update(&data);
+                verifier
+                    .update(&data)
+                    .map_err(|e| OpError::undecodable(what, e))?;
             }
         }
-        check(&what(), class.size(), hash, hasher)
+        verifier.finish().map_err(|e| OpError::undecodable(what, e))
+    }
+
+    /// Stores an ActionResult (`PUT /ac/<action hash>`); returns its length.
+    pub(crate) async fn ac_put(&self, action: &str, encoded: Vec<u8>) -> Result<u64, OpError> {
+        let len = encoded.len() as u64;
+        let req = self
+            .request(Method::PUT, "ac", action)
+            .header(CONTENT_LENGTH, len)
+            .body(Full::new(Bytes::from(encoded)).boxed())
+            .expect("method, URI and headers are valid");
+        self.exchange(req, &format!("PUT /ac/{}", &action[..16]))
+            .await?;
+        Ok(len)
+    }
+
+    /// Fetches an ActionResult and checks it is the one `expected` names
+    /// (its SHA-256 and length); returns its length.
+    pub(crate) async fn ac_get(
+        &self,
+        action: &str,
+        len: u64,
+        expected: Hash,
+    ) -> Result<u64, OpError> {
+        let what = format!("GET /ac/{}", &action[..16]);
+        let req = self
+            .request(Method::GET, "ac", action)
+            .body(Empty::new().boxed())
+            .expect("method, URI and headers are valid");
+        let hasher = self.download(req, &what).await?;
+        check(&what, len, expected, hasher)
     }
 
     /// Whether the server has blob `id` (`HEAD`: 200 yes, 404 no).
     pub(crate) async fn head(&self, class: &Arc<SizeClass>, id: BlobId) -> Result<bool, OpError> {
         let hash = class.hash(id);
         let what = || format!("HEAD {}", short(&hash));
-        let req = self.request(Method::HEAD, &hash, Empty::new().boxed(), None);
+        let req = self
+            .request(Method::HEAD, "cas", &hash.to_hex())
+            .body(Empty::new().boxed())
+            .expect("method, URI and headers are valid");
         let resp = self
             .client
             .request(req)
@@ -174,6 +268,33 @@ impl HttpClient {
                 context: what(),
             }),
         }
+    }
+
+    /// GETs the client's base URL itself (a page such as `/metrics`), at
+    /// most `limit` bytes of it.
+    pub(crate) async fn page(&self, limit: usize) -> Result<String, String> {
+        let mut req = Request::builder().uri(&self.base);
+        if let Some(auth) = &self.auth {
+            req = req.header(AUTHORIZATION, auth.clone());
+        }
+        let req = req
+            .body(Empty::new().boxed())
+            .map_err(|e| format!("{}: {e}", self.base))?;
+        let resp = self
+            .client
+            .request(req)
+            .await
+            .map_err(|e| format!("{}: {}", self.base, chain(&e)))?;
+        let status = resp.status();
+        let body = http_body_util::Limited::new(resp.into_body(), limit)
+            .collect()
+            .await
+            .map_err(|e| format!("{}: {e}", self.base))?
+            .to_bytes();
+        if status != StatusCode::OK {
+            return Err(format!("{}: HTTP {}", self.base, status.as_u16()));
+        }
+        String::from_utf8(body.to_vec()).map_err(|_| format!("{}: not UTF-8 text", self.base))
     }
 }
 

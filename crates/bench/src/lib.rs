@@ -6,10 +6,12 @@
 //!
 //! A run: connect (gRPC: ask Capabilities for the batch limit), make sure
 //! the blobs reads are made of are stored ("prefill", skipped for blobs the
-//! server already has), drive the load with `--concurrency` workers for
-//! `--duration` or `--requests` after a `--warmup`, then ask whether every
-//! acknowledged write is still there and read a few back. Every read is
-//! verified by hashing what comes back.
+//! server already has, and the ActionResults `ac-read` fetches), drive the
+//! load with `--concurrency` workers for `--duration` or `--requests` after
+//! a `--warmup`, reading the server's CPU time when the warm-up ends and
+//! after the last answer, then ask whether every acknowledged write is still
+//! there and read a few back. Every read is verified by hashing what comes
+//! back (zstd reads after decoding).
 //!
 //! # Layout
 //!
@@ -22,10 +24,14 @@
 //! * `options.rs`: the command line (both binaries) and its validation into `Options`.
 //! * `target.rs`: the cache's URL: protocol, TLS, host, HTTP path prefix, credentials.
 //! * `mix.rs`: size and operation mixes (`--sizes`, `--mix`) and size syntax.
-//! * `blobs.rs`: deterministic blobs, generated and hashed without being stored.
+//! * `blobs.rs`: deterministic blobs (random or compressible, plain or as zstd
+//!   streams), generated and hashed without being stored.
+//! * `action.rs`: the ActionResults of `ac-read` and `ac-write`.
 //! * `client.rs`: one client over both protocols, as the run uses it.
-//! * `http.rs`: the HTTP client (`PUT`/`GET`/`HEAD` under `/cas/`), verifying what it reads.
-//! * `grpc.rs`: the REAPI v2 gRPC client (Capabilities, CAS batches, ByteStream).
+//! * `http.rs`: the HTTP client (`PUT`/`GET`/`HEAD` under `/cas/` and `/ac/`), verifying what it reads.
+//! * `grpc.rs`: the REAPI v2 gRPC client (Capabilities, CAS batches, ByteStream, action cache).
+//! * `zstd_read.rs`: decoding zstd reads as they arrive, to hash what they decode to.
+//! * `server_cpu.rs`: the server's CPU time, from its metrics page or `/proc`.
 //! * `tls.rs`: CA and client certificates, for rustls and tonic.
 //! * `runner.rs`: the load loop (`drive`): workers, warmup, when to stop; also used by `benches/`.
 //! * `stats.rs`: recording requests and latencies, percentiles.
@@ -47,6 +53,7 @@ pub mod report;
 pub mod stats;
 pub mod target;
 
+mod action;
 mod client;
 mod error;
 mod grpc;
@@ -54,20 +61,25 @@ mod mix;
 mod options;
 mod rng;
 mod runner;
+mod server_cpu;
 mod tls;
+mod zstd_read;
 
+use bazel_cache_digest::Kind;
 use blobs::{ABSENT, BlobId, PREFILL, SizeClass};
 use client::Client;
 pub use error::{BenchError, OpError};
 use mix::{Op, OpMix, SizeMix};
 pub use options::{BenchArgs, Options, from_command_line, from_standalone_command_line};
 pub use report::Report;
-use report::{Prefill, WriteCheck};
+use report::{Prefill, ServerCpu, WriteCheck};
 use rng::Rng;
 pub use runner::{Load, Measured, Outcome, Ticket, drive};
+use server_cpu::Probe;
 
-/// Writes the server acknowledged: (size class, blob).
-type Acknowledged = Arc<Mutex<Vec<(usize, BlobId)>>>;
+/// Writes the server acknowledged: (CAS blob or ActionResult, size class,
+/// id).
+type Acknowledged = Arc<Mutex<Vec<(Kind, usize, BlobId)>>>;
 
 /// Prefilled blobs per size: enough that reads spread over many blobs,
 /// bounded in bytes so a large size does not mean a long upload.
@@ -137,14 +149,15 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
         .sizes
         .entries()
         .iter()
-        .map(|e| SizeClass::new(e.item))
+        .map(|e| SizeClass::with_content(e.item, options.content))
         .collect();
     let client = Arc::new(Client::connect(options).await?);
+    let cpu = Arc::new(Probe::connect(options).await?);
 
-    let reads = options.mix.has(Op::Read) || options.mix.has(Op::Find);
+    let uses_prefill = options.mix.any(Op::uses_prefill);
     let prefill_counts: Vec<u64> = classes
         .iter()
-        .map(|c| match (reads, options.prefill) {
+        .map(|c| match (uses_prefill, options.prefill) {
             (false, _) => 0,
             (true, Some(n)) => n.max(1),
             (true, None) => {
@@ -152,13 +165,25 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
             }
         })
         .collect();
-    let prefill = prefill(&client, &classes, &prefill_counts, options).await?;
+    let mut prefill = prefill(&client, &classes, &prefill_counts, options).await?;
+    if options.mix.has(Op::AcRead) {
+        prefill.action_results =
+            prefill_action_results(&client, &classes, &prefill_counts, options).await?;
+    }
 
     let namespace = match options.seed.unwrap_or_else(time_seed) {
         PREFILL | ABSENT => 1,
         n => n,
     };
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    // The server's CPU time when the warm-up ends, and after the last answer.
+    let cpu_before = tokio::spawn({
+        let (cpu, warmup) = (cpu.clone(), options.load.warmup);
+        async move {
+            tokio::time::sleep(warmup).await;
+            cpu.sample().await
+        }
+    });
     let measured = measure(
         &client,
         &classes,
@@ -168,10 +193,15 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
         acknowledged.clone(),
     )
     .await;
+    let cpu_after = cpu.sample().await;
+    let cpu_before = cpu_before
+        .await
+        .unwrap_or_else(|e| Err(format!("the CPU sampler failed: {e}")));
+    let server_cpu = ServerCpu::between(cpu.describe(), cpu_before, cpu_after);
 
-    let write_check = if options.check_writes && options.mix.has(Op::Write) {
+    let write_check = if options.check_writes && options.mix.any(Op::writes) {
         let acked = std::mem::take(&mut *lock(&acknowledged));
-        Some(check_writes(&client, &classes, acked, options).await)
+        Some(check_writes(&client, &classes, &prefill_counts, acked, options).await)
     } else {
         None
     };
@@ -181,8 +211,90 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
         &classes,
         prefill,
         measured,
+        server_cpu,
         write_check,
     ))
+}
+
+/// Requests of `groups.len()` each doing `op` on one group, with the
+/// load's concurrency and no warm-up; the first error, if any.
+async fn each_group<T, F, Fut>(options: &Options, groups: Vec<T>, op: F) -> Result<(), OpError>
+where
+    T: Send + Sync + 'static,
+    F: Fn(usize, Arc<T>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, OpError>> + Send + 'static,
+{
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let groups: Arc<Vec<Arc<T>>> = Arc::new(groups.into_iter().map(Arc::new).collect());
+    let first_error = Arc::new(Mutex::new(None));
+    let load = Load {
+        concurrency: options.load.concurrency.min(groups.len()),
+        duration: None,
+        requests: Some(groups.len() as u64),
+        warmup: Duration::ZERO,
+    };
+    let (g, fe, timeout, op) = (
+        groups.clone(),
+        first_error.clone(),
+        options.timeout,
+        Arc::new(op),
+    );
+    drive(&load, 1, move |t| {
+        let (g, fe, op) = (g.clone(), fe.clone(), op.clone());
+        async move {
+            let group = g[t.index as usize].clone();
+            let result = with_timeout(timeout, op(t.worker, group)).await;
+            if let Err(e) = &result {
+                lock(&fe).get_or_insert_with(|| e.clone());
+            }
+            Outcome {
+                row: 0,
+                blobs: 1,
+                bytes: 0,
+                result: result.map(drop),
+            }
+        }
+    })
+    .await;
+    match lock(&first_error).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Stores the ActionResults `ac-read` fetches: entries `0..count` of
+/// namespace [`PREFILL`] of each class (rewritten every run: storing one
+/// costs the same as asking whether it is there). Returns how many.
+async fn prefill_action_results(
+    client: &Arc<Client>,
+    classes: &[Arc<SizeClass>],
+    counts: &[u64],
+    options: &Options,
+) -> Result<u64, BenchError> {
+    let mut entries = Vec::new();
+    for (class, &count) in classes.iter().zip(counts) {
+        entries.extend((0..count).map(|index| {
+            let id = BlobId {
+                namespace: PREFILL,
+                index,
+            };
+            (class.clone(), id, count)
+        }));
+    }
+    let n = entries.len() as u64;
+    let c = client.clone();
+    each_group(options, entries, move |worker, entry| {
+        let c = c.clone();
+        async move {
+            let (class, id, count) = entry.as_ref();
+            c.ac_write(worker, class, *id, *count).await
+        }
+    })
+    .await
+    .map_err(BenchError::Prefill)?;
+    Ok(n)
 }
 
 /// Makes sure blobs `0..count` of namespace [`PREFILL`] of each class are
@@ -210,45 +322,14 @@ async fn prefill(
             .await
             .map_err(BenchError::Prefill)?;
         let per = client.per_request(class.size(), 256);
-        let groups: Arc<Vec<Vec<BlobId>>> =
-            Arc::new(missing.chunks(per).map(<[_]>::to_vec).collect());
-        if groups.is_empty() {
-            continue;
-        }
-        let first_error = Arc::new(Mutex::new(None));
-        let load = Load {
-            concurrency: options.load.concurrency.min(groups.len()),
-            duration: None,
-            requests: Some(groups.len() as u64),
-            warmup: Duration::ZERO,
-        };
-        let (c, cl, g, fe, timeout) = (
-            client.clone(),
-            class.clone(),
-            groups.clone(),
-            first_error.clone(),
-            options.timeout,
-        );
-        drive(&load, 1, move |t| {
-            let (c, cl, g, fe) = (c.clone(), cl.clone(), g.clone(), fe.clone());
-            async move {
-                let ids = &g[t.index as usize];
-                let result = with_timeout(timeout, c.write(t.worker, &cl, ids)).await;
-                if let Err(e) = &result {
-                    lock(&fe).get_or_insert_with(|| e.clone());
-                }
-                Outcome {
-                    row: 0,
-                    blobs: ids.len() as u64,
-                    bytes: 0,
-                    result: result.map(drop),
-                }
-            }
+        let groups: Vec<Vec<BlobId>> = missing.chunks(per).map(<[_]>::to_vec).collect();
+        let (c, cl) = (client.clone(), class.clone());
+        each_group(options, groups, move |worker, ids| {
+            let (c, cl) = (c.clone(), cl.clone());
+            async move { c.write(worker, &cl, &ids, false).await }
         })
-        .await;
-        if let Some(e) = lock(&first_error).take() {
-            return Err(BenchError::Prefill(e));
-        }
+        .await
+        .map_err(BenchError::Prefill)?;
         report.uploaded += missing.len() as u64;
     }
     report.seconds = start.elapsed().as_secs_f64();
@@ -266,49 +347,18 @@ async fn find_all_missing(
         Client::Http(_) => 1,
         Client::Grpc(_) => FIND_CHUNK,
     };
-    let groups: Arc<Vec<Vec<BlobId>>> = Arc::new(ids.chunks(per).map(<[_]>::to_vec).collect());
-    if groups.is_empty() {
-        return Ok(Vec::new());
-    }
+    let groups: Vec<Vec<BlobId>> = ids.chunks(per).map(<[_]>::to_vec).collect();
     let missing = Arc::new(Mutex::new(Vec::new()));
-    let first_error = Arc::new(Mutex::new(None));
-    let load = Load {
-        concurrency: options.load.concurrency.min(groups.len()),
-        duration: None,
-        requests: Some(groups.len() as u64),
-        warmup: Duration::ZERO,
-    };
-    let (c, cl, g, m, fe, timeout) = (
-        client.clone(),
-        class.clone(),
-        groups.clone(),
-        missing.clone(),
-        first_error.clone(),
-        options.timeout,
-    );
-    drive(&load, 1, move |t| {
-        let (c, cl, g, m, fe) = (c.clone(), cl.clone(), g.clone(), m.clone(), fe.clone());
+    let (c, cl, m) = (client.clone(), class.clone(), missing.clone());
+    each_group(options, groups, move |worker, ids| {
+        let (c, cl, m) = (c.clone(), cl.clone(), m.clone());
         async move {
-            let ids = &g[t.index as usize];
-            let result = with_timeout(timeout, c.missing(t.worker, &cl, ids)).await;
-            match &result {
-                Ok(found) => lock(&m).extend_from_slice(found),
-                Err(e) => {
-                    lock(&fe).get_or_insert_with(|| e.clone());
-                }
-            }
-            Outcome {
-                row: 0,
-                blobs: ids.len() as u64,
-                bytes: 0,
-                result: result.map(drop),
-            }
+            let found = c.missing(worker, &cl, &ids).await?;
+            lock(&m).extend_from_slice(&found);
+            Ok(0)
         }
     })
-    .await;
-    if let Some(e) = lock(&first_error).take() {
-        return Err(e);
-    }
+    .await?;
     let mut missing = std::mem::take(&mut *lock(&missing));
     missing.sort_by_key(|id| id.index);
     Ok(missing)
@@ -336,6 +386,24 @@ async fn measure(
         next_write: AtomicU64,
         acknowledged: Option<Acknowledged>,
     }
+    impl Plan {
+        /// `n` blobs never written before: this run's namespace.
+        fn new_ids(&self, n: usize) -> Vec<BlobId> {
+            let first = self.next_write.fetch_add(n as u64, Ordering::Relaxed);
+            (first..first + n as u64)
+                .map(|index| BlobId {
+                    namespace: self.namespace,
+                    index,
+                })
+                .collect()
+        }
+
+        fn acknowledge(&self, kind: Kind, class: usize, ids: &[BlobId]) {
+            if let Some(acked) = &self.acknowledged {
+                lock(acked).extend(ids.iter().map(|&id| (kind, class, id)));
+            }
+        }
+    }
     let plan = Arc::new(Plan {
         client: client.clone(),
         classes: classes.to_vec(),
@@ -361,48 +429,57 @@ async fn measure(
             let class = &plan.classes[c];
             let row = op as usize * plan.classes.len() + c;
             let mut n = plan.client.per_request(class.size(), plan.batch);
+            let timeout = plan.timeout;
+            let client = &plan.client;
+            let prefilled = plan.prefill[c];
             let (result, blobs) = match op {
-                Op::Read => {
-                    let count = plan.prefill[c];
-                    n = n.min(count as usize);
-                    let start = rng.below(count);
+                Op::Read | Op::ReadZstd => {
+                    n = n.min(prefilled as usize);
+                    let start = rng.below(prefilled);
                     let ids: Vec<BlobId> = (0..n as u64)
                         .map(|k| BlobId {
                             namespace: PREFILL,
-                            index: (start + k) % count,
+                            index: (start + k) % prefilled,
                         })
                         .collect();
-                    (
-                        with_timeout(plan.timeout, plan.client.read(t.worker, class, &ids)).await,
-                        n,
-                    )
+                    let read = client.read(t.worker, class, &ids, op.zstd());
+                    (with_timeout(timeout, read).await, n)
                 }
-                Op::Write => {
-                    let first = plan.next_write.fetch_add(n as u64, Ordering::Relaxed);
-                    let ids: Vec<BlobId> = (first..first + n as u64)
-                        .map(|index| BlobId {
-                            namespace: plan.namespace,
-                            index,
-                        })
-                        .collect();
-                    let result =
-                        with_timeout(plan.timeout, plan.client.write(t.worker, class, &ids)).await;
-                    if result.is_ok()
-                        && let Some(acked) = &plan.acknowledged
-                    {
-                        lock(acked).extend(ids.iter().map(|&id| (c, id)));
+                Op::Write | Op::WriteZstd => {
+                    let ids = plan.new_ids(n);
+                    let write = client.write(t.worker, class, &ids, op.zstd());
+                    let result = with_timeout(timeout, write).await;
+                    if result.is_ok() {
+                        plan.acknowledge(Kind::Cas, c, &ids);
                     }
                     (result, n)
                 }
                 Op::Find => {
-                    let (ids, absent) = find_request(&mut rng, t.index, n, plan.prefill[c]);
-                    let result = with_timeout(plan.timeout, async {
-                        let missing = plan.client.missing(t.worker, class, &ids).await?;
+                    let (ids, absent) = find_request(&mut rng, t.index, n, prefilled);
+                    let result = with_timeout(timeout, async {
+                        let missing = client.missing(t.worker, class, &ids).await?;
                         check_missing(&ids, &missing, &absent)?;
                         Ok(0)
                     })
                     .await;
                     (result, n)
+                }
+                Op::AcRead => {
+                    let id = BlobId {
+                        namespace: PREFILL,
+                        index: rng.below(prefilled),
+                    };
+                    let read = client.ac_read(t.worker, class, id, prefilled);
+                    (with_timeout(timeout, read).await, 1)
+                }
+                Op::AcWrite => {
+                    let ids = plan.new_ids(1);
+                    let write = client.ac_write(t.worker, class, ids[0], prefilled);
+                    let result = with_timeout(timeout, write).await;
+                    if result.is_ok() {
+                        plan.acknowledge(Kind::Ac, c, &ids);
+                    }
+                    (result, 1)
                 }
             };
             let (bytes, result) = match result {
@@ -459,11 +536,14 @@ fn check_missing(asked: &[BlobId], missing: &[BlobId], absent: &[BlobId]) -> Res
 }
 
 /// Asks about (up to [`CHECK_MAX`] of) the acknowledged writes and reads
-/// back up to [`READ_BACK_MAX`] of those present.
+/// back up to [`READ_BACK_MAX`] of the blobs present. ActionResults have no
+/// presence call of their own: up to [`READ_BACK_MAX`] of them are read back,
+/// which asks and verifies at once.
 async fn check_writes(
     client: &Arc<Client>,
     classes: &[Arc<SizeClass>],
-    mut acked: Vec<(usize, BlobId)>,
+    prefill_counts: &[u64],
+    mut acked: Vec<(Kind, usize, BlobId)>,
     options: &Options,
 ) -> WriteCheck {
     let mut check = WriteCheck {
@@ -471,18 +551,24 @@ async fn check_writes(
         ..WriteCheck::default()
     };
     if acked.len() > CHECK_MAX {
-        let step = acked.len() as f64 / CHECK_MAX as f64;
-        acked = (0..CHECK_MAX)
-            .map(|i| acked[(i as f64 * step) as usize])
-            .collect();
+        acked = spread(&acked, CHECK_MAX);
     }
-    check.checked = acked.len() as u64;
+    let (action_results, blobs): (Vec<_>, Vec<_>) = acked
+        .into_iter()
+        .partition(|(kind, _, _)| *kind == Kind::Ac);
+    let action_results = spread(&action_results, READ_BACK_MAX);
+    check.checked = (blobs.len() + action_results.len()) as u64;
+    let sample = |check: &mut WriteCheck, message: String| {
+        if check.samples.len() < 3 {
+            check.samples.push(message);
+        }
+    };
     let mut present = Vec::new();
     for (c, class) in classes.iter().enumerate() {
-        let ids: Vec<BlobId> = acked
+        let ids: Vec<BlobId> = blobs
             .iter()
-            .filter(|(k, _)| *k == c)
-            .map(|(_, id)| *id)
+            .filter(|(_, k, _)| *k == c)
+            .map(|(_, _, id)| *id)
             .collect();
         match find_all_missing(client, class, &ids, options).await {
             Ok(missing) => {
@@ -495,22 +581,42 @@ async fn check_writes(
             }
             Err(e) => {
                 check.missing += ids.len() as u64;
-                check.samples.push(format!("presence check failed: {e}"));
+                sample(&mut check, format!("presence check failed: {e}"));
             }
         }
     }
-    let step = (present.len() / READ_BACK_MAX).max(1);
-    for &(c, id) in present.iter().step_by(step).take(READ_BACK_MAX) {
+    for &(c, id) in spread(&present, READ_BACK_MAX).iter() {
         check.read_back += 1;
-        let result = with_timeout(options.timeout, client.read(0, &classes[c], &[id])).await;
+        let result = with_timeout(options.timeout, client.read(0, &classes[c], &[id], false)).await;
         if let Err(e) = result {
             check.read_back_failed += 1;
-            if check.samples.len() < 3 {
-                check.samples.push(e.to_string());
+            sample(&mut check, e.to_string());
+        }
+    }
+    for &(_, c, id) in &action_results {
+        let read = client.ac_read(0, &classes[c], id, prefill_counts[c]);
+        match with_timeout(options.timeout, read).await {
+            Ok(_) => check.read_back += 1,
+            Err(e) if e.is_not_found() => check.missing += 1,
+            Err(e) => {
+                check.read_back += 1;
+                check.read_back_failed += 1;
+                sample(&mut check, e.to_string());
             }
         }
     }
     check
+}
+
+/// At most `max` of `items`, evenly spread.
+fn spread<T: Copy>(items: &[T], max: usize) -> Vec<T> {
+    if items.len() <= max {
+        return items.to_vec();
+    }
+    let step = items.len() as f64 / max as f64;
+    (0..max)
+        .map(|i| items[(i as f64 * step) as usize])
+        .collect()
 }
 
 pub(crate) async fn with_timeout<T>(

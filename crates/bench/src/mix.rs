@@ -56,28 +56,78 @@ impl<T: Copy> Mix<T> {
 /// Blob sizes in bytes.
 pub(crate) type SizeMix = Mix<u64>;
 
-/// The kinds of request the load generator makes.
+/// The kinds of request the load generator makes. A row's size is the
+/// blob's; for the action cache it is the size of the output blob the
+/// ActionResult names (the ActionResult itself is a few hundred bytes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
 pub enum Op {
     /// Download blobs written before the measurement and check their hash.
+    #[serde(rename = "read")]
     Read,
     /// Upload new blobs (never seen by the server before).
+    #[serde(rename = "write")]
     Write,
     /// Ask which blobs are missing (HTTP `HEAD`, gRPC `FindMissingBlobs`),
     /// half of them present and half absent, and check the answer.
+    #[serde(rename = "find")]
     Find,
+    /// `Read` as zstd (HTTP `Accept-Encoding: zstd`, gRPC
+    /// `compressed-blobs/zstd/` or a batch read accepting zstd),
+    /// decompressed and hashed.
+    #[serde(rename = "read-zstd")]
+    ReadZstd,
+    /// `Write` as zstd (HTTP `Content-Encoding: zstd`, gRPC
+    /// `compressed-blobs/zstd/` or a batch update with the zstd compressor).
+    #[serde(rename = "write-zstd")]
+    WriteZstd,
+    /// Fetch an ActionResult stored before the measurement (HTTP
+    /// `GET /ac/`, gRPC `GetActionResult`) and check it is the one stored.
+    #[serde(rename = "ac-read")]
+    AcRead,
+    /// Store a new ActionResult naming a stored blob (HTTP `PUT /ac/`,
+    /// gRPC `UpdateActionResult`).
+    #[serde(rename = "ac-write")]
+    AcWrite,
 }
 
 impl Op {
-    pub const ALL: [Op; 3] = [Op::Read, Op::Write, Op::Find];
+    pub const ALL: [Op; 7] = [
+        Op::Read,
+        Op::Write,
+        Op::Find,
+        Op::ReadZstd,
+        Op::WriteZstd,
+        Op::AcRead,
+        Op::AcWrite,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Read => "read",
             Op::Write => "write",
             Op::Find => "find",
+            Op::ReadZstd => "read-zstd",
+            Op::WriteZstd => "write-zstd",
+            Op::AcRead => "ac-read",
+            Op::AcWrite => "ac-write",
         }
+    }
+
+    /// Whether the operation needs the prefilled CAS blobs: reads and finds
+    /// use them, ActionResults name them (a server may refuse or hide an
+    /// ActionResult whose outputs it lacks).
+    pub(crate) fn uses_prefill(self) -> bool {
+        !matches!(self, Op::Write | Op::WriteZstd)
+    }
+
+    /// Whether the operation stores something new.
+    pub(crate) fn writes(self) -> bool {
+        matches!(self, Op::Write | Op::WriteZstd | Op::AcWrite)
+    }
+
+    /// Whether the operation moves zstd streams.
+    pub(crate) fn zstd(self) -> bool {
+        matches!(self, Op::ReadZstd | Op::WriteZstd)
     }
 }
 
@@ -92,7 +142,12 @@ pub(crate) type OpMix = Mix<Op>;
 impl OpMix {
     /// Whether `op` has a non-zero weight.
     pub(crate) fn has(&self, op: Op) -> bool {
-        self.entries.iter().any(|e| e.item == op && e.weight > 0)
+        self.any(|o| o == op)
+    }
+
+    /// Whether an operation of non-zero weight satisfies `test`.
+    pub(crate) fn any(&self, test: impl Fn(Op) -> bool) -> bool {
+        self.entries.iter().any(|e| e.weight > 0 && test(e.item))
     }
 }
 
@@ -110,15 +165,20 @@ pub(crate) fn parse_sizes(spec: &str) -> Result<SizeMix, BenchError> {
     Ok(Mix::new(entries))
 }
 
-/// Parses `--mix`: `read:90,write:10,find:0`; a missing weight is 1, a
-/// missing kind is 0.
+/// Parses `--mix`: `read:90,write:10,find:0,ac-read:5`; a missing weight
+/// is 1, a missing kind is 0.
 pub(crate) fn parse_ops(spec: &str) -> Result<OpMix, BenchError> {
     let entries = parse_list("--mix", spec, |s| match s.to_ascii_lowercase().as_str() {
         "read" | "get" => Ok(Op::Read),
         "write" | "put" => Ok(Op::Write),
         "find" | "head" | "contains" => Ok(Op::Find),
+        "read-zstd" | "get-zstd" => Ok(Op::ReadZstd),
+        "write-zstd" | "put-zstd" => Ok(Op::WriteZstd),
+        "ac-read" | "ac-get" => Ok(Op::AcRead),
+        "ac-write" | "ac-put" => Ok(Op::AcWrite),
         _ => Err(format!(
-            "unknown operation {s:?} (expected read, write or find)"
+            "unknown operation {s:?} (expected read, write, find, read-zstd, write-zstd, \
+             ac-read or ac-write)"
         )),
     })?;
     for (i, e) in entries.iter().enumerate() {
@@ -263,6 +323,12 @@ mod tests {
                 .contains("unknown operation")
         );
         assert!(parse_ops("read,read:2").is_err());
+        let mix = parse_ops("ac-get:1,AC-PUT:2,get-zstd,write-zstd:0").unwrap();
+        assert!(mix.has(Op::AcRead) && mix.has(Op::AcWrite) && mix.has(Op::ReadZstd));
+        assert!(!mix.has(Op::WriteZstd) && !mix.has(Op::Read));
+        assert!(mix.any(Op::zstd) && mix.any(Op::uses_prefill));
+        assert!(parse_ops("ac-read,ac-get").is_err());
+        assert_eq!(serde_json::to_string(&Op::AcWrite).unwrap(), "\"ac-write\"");
     }
 
     #[test]

@@ -8,9 +8,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::blobs::Content;
 use crate::error::BenchError;
 use crate::mix::{self, OpMix, SizeMix};
 use crate::runner::Load;
+use crate::server_cpu::CpuSource;
 use crate::target::Target;
 use crate::tls::TlsFiles;
 
@@ -38,7 +40,10 @@ pub struct BenchArgs {
     #[arg(long, value_name = "SIZE:WEIGHT,...", default_value = "4KiB")]
     pub sizes: String,
     /// Operations and their weights: read (GET / BatchReadBlobs / ByteStream.Read), write (PUT /
-    /// BatchUpdateBlobs / ByteStream.Write), find (HEAD / FindMissingBlobs).
+    /// BatchUpdateBlobs / ByteStream.Write), find (HEAD / FindMissingBlobs); read-zstd and
+    /// write-zstd (the same as zstd streams: Accept-Encoding / Content-Encoding: zstd,
+    /// compressed-blobs/zstd/); ac-read and ac-write (GET / PUT /ac/, GetActionResult /
+    /// UpdateActionResult of an ActionResult naming one stored blob of the size).
     #[arg(long, value_name = "OP:WEIGHT,...", default_value = "read:90,write:10")]
     pub mix: String,
     /// How long to measure (Go syntax: 30s, 2m). Default 10s unless --requests is given.
@@ -55,9 +60,27 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub prefill: Option<u64>,
     /// gRPC: blobs per BatchUpdateBlobs/BatchReadBlobs/FindMissingBlobs call, within the
-    /// server's batch limit.
+    /// server's batch limit; 0: no batch calls, ByteStream for every blob.
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub batch: usize,
+    /// Blob contents that zstd compresses about 3:1, like object files [default: random,
+    /// incompressible].
+    #[arg(long)]
+    pub compressible: bool,
+    /// The server's Prometheus page, read before and after the measurement for
+    /// process_cpu_seconds_total: the report gives the server's CPU per operation [default for
+    /// http(s):// targets: /metrics on the same host and port].
+    #[arg(long, value_name = "URL", alias = "metrics-url")]
+    pub metrics_url: Option<String>,
+    /// Measure the server's CPU from /proc instead: this process, its threads and its
+    /// descendants (e.g. nginx's workers); the server must run on this machine.
+    #[arg(
+        long,
+        value_name = "PID",
+        alias = "server-pid",
+        conflicts_with = "metrics_url"
+    )]
+    pub server_pid: Option<u32>,
     /// gRPC: HTTP/2 connections to spread the workers over [default: one per worker].
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
@@ -161,7 +184,10 @@ pub struct Options {
     pub(crate) mix: OpMix,
     pub(crate) load: Load,
     pub(crate) prefill: Option<u64>,
+    /// 0: ByteStream only.
     pub(crate) batch: usize,
+    pub(crate) content: Content,
+    pub(crate) cpu: CpuSource,
     pub(crate) connections: usize,
     pub(crate) chunk_size: usize,
     pub(crate) timeout: Duration,
@@ -204,7 +230,11 @@ impl Options {
             }
         };
         let concurrency = positive("--concurrency", args.concurrency)?;
-        let batch = positive("--batch", args.batch)?;
+        // 0 is allowed: no batch calls.
+        let batch = match args.batch {
+            0 => 0,
+            n => positive("--batch", n)?,
+        };
         let connections = positive("--connections", args.connections.unwrap_or(concurrency))?;
         let chunk_size = mix::parse_size(&args.chunk_size)
             .ok()
@@ -267,6 +297,7 @@ impl Options {
                 message: "may not contain . or .. segments".to_owned(),
             });
         }
+        let cpu = CpuSource::from_args(&target, args.metrics_url.as_deref(), args.server_pid)?;
         Ok(Options {
             target,
             tls,
@@ -281,6 +312,12 @@ impl Options {
             },
             prefill: args.prefill,
             batch,
+            content: if args.compressible {
+                Content::Compressible
+            } else {
+                Content::Random
+            },
+            cpu,
             connections,
             chunk_size,
             timeout,
@@ -313,6 +350,22 @@ mod tests {
         assert_eq!(o.load.warmup, Duration::from_secs(1));
         assert_eq!(o.chunk_size, 1 << 20);
         assert!(o.mix.has(Op::Read) && o.mix.has(Op::Write) && !o.mix.has(Op::Find));
+        assert_eq!((o.batch, o.content), (1, Content::Random));
+        assert_eq!(o.cpu, CpuSource::None);
+        // --batch 0: ByteStream only; the spellings of the CPU flags.
+        let o = parse(&[
+            "grpc://h:1",
+            "--batch",
+            "0",
+            "--compressible",
+            "--server-pid",
+            "7",
+        ])
+        .unwrap();
+        assert_eq!((o.batch, o.content), (0, Content::Compressible));
+        assert_eq!(o.cpu, CpuSource::Pid(7));
+        let o = parse(&["grpc://h:1", "--metrics-url", "http://h:2"]).unwrap();
+        assert!(matches!(o.cpu, CpuSource::Metrics { explicit: true, .. }));
         // --requests alone means no time limit.
         let o = parse(&["http://h", "--requests", "5"]).unwrap();
         assert_eq!((o.load.duration, o.load.requests), (None, Some(5)));
@@ -403,6 +456,11 @@ mod tests {
                 "--instance_name",
             ),
             (&["http://h", "--cert", "c.pem"], "--key"),
+            (
+                &["http://h", "--server_pid", "1", "--metrics_url", "http://h"],
+                "--metrics_url",
+            ),
+            (&["grpc://h:1", "--metrics_url", "h:80"], "--metrics_url: "),
             (&["ftp://h"], "unknown scheme"),
         ] {
             let err = parse(args).unwrap_err().to_string();

@@ -1,7 +1,8 @@
 //! The result of a run, as a table for people and as JSON (`--json`) for
 //! scripts: one row per operation and blob size, per operation, and in
 //! total, with throughput (requests/s, blobs/s, MiB/s), latency
-//! percentiles and errors by kind.
+//! percentiles and errors by kind; the server's CPU per operation when it
+//! could be read.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -49,6 +50,8 @@ pub struct Report {
     /// Each operation over all sizes.
     pub ops: Vec<Row>,
     pub total: Stats,
+    /// The server's CPU time during the measurement.
+    pub server_cpu: ServerCpu,
     pub errors: Errors,
     /// After the load: were the acknowledged writes kept?
     pub write_check: Option<WriteCheck>,
@@ -72,7 +75,83 @@ pub struct OpShare {
 pub struct Prefill {
     pub blobs: u64,
     pub uploaded: u64,
+    /// ActionResults stored for `ac-read` (each run, over any old ones).
+    pub action_results: u64,
     pub seconds: f64,
+}
+
+/// The server's CPU time from the end of the warm-up to the last answer,
+/// and per operation (over every operation of the mix).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerCpu {
+    /// Where the time was read (or, without figures, why there are none).
+    pub source: String,
+    pub seconds: Option<f64>,
+    /// `seconds` over the measured time: cores kept busy.
+    pub cores: Option<f64>,
+    pub per_request_us: Option<f64>,
+    pub per_blob_us: Option<f64>,
+    /// Why there are no figures.
+    pub unavailable: Option<String>,
+}
+
+impl ServerCpu {
+    /// From the readings at both ends of the measurement; per-operation
+    /// figures are added by [`build`].
+    pub(crate) fn between(
+        source: String,
+        before: Result<f64, String>,
+        after: Result<f64, String>,
+    ) -> ServerCpu {
+        match before.and_then(|b| after.map(|a| a - b)) {
+            Ok(seconds) => ServerCpu {
+                source,
+                seconds: Some(seconds.max(0.0)),
+                ..ServerCpu::default()
+            },
+            Err(why) => ServerCpu {
+                unavailable: Some(why),
+                source,
+                ..ServerCpu::default()
+            },
+        }
+    }
+
+    fn per_operation(mut self, total: &Stats, elapsed: f64) -> ServerCpu {
+        if let Some(s) = self.seconds {
+            let per = |n: u64| (n > 0).then(|| s / n as f64 * 1e6);
+            self.per_request_us = per(total.requests);
+            self.per_blob_us = per(total.blobs);
+            self.cores = (elapsed > 0.0).then(|| s / elapsed);
+        }
+        self
+    }
+
+    fn text(&self) -> String {
+        let (Some(s), None) = (self.seconds, &self.unavailable) else {
+            let why = self.unavailable.as_deref().unwrap_or(&self.source);
+            return format!("server   CPU {why}\n");
+        };
+        let per = |label: &str, us: Option<f64>| {
+            us.map_or_else(String::new, |us| format!(", {} per {label}", micros(us)))
+        };
+        format!(
+            "server   CPU {s:.2} s ({:.2} cores){}{}; from {}\n",
+            self.cores.unwrap_or(0.0),
+            per("request", self.per_request_us),
+            per("blob", self.per_blob_us),
+            self.source
+        )
+    }
+}
+
+/// `850 µs`, `2.31 ms`.
+fn micros(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{us:.1} µs")
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,9 +167,11 @@ pub struct Row {
 pub struct Stats {
     /// Requests finished (successful or not).
     pub requests: u64,
-    /// Blobs moved or looked up by successful requests.
+    /// Blobs moved or looked up (ActionResults read or written) by
+    /// successful requests.
     pub blobs: u64,
-    /// Payload bytes of successful requests.
+    /// Payload bytes of successful requests: blob sizes (as stored, not as
+    /// compressed for zstd transfers), ActionResult lengths.
     pub bytes: u64,
     pub errors: u64,
     pub requests_per_second: f64,
@@ -191,15 +272,19 @@ impl Report {
             mix.join(",")
         );
         if self.prefill.blobs > 0 {
+            let actions = match self.prefill.action_results {
+                0 => String::new(),
+                n => format!(", {n} ActionResults stored"),
+            };
             let _ = writeln!(
                 out,
-                "prefill  {} blobs to read ({} uploaded in {:.1} s)",
+                "prefill  {} blobs to read ({} uploaded{actions} in {:.1} s)",
                 self.prefill.blobs, self.prefill.uploaded, self.prefill.seconds
             );
         }
         let _ = writeln!(
             out,
-            "\n{:<6} {:>8} {:>10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
+            "\n{:<10} {:>8} {:>10} {:>11} {:>11} {:>10} {:>9} {:>9} {:>9} {:>9} {:>7}",
             "op",
             "size",
             "requests",
@@ -227,6 +312,7 @@ impl Report {
             table_row(&mut out, "all", "all", &self.total);
         }
         out.push('\n');
+        out.push_str(&self.server_cpu.text());
         if self.errors.total == 0 {
             let _ = writeln!(out, "errors   none");
         } else {
@@ -270,6 +356,7 @@ pub(crate) fn build(
     classes: &[Arc<SizeClass>],
     prefill: Prefill,
     measured: Measured,
+    server_cpu: ServerCpu,
     write_check: Option<WriteCheck>,
 ) -> Report {
     let elapsed = measured.elapsed;
@@ -307,6 +394,7 @@ pub(crate) fn build(
         }
     }
     errors.total = errors.by_kind.values().sum();
+    let total_stats = Stats::of(total, elapsed);
     Report {
         target: options.target.redacted(),
         protocol: match options.target.protocol {
@@ -349,7 +437,8 @@ pub(crate) fn build(
                 stats: Stats::of(r, elapsed),
             })
             .collect(),
-        total: Stats::of(total, elapsed),
+        server_cpu: server_cpu.per_operation(&total_stats, elapsed.as_secs_f64()),
+        total: total_stats,
         errors,
         write_check,
     }
@@ -358,7 +447,7 @@ pub(crate) fn build(
 fn table_row(out: &mut String, op: &str, size: &str, s: &Stats) {
     let _ = writeln!(
         out,
-        "{op:<6} {size:>8} {:>10} {:>11.1} {:>11.1} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
+        "{op:<10} {size:>8} {:>10} {:>11.1} {:>11.1} {:>10.1} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>7}",
         s.requests,
         s.requests_per_second,
         s.blobs_per_second,

@@ -51,7 +51,18 @@ fn help_names_the_standalone_program() {
         "{help}"
     );
     assert!(!help.contains("bazel-cache bench"), "{help}");
-    for flag in ["--concurrency", "--sizes", "--mix", "--json", "--cacert"] {
+    for flag in [
+        "--concurrency",
+        "--sizes",
+        "--mix",
+        "--json",
+        "--cacert",
+        "--compressible",
+        "--metrics_url",
+        "--server_pid",
+        "ac-read",
+        "write-zstd",
+    ] {
         assert!(help.contains(flag), "{flag} missing from:\n{help}");
     }
     assert!(help.contains("The exit status is 0"), "{help}");

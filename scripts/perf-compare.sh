@@ -1,0 +1,183 @@
+#!/usr/bin/env bash
+# Issue 13's table, measured in one run on this machine: this server with
+# its defaults (fsync on, zstd storage) and nginx (sendfile for GET, DAV for
+# PUT) on loopback, both driven by the same load generator
+# (`bazel-cache bench`, 16 clients, every read verified by hashing), each
+# write load starting after a `sync` so one server's dirty pages do not tax
+# the next. One table: each figure, its reference and the ratio to it, p50
+# and p99 latency, and the server CPU per operation (ours from its
+# process_cpu_seconds_total, nginx's from /proc via --server_pid).
+#
+# References: nginx for HTTP GET and PUT (also for PUT with fsync off); our
+# own HTTP figure for the same blobs for every gRPC row (the issue wants
+# gRPC within 10 % of HTTP) and for gRPC AC rows; 1.5 M digests/s for
+# FindMissingBlobs. HTTP AC rows have no reference. Ratios, not absolute
+# figures, carry over between machines; a busy machine lowers both sides.
+#
+# Usage: scripts/perf-compare.sh [--quick]
+#   --quick          1 s per figure, 0.5 s warm-up (a smoke run, ~1 minute)
+# Env:   PERF_DURATION=4s  PERF_WARMUP=1s  PERF_CLIENTS=16
+#        BENCH=path to the bazel-cache binary (default target/release/bazel-cache,
+#        built when missing)  NGINX=nginx
+# Needs nginx with the DAV module and jq: installed with apt-get when missing.
+# Everything runs from one temporary directory, removed on exit with every
+# process this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+duration=${PERF_DURATION:-4s}
+warmup=${PERF_WARMUP:-1s}
+case "${1:-}" in
+  --quick) duration=1s warmup=0.5s ;;
+  "") ;;
+  -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+  *) echo "perf-compare: unknown argument $1 (expected --quick)" >&2; exit 2 ;;
+esac
+clients=${PERF_CLIENTS:-16}
+bench=${BENCH:-target/release/bazel-cache}
+
+die() { echo "perf-compare: $*" >&2; exit 2; }
+
+for tool in nginx jq; do
+  if ! command -v "${tool/nginx/${NGINX:-nginx}}" >/dev/null; then
+    echo "perf-compare: installing $tool" >&2
+    { apt-get install -y "$tool" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$tool" >/dev/null 2>&1; }; } \
+      || die "$tool is missing and apt-get could not install it"
+  fi
+done
+if [ ! -x "$bench" ]; then
+  cargo build --release --locked -p bazel-cache || die "cannot build $bench"
+fi
+
+source scripts/nginx-blobs.sh
+work=$(mktemp -d -t perf-compare.XXXXXX)
+server_pids=()
+cleanup() {
+  local pid
+  for pid in "${server_pids[@]}"; do
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+  done
+  stop_nginx
+  rm -rf "$work"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start_server NAME FLAGS...: this server on a fresh directory, ports chosen
+# by the kernel (read from the `build --remote_cache=` lines it prints); sets
+# <NAME>_http and <NAME>_grpc.
+start_server() {
+  local name=$1 log="$work/$1.log" pid http="" grpc="" _
+  shift
+  "$bench" --dir "$work/$name" --http_address 127.0.0.1:0 --grpc_address 127.0.0.1:0 "$@" \
+    >"$log" 2>&1 &
+  pid=$!
+  server_pids+=("$pid")
+  for _ in $(seq 300); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "server $name ($*) exited while starting"; }
+    http=$(sed -n 's/^build --remote_cache=\(http:[^ ]*\)$/\1/p' "$log")
+    grpc=$(sed -n 's/^build --remote_cache=\(grpc:[^ ]*\)$/\1/p' "$log")
+    [ -n "$http" ] && [ -n "$grpc" ] && break
+    sleep 0.1
+  done
+  [ -n "$http" ] && [ -n "$grpc" ] || { tail -n 20 "$log" >&2; die "server $name did not start within 30 s"; }
+  printf -v "${name}_http" %s "$http"
+  printf -v "${name}_grpc" %s "$grpc"
+}
+
+# run KEY URL ARGS...: one measurement, its JSON report in $work/KEY.json.
+# Writes start after a sync. A run that cannot start stops the script; one
+# whose requests failed is kept and flagged in the table.
+run() {
+  local key=$1 url=$2 status=0
+  shift 2
+  case " $* " in *" --mix write"* | *" --mix ac-write"*) sync ;; esac
+  printf '  %-28s' "$key" >&2
+  "$bench" bench "$url" --concurrency "$clients" --duration "$duration" --warmup "$warmup" \
+    --json "$@" >"$work/$key.json" 2>"$work/$key.err" || status=$?
+  if [ "$status" -ge 2 ]; then
+    echo >&2
+    cat "$work/$key.err" >&2
+    die "bench $key could not run"
+  fi
+  jq -r '"\(.total.requests) requests, \(.errors.total) errors"' "$work/$key.json" >&2
+}
+
+start_nginx "$work/nginx"
+start_server ours
+start_server nofsync --fsync=false
+echo "perf-compare: $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $clients clients," \
+  "$duration per figure after $warmup warm-up; nginx $(nginx -v 2>&1 | sed 's/.*nginx\///')" >&2
+
+nginx_cpu=(--server_pid "$NGINX_PID")
+ours_cpu=(--metrics_url "$ours_http")
+for size in 4KiB 1MiB; do
+  run "nginx-get-$size" "$NGINX_URL" --mix read --sizes "$size" "${nginx_cpu[@]}"
+  run "ours-get-$size" "$ours_http" --mix read --sizes "$size"
+  run "nginx-put-$size" "$NGINX_URL" --mix write --sizes "$size" "${nginx_cpu[@]}"
+  run "ours-put-$size" "$ours_http" --mix write --sizes "$size"
+done
+run nofsync-put-1MiB "$nofsync_http" --mix write --sizes 1MiB
+run grpc-read-4KiB-batch "$ours_grpc" --mix read --sizes 4KiB "${ours_cpu[@]}"
+run grpc-read-4KiB-bytestream "$ours_grpc" --mix read --sizes 4KiB --batch 0 "${ours_cpu[@]}"
+run grpc-write-4KiB-batch "$ours_grpc" --mix write --sizes 4KiB "${ours_cpu[@]}"
+run grpc-read-1MiB "$ours_grpc" --mix read --sizes 1MiB "${ours_cpu[@]}"
+run grpc-write-1MiB "$ours_grpc" --mix write --sizes 1MiB "${ours_cpu[@]}"
+run grpc-find-1000 "$ours_grpc" --mix find --sizes 4KiB --batch 1000 "${ours_cpu[@]}"
+run http-ac-read "$ours_http" --mix ac-read --sizes 4KiB
+run http-ac-write "$ours_http" --mix ac-write --sizes 4KiB
+run grpc-ac-read "$ours_grpc" --mix ac-read --sizes 4KiB "${ours_cpu[@]}"
+run grpc-ac-write "$ours_grpc" --mix ac-write --sizes 4KiB "${ours_cpu[@]}"
+
+# One row: label, our report, reference (a report, or "target:<blobs/s>", or
+# "-"), unit (req/s: blobs per second; MiB/s), the issue's goal for the ratio.
+row() {
+  local label=$1 ours=$2 ref=$3 unit=$4 goal=$5
+  jq -nr --arg figure "$label" --arg unit "$unit" --arg goal "$goal" --arg ref "$ref" \
+    --slurpfile o "$work/$ours.json" \
+    --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" '
+    def rate(rep): if $unit == "MiB/s" then rep.total.mib_per_second else rep.total.blobs_per_second end;
+    def fmt(x): if x == null then "-" elif x >= 100 then (x | floor | tostring)
+                else ((x * 10 | floor) / 10 | tostring) end;
+    def cpu(rep): rep.server_cpu.per_blob_us as $us
+      | if $us == null then "n/a" elif $us >= 1000 then ((($us / 10 | floor) / 100 | tostring) + " ms")
+        else (fmt($us) + " µs") end;
+    def lat(rep): (rep.total.latency | "\(.p50_ms * 100 | floor / 100)/\(.p99_ms * 100 | floor / 100)");
+    def flag(rep): if rep.errors.total > 0 then " (\(rep.errors.total) errors)" else "" end;
+    $o[0] as $ours
+    | (if ($r | length) > 0 then rate($r[0])
+       elif ($ref | startswith("target:")) then ($ref | ltrimstr("target:") | tonumber)
+       else null end) as $refrate
+    | (if ($r | length) > 0 then ($ref | split("-")[0]) elif $refrate != null then "target" else "" end) as $refname
+    | [ $figure,
+        fmt(rate($ours)) + " " + $unit + flag($ours),
+        (if $refrate == null then "-" else fmt($refrate) + " " + $unit + " (" + $refname + ")" end),
+        (if $refrate == null or $refrate == 0 then "-" else (rate($ours) / $refrate * 100 | floor / 100 | tostring) end),
+        $goal,
+        lat($ours),
+        cpu($ours),
+        (if ($r | length) > 0 and ($ref | startswith("nginx")) then cpu($r[0]) + flag($r[0]) else "-" end)
+      ] | @tsv'
+}
+
+{
+  printf 'figure\tours\treference\tratio\tgoal\tp50/p99 ms\tCPU/op ours\tCPU/op nginx\n'
+  row "HTTP GET 4 KiB" ours-get-4KiB nginx-get-4KiB req/s ">=0.7"
+  row "HTTP GET 1 MiB" ours-get-1MiB nginx-get-1MiB MiB/s ">=0.85"
+  row "HTTP PUT 4 KiB" ours-put-4KiB nginx-put-4KiB req/s "-"
+  row "HTTP PUT 1 MiB" ours-put-1MiB nginx-put-1MiB MiB/s ">=0.7"
+  row "HTTP PUT 1 MiB fsync:false" nofsync-put-1MiB nginx-put-1MiB MiB/s ">=0.9"
+  row "gRPC read 4 KiB BatchRead" grpc-read-4KiB-batch ours-get-4KiB req/s ">=0.9"
+  row "gRPC read 4 KiB ByteStream" grpc-read-4KiB-bytestream ours-get-4KiB req/s ">=0.9"
+  row "gRPC write 4 KiB BatchUpdate" grpc-write-4KiB-batch ours-put-4KiB req/s ">=0.9"
+  row "gRPC ByteStream read 1 MiB" grpc-read-1MiB ours-get-1MiB MiB/s ">=0.9"
+  row "gRPC ByteStream write 1 MiB" grpc-write-1MiB ours-put-1MiB MiB/s ">=0.9"
+  row "FindMissingBlobs 1000/call" grpc-find-1000 target:1500000 digests/s ">=1"
+  row "AC get HTTP" http-ac-read - req/s "-"
+  row "AC put HTTP" http-ac-write - req/s "-"
+  row "AC get gRPC" grpc-ac-read http-ac-read req/s ">=0.9"
+  row "AC put gRPC" grpc-ac-write http-ac-write req/s ">=0.9"
+} | sed 's/(ours)/(our HTTP)/; s/(http)/(our HTTP)/' | column -t -s $'\t'
+echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: our HTTP figure;" \
+  "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing))"
