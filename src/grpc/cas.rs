@@ -18,7 +18,7 @@ use super::{
     GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest, rpc_status, store_status,
 };
 use bazel_cache_digest::{BlobKey, Digest};
-use bazel_cache_store::{Encoding, PutRequest, Store, StoreError, read_all};
+use bazel_cache_store::{BlobBody, Encoding, PutRequest, Store, StoreError, read_all};
 
 /// Directories per GetTree response when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -87,7 +87,15 @@ async fn read_for_batch(
     }
     let limit = blob.body_len.unwrap_or(blob.size).max(d.size) + 1;
     let mut bytes = Vec::with_capacity(blob.body_len.unwrap_or(blob.size) as usize);
-    blob.body.take(limit).read_to_end(&mut bytes).await?;
+    match blob.body {
+        BlobBody::Bytes(b) if b.len() as u64 <= limit => bytes.extend_from_slice(&b),
+        body => {
+            body.into_reader()
+                .take(limit)
+                .read_to_end(&mut bytes)
+                .await?;
+        }
+    }
     if zstd && blob.encoding == Encoding::Identity {
         let compressed = zstd::bulk::compress(&bytes, 1)?;
         return Ok(Some((compressed, Encoding::Zstd)));

@@ -15,7 +15,7 @@ use super::{Body, HttpState, empty, error, full, method_not_allowed};
 use bazel_cache_digest::{BlobKey, Kind, mangle_ac_key};
 use bazel_cache_store::action_result as ac;
 use bazel_cache_store::budget::{MemoryBudget, MemoryUse, ReadBuffers, Reservation};
-use bazel_cache_store::{Blob, Encoding, PutRequest, StoreError, read_all, zstd_decode};
+use bazel_cache_store::{Blob, BlobBody, Encoding, PutRequest, StoreError, read_all, zstd_decode};
 
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.
@@ -111,11 +111,24 @@ async fn get(
     // The chunk being read and those hyper holds for a slow client, from
     // the memory budget, for as long as the body lives.
     let ReadBuffers { chunk, reservation } = state.memory.reserve_read(body_len).await?;
-    let stream = ReaderStream::with_capacity(body, chunk).map_ok(move |data| {
-        let _held = &reservation;
-        Frame::data(data)
-    });
-    let body = StreamBody::new(stream).boxed_unsync();
+    let body = match body {
+        // Read whole by the store: one frame, hyper writes it as it is.
+        BlobBody::Bytes(bytes) => {
+            let frame =
+                futures_util::stream::once(std::future::ready(Ok(bytes))).map_ok(move |data| {
+                    let _held = &reservation;
+                    Frame::data(data)
+                });
+            StreamBody::new(frame).boxed_unsync()
+        }
+        BlobBody::Stream(reader) => {
+            let stream = ReaderStream::with_capacity(reader, chunk).map_ok(move |data| {
+                let _held = &reservation;
+                Frame::data(data)
+            });
+            StreamBody::new(stream).boxed_unsync()
+        }
+    };
     let coding = (encoding == Encoding::Zstd).then_some("zstd");
     Ok(match body_len {
         Some(len) => blob_response(len, coding, body),

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 use crate::budget::{DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget};
 use crate::progress::ProgressGuard;
 use crate::zstd_decode;
-use crate::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats};
+use crate::{Blob, BlobBody, Encoding, PutRequest, Store, StoreError, StoreStats};
 
 /// Whether `key` names the empty CAS blob.
 pub fn is_empty_blob(key: &BlobKey) -> bool {
@@ -101,7 +101,7 @@ impl<S: Store> Store for EmptyBlob<S> {
                 size: 0,
                 encoding: Encoding::Identity,
                 body_len: Some(0),
-                body: Box::pin(tokio::io::empty()),
+                body: BlobBody::Bytes(bytes::Bytes::new()),
             }));
         }
         self.inner.get(key, accept_zstd).await

@@ -75,7 +75,26 @@ pub struct Blob {
     pub encoding: Encoding,
     /// Exact number of bytes `body` yields, when known (always for identity).
     pub body_len: Option<u64>,
-    pub body: BlobReader,
+    pub body: BlobBody,
+}
+
+/// A found blob's bytes: in memory when the store read them in one go
+/// (small files: one hand-off to a blocking thread instead of one per
+/// open, stat and read), else a stream.
+pub enum BlobBody {
+    /// Every byte of the body. A front end sends it as is.
+    Bytes(bytes::Bytes),
+    Stream(BlobReader),
+}
+
+impl BlobBody {
+    /// The body as a stream, whichever form it has.
+    pub fn into_reader(self) -> BlobReader {
+        match self {
+            BlobBody::Bytes(b) => Box::pin(std::io::Cursor::new(b)),
+            BlobBody::Stream(r) => r,
+        }
+    }
 }
 
 /// A write into the store. The store hashes while it copies and makes the
@@ -202,7 +221,11 @@ pub async fn read_all(
         });
     }
     let mut bytes = Vec::with_capacity(blob.size as usize);
-    blob.body.take(limit + 1).read_to_end(&mut bytes).await?;
+    blob.body
+        .into_reader()
+        .take(limit + 1)
+        .read_to_end(&mut bytes)
+        .await?;
     if bytes.len() as u64 > limit {
         return Err(StoreError::TooLarge {
             size: bytes.len() as u64,

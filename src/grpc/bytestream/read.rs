@@ -109,7 +109,7 @@ pub(super) async fn read(
         // Stored compressed and wanted compressed from the start: as stored.
         Encoding::Zstd if stored_zstd_ok => {
             return Ok(Response::new(chunks(
-                blob.body,
+                blob.body.into_reader(),
                 blob.body_len,
                 name.to_string(),
                 buffers,
@@ -117,11 +117,11 @@ pub(super) async fn read(
         }
         // The store hands out zstd only when asked; decode if it did anyway.
         Encoding::Zstd => Box::pin(
-            zstd_decode::decoder(blob.body, &state.memory)
+            zstd_decode::decoder(blob.body.into_reader(), &state.memory)
                 .await
                 .map_err(memory_error)?,
         ),
-        Encoding::Identity => blob.body,
+        Encoding::Identity => blob.body.into_reader(),
     };
     if offset > 0 {
         // The store's bodies don't seek: read past the first `offset` bytes.

@@ -92,7 +92,7 @@ pub(super) async fn put_ok(store: &DiskStore, key: BlobKey, data: &[u8]) {
 
 /// Reads a blob's whole body, checking it against `body_len`.
 pub(super) async fn read_body(blob: Blob) -> Vec<u8> {
-    let mut body = blob.body;
+    let mut body = blob.body.into_reader();
     let mut out = Vec::new();
     body.read_to_end(&mut out).await.expect("read blob body");
     if let Some(n) = blob.body_len {

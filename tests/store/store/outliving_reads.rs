@@ -19,21 +19,25 @@ async fn open_reads_survive_eviction() {
     ] {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        let store = open(&config(root, 64 * KIB, mode)).await;
-        let x = random_bytes(20 * KIB as usize, 1);
+        let store = open(&config(root, 4 * MIB, mode)).await;
+        // Larger than a whole read (256 KiB), so the read streams from the
+        // open file; a compressible first chunk, so zstd mode stores it
+        // compressed.
+        let mut x = text_bytes(256 * KIB as usize, 1);
+        x.extend(random_bytes(2 * MIB as usize, 1));
         let kx = cas(&x);
         put_ok(&store, kx, &x).await;
         let x_path = store.blob_path(&kx).unwrap().unwrap();
 
         let blob = store.get(&kx, accept_zstd).await.unwrap().unwrap();
         let encoding = blob.encoding;
-        let mut body = blob.body;
+        let mut body = blob.body.into_reader();
         let mut head = vec![0u8; 1000];
         body.read_exact(&mut head).await.unwrap();
 
         // Fill the cache until X is evicted.
         for i in 0..4u64 {
-            let filler = random_bytes(20 * KIB as usize, 100 + i);
+            let filler = random_bytes(3 * MIB as usize / 2, 100 + i);
             put_ok(&store, cas(&filler), &filler).await;
         }
         store.flush().await.unwrap();
@@ -105,10 +109,7 @@ async fn a_removed_shard_directory_is_recreated_on_write() {
     assert!(shard.is_dir());
     let blob = store.get(&key, false).await.unwrap().unwrap();
     let mut got = Vec::new();
-    Box::into_pin(Box::new(blob.body))
-        .read_to_end(&mut got)
-        .await
-        .unwrap();
+    blob.body.into_reader().read_to_end(&mut got).await.unwrap();
     assert_eq!(got, data);
     store.close().await;
 }

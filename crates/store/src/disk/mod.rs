@@ -34,7 +34,7 @@ use crate::budget::{
 use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
 use crate::zstd_decode;
-use crate::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+use crate::{Blob, BlobBody, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
 use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
 
 pub use self::recovery::RecoveryReport;
@@ -42,28 +42,63 @@ pub use self::recovery::RecoveryReport;
 /// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
 /// four file writes, small enough that 64 concurrent uploads stay in 16 MiB.
 const CHUNK: usize = 256 * 1024;
-/// Blobs up to this size (stored and logical) are decompressed in one call
-/// with a reused per-thread context: building a streaming decoder and its
-/// buffers cost more than the decompression itself for small blobs.
-const SMALL_BLOB: u64 = 64 * 1024;
+/// Blobs up to this size (stored and, for a plain read of a zstd-stored
+/// blob, logical) are read whole in one blocking call and handed to the
+/// front end as bytes it sends as they are; larger ones stream.
+const WHOLE_READ: u64 = 256 * 1024;
 
-/// Reads a small zstd-stored blob and decompresses it whole, checking that
-/// it has the size the index records.
-async fn decompress_small(mut file: File, on_disk: u64, size: u64) -> Result<Vec<u8>, StoreError> {
+/// A blob file opened for a read, on a blocking thread.
+enum Opened {
+    /// Small enough to read whole in the same hand-off (decompressed when
+    /// the reader wants plain bytes of a zstd-stored blob).
+    Whole(Vec<u8>),
+    /// To stream, with its length on disk.
+    File(std::fs::File, u64),
+}
+
+/// Opens a blob's file and, when it is small, reads it whole: one hand-off
+/// to a blocking thread per read, where `tokio::fs` made three (open,
+/// stat, read) and a context switch each, most of a 4 KiB GET's CPU.
+/// `None` when the file is gone.
+fn open_for_read(
+    path: &std::path::Path,
+    entry: &Entry,
+    decompress: bool,
+) -> Result<Option<Opened>, StoreError> {
+    use std::io::Read;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    let on_disk = file.metadata()?.len();
+    if on_disk > WHOLE_READ || (decompress && entry.size > WHOLE_READ) {
+        return Ok(Some(Opened::File(file, on_disk)));
+    }
+    let mut bytes = Vec::with_capacity(on_disk as usize);
+    file.read_to_end(&mut bytes)?;
+    if decompress {
+        bytes = decompress_whole(&bytes, entry.size)?;
+    }
+    Ok(Some(Opened::Whole(bytes)))
+}
+
+/// Decompresses a small zstd-stored blob in one call with a context
+/// reused per thread (building a streaming decoder cost more than the
+/// decompression), checking it has the size the index records.
+fn decompress_whole(frames: &[u8], size: u64) -> Result<Vec<u8>, StoreError> {
     thread_local! {
         static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
             const { std::cell::RefCell::new(None) };
     }
-    let mut frame = Vec::with_capacity(on_disk as usize);
-    file.read_to_end(&mut frame).await?;
     let data = DECOMPRESSOR.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
             *cell = Some(zstd::bulk::Decompressor::new()?);
         }
         let decompressor = cell.as_mut().expect("just set");
-        // One byte more than expected, so a longer frame is detected.
-        decompressor.decompress(&frame, size as usize + 1)
+        // One byte more than expected, so a longer blob is detected.
+        decompressor.decompress(frames, size as usize + 1)
     })?;
     if data.len() as u64 != size {
         return Err(StoreError::Io(io::Error::new(
@@ -712,51 +747,55 @@ impl Store for DiskStore {
             return Ok(None);
         };
         let path = self.layout.blob_path(key, entry.encoding);
-        let file = match File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                // Evicted or replaced between the lookup and the open, or lost:
-                // the writer drops the entry if the file is really gone.
-                self.forget(key);
-                return Ok(None);
-            }
-            Err(e) => return Err(e.into()),
+        let decompress = entry.encoding == Encoding::Zstd && !accept_zstd;
+        let opened = tokio::task::spawn_blocking(move || open_for_read(&path, &entry, decompress))
+            .await
+            .map_err(|e| StoreError::Io(io::Error::other(format!("read task failed: {e}"))))??;
+        let Some(opened) = opened else {
+            // Evicted or replaced between the lookup and the open, or lost:
+            // the writer drops the entry if the file is really gone.
+            self.forget(key);
+            return Ok(None);
         };
         self.note_use(key, &entry);
-        let on_disk = file.metadata().await?.len();
-        Ok(Some(match (entry.encoding, accept_zstd) {
+        Ok(Some(match opened {
+            Opened::Whole(bytes) => Blob {
+                size: if decompress || entry.encoding == Encoding::Identity {
+                    bytes.len() as u64
+                } else {
+                    entry.size
+                },
+                encoding: if decompress {
+                    Encoding::Identity
+                } else {
+                    entry.encoding
+                },
+                body_len: Some(bytes.len() as u64),
+                body: BlobBody::Bytes(bytes.into()),
+            },
             // The open file's length, not the index's: an AC entry may have
             // been replaced by a different-sized one since the lookup.
-            (Encoding::Identity, _) => Blob {
+            Opened::File(file, on_disk) if entry.encoding == Encoding::Identity => Blob {
                 size: on_disk,
                 encoding: Encoding::Identity,
                 body_len: Some(on_disk),
-                body: Box::pin(file),
+                body: BlobBody::Stream(Box::pin(File::from_std(file))),
             },
-            (Encoding::Zstd, true) => Blob {
+            Opened::File(file, on_disk) if !decompress => Blob {
                 size: entry.size,
                 encoding: Encoding::Zstd,
                 body_len: Some(on_disk),
-                body: Box::pin(file),
+                body: BlobBody::Stream(Box::pin(File::from_std(file))),
             },
-            (Encoding::Zstd, false) if entry.size <= SMALL_BLOB && on_disk <= SMALL_BLOB => {
-                let data = decompress_small(file, on_disk, entry.size).await?;
-                Blob {
-                    size: entry.size,
-                    encoding: Encoding::Identity,
-                    body_len: Some(entry.size),
-                    body: Box::pin(io::Cursor::new(data)),
-                }
-            }
-            (Encoding::Zstd, false) => {
-                let mut dec = zstd_decode::decoder(file, &self.cfg.memory).await?;
+            Opened::File(file, _) => {
+                let mut dec = zstd_decode::decoder(File::from_std(file), &self.cfg.memory).await?;
                 // A full budget is refused here, before the caller answers.
                 zstd_decode::reserve_first_frame(&mut dec).await?;
                 Blob {
                     size: entry.size,
                     encoding: Encoding::Identity,
                     body_len: Some(entry.size),
-                    body: Box::pin(dec),
+                    body: BlobBody::Stream(Box::pin(dec)),
                 }
             }
         }))
