@@ -29,7 +29,8 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     limit_malloc_arenas();
-    init_logging(&config);
+    // Held until main returns: dropping it writes out the lines still queued.
+    let _log_writer = init_logging(&config);
     for note in &invocation.notes {
         tracing::warn!("{note}");
     }
@@ -99,12 +100,23 @@ fn limit_malloc_arenas() {
     }
 }
 
-fn init_logging(config: &Config) {
+/// Logs go to stderr through a writer thread: with the access log on (the
+/// default, as bazel-remote's `access_log_level: all`), every request makes
+/// a line, and writing it from the async worker that served the request
+/// was a blocking write(2) per request, a tenth of a 4 KiB GET's CPU
+/// (perf). The thread writes lines as they come, in order, buffered while
+/// more are queued; none is dropped (a full queue makes the logger wait),
+/// and the returned guard writes out what is queued when dropped.
+fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .thread_name("log-writer")
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Timestamps are UTC (RFC 3339) unless log_timezone is "none"; "local"
     // is accepted but logged as UTC, which log collectors expect anyway.
@@ -114,6 +126,7 @@ fn init_logging(config: &Config) {
         (LogFormat::Text, LogTimezone::None) => builder.without_time().init(),
         (LogFormat::Text, _) => builder.init(),
     }
+    guard
 }
 
 /// SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
