@@ -13,6 +13,7 @@
 
 mod concurrency;
 mod eviction;
+mod find_missing;
 mod helpers;
 mod limits;
 mod outliving_reads;

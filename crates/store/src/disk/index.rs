@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::group_sync::GroupSync;
 use super::layout::Layout;
+use super::presence::Presence;
 use crate::{Encoding, StoreError, StoreStats, unix_now};
 use bazel_cache_digest::{BlobKey, Kind};
 
@@ -44,6 +45,10 @@ pub(super) const DURABLE_EVERY: Duration = Duration::from_secs(2);
 /// before they are acknowledged, logging a warning as it starts, so a test
 /// can kill the process there. Unset in production.
 pub(super) const PAUSE_GROUP_COMMIT_ENV: &str = "BAZEL_CACHE_FAULT_PAUSE_GROUP_COMMIT_MS";
+
+/// Index entries put into the presence map per slice at start, between
+/// batches of operations (a few milliseconds each).
+const PRESENCE_SLICE: usize = 20_000;
 
 /// Most operations folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -195,7 +200,14 @@ pub(super) struct Opened {
 pub(super) fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, StoreError> {
     let path = layout.index_path();
     let existed = path.exists();
-    let db = Database::builder().create(&path).map_err(|e| match e {
+    let mut builder = Database::builder();
+    if let Some(mb) = std::env::var("XX_INDEX_CACHE_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        builder.set_cache_size(mb << 20);
+    }
+    let db = builder.create(&path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
         e => StoreError::Index(format!("opening {}: {e}", path.display())),
     })?;
@@ -382,6 +394,11 @@ pub(super) struct Writer {
     durable: GroupSync,
     /// Fault injection for the crash tests ([`PAUSE_GROUP_COMMIT_ENV`]).
     pause_in_group_commit: Option<Duration>,
+    /// Which CAS blobs are stored, for FindMissingBlobs (presence.rs):
+    /// written only here, in commit order.
+    presence: Arc<Presence>,
+    /// Where filling `presence` from the index goes on: the next key.
+    presence_cursor: Vec<u8>,
     next_seq: u64,
     dirty_since_durable: bool,
     last_durable: Instant,
@@ -393,6 +410,7 @@ impl Writer {
         layout: Layout,
         stats: Arc<SharedStats>,
         fsync: bool,
+        presence: Arc<Presence>,
     ) -> Result<Self, StoreError> {
         let txn = db.begin_read().map_err(index_err)?;
         let meta = txn.open_table(META).map_err(index_err)?;
@@ -407,6 +425,10 @@ impl Writer {
             .map(Duration::from_millis);
         Ok(Writer {
             pause_in_group_commit,
+            presence,
+            presence_cursor: BlobKey::cas(bazel_cache_digest::Hash([0; 32]))
+                .to_bytes()
+                .to_vec(),
             durable: GroupSync::new(layout.tmp_dir())?,
             db,
             layout,
@@ -422,7 +444,22 @@ impl Writer {
     /// goes away without one (the store was dropped, not closed), the index
     /// stays marked unclean, exactly as after a crash.
     pub(super) fn run(mut self, mut rx: mpsc::Receiver<Op>) {
-        while let Some(op) = rx.blocking_recv() {
+        loop {
+            // Until the presence map is filled, fill a slice whenever no
+            // operation waits; after that, sleep until one comes.
+            let op = if self.presence.is_loaded() {
+                rx.blocking_recv()
+            } else {
+                match rx.try_recv() {
+                    Ok(op) => Some(op),
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        self.load_presence_slice();
+                        continue;
+                    }
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                }
+            };
+            let Some(op) = op else { break };
             let mut batch = vec![op];
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -447,6 +484,64 @@ impl Writer {
                 }
                 let _ = done.send(());
                 return;
+            }
+        }
+    }
+
+    /// Puts the next [`PRESENCE_SLICE`] CAS entries of the index into the
+    /// presence map, from the latest commit (this thread makes every
+    /// commit, so nothing changes under it), and marks the map loaded
+    /// after the last. Changes to entries before the cursor reach the map
+    /// through `apply`; those after it are read here in their latest form.
+    fn load_presence_slice(&mut self) {
+        let result = (|| -> Result<bool, StoreError> {
+            let txn = self.db.begin_read().map_err(index_err)?;
+            let table = txn.open_table(ENTRIES).map_err(index_err)?;
+            let mut last = None;
+            let mut n = 0;
+            for row in table
+                .range(self.presence_cursor.as_slice()..)
+                .map_err(index_err)?
+            {
+                let (k, v) = row.map_err(index_err)?;
+                let Some(key) = BlobKey::from_bytes(k.value()) else {
+                    continue;
+                };
+                if key.kind != Kind::Cas {
+                    break;
+                }
+                if let Some(e) = Entry::decode(v.value()) {
+                    self.presence.insert(&key.hash, e.size, e.atime);
+                }
+                last = Some(k.value().to_vec());
+                n += 1;
+                if n == PRESENCE_SLICE {
+                    break;
+                }
+            }
+            match last {
+                Some(mut key) if n == PRESENCE_SLICE => {
+                    // The smallest key after `key`.
+                    key.push(0);
+                    self.presence_cursor = key;
+                    Ok(false)
+                }
+                _ => Ok(true),
+            }
+        })();
+        match result {
+            Ok(false) => {}
+            Ok(true) => {
+                tracing::info!(
+                    blobs = self.presence.len(),
+                    "presence map loaded: FindMissingBlobs answers from memory"
+                );
+                self.presence.mark_loaded();
+            }
+            Err(e) => {
+                // Stay on the index for misses; try again later.
+                tracing::warn!(error = %e, "filling the presence map failed");
+                std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
@@ -492,6 +587,9 @@ impl Writer {
             return;
         }
 
+        let t0 = Instant::now();
+        let n_inserts = inserts.len();
+        let n_touches = touches.len();
         // Group commit: the bytes of every new blob in this batch reach
         // stable storage in one flush, before any of them is renamed into
         // place (a file under its final name is always whole)...
@@ -514,6 +612,7 @@ impl Writer {
                 return;
             }
         }
+        let ta = Instant::now();
         // ...then moved into place: a rename that fails is reported to its
         // writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
@@ -534,6 +633,7 @@ impl Writer {
             }
             placed.push((ins, dest, done));
         }
+        let tb = Instant::now();
         if let Some(pause) = self.pause_in_group_commit
             && !placed.is_empty()
         {
@@ -558,7 +658,20 @@ impl Writer {
             return;
         }
 
-        match self.commit(&placed, &touches, &forgets, durable) {
+        let t1 = Instant::now();
+        let result = self.commit(&placed, &touches, &forgets, durable);
+        tracing::debug!(
+            n_inserts,
+            n_touches,
+            durable,
+            files_ms = (t1 - t0).as_secs_f64() * 1e3,
+            sync1_ms = (ta - t0).as_secs_f64() * 1e3,
+            rename_ms = (tb - ta).as_secs_f64() * 1e3,
+            sync2_ms = (t1 - tb).as_secs_f64() * 1e3,
+            commit_ms = t1.elapsed().as_secs_f64() * 1e3,
+            "TIMING"
+        );
+        match result {
             Ok(outcome) => {
                 for path in outcome.unlink {
                     if let Err(e) = std::fs::remove_file(&path)
@@ -567,7 +680,16 @@ impl Writer {
                         tracing::warn!(path = %path.display(), error = %e, "removing evicted blob");
                     }
                 }
-                for (_, _, done) in placed {
+                let now = unix_now();
+                for key in touches.iter().filter(|k| k.kind == Kind::Cas) {
+                    if let Some(size) = outcome.touched.get(key) {
+                        self.presence.insert(&key.hash, *size, now);
+                    }
+                }
+                for (ins, _, done) in placed {
+                    if ins.key.kind == Kind::Cas {
+                        self.presence.insert(&ins.key.hash, ins.size, now);
+                    }
                     let _ = done.send(Ok(()));
                 }
                 if durable {
@@ -615,6 +737,7 @@ impl Writer {
         let mut evicted = 0u64;
         let mut evictions = 0u64;
         let mut next_seq = self.next_seq;
+        let mut touched = std::collections::HashMap::new();
         {
             let mut entries = txn.open_table(ENTRIES).map_err(index_err)?;
             let mut lru = txn.open_table(LRU).map_err(index_err)?;
@@ -631,6 +754,9 @@ impl Writer {
                 // Re-check under the writer's order: a put may have restored it.
                 if self.layout.blob_path(key, old.encoding).exists() {
                     continue;
+                }
+                if key.kind == Kind::Cas {
+                    self.presence.remove(&key.hash);
                 }
                 entries.remove(k.as_slice()).map_err(index_err)?;
                 lru.remove(old.seq).map_err(index_err)?;
@@ -651,6 +777,7 @@ impl Writer {
                     continue;
                 };
                 lru.remove(entry.seq).map_err(index_err)?;
+                touched.insert(*key, entry.size);
                 entry.seq = next_seq;
                 entry.atime = now;
                 next_seq += 1;
@@ -712,6 +839,9 @@ impl Writer {
                     .and_then(|v| Entry::decode(v.value()));
                 if let Some(old) = removed {
                     debug_assert_eq!(old.seq, seq);
+                    if key.kind == Kind::Cas {
+                        self.presence.remove(&key.hash);
+                    }
                     totals.remove(&old);
                     evicted += old.stored;
                     evictions += 1;
@@ -735,12 +865,14 @@ impl Writer {
             .fetch_add(overwritten, Ordering::Relaxed);
         self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
         self.stats.evictions.fetch_add(evictions, Ordering::Relaxed);
-        Ok(CommitOutcome { unlink })
+        Ok(CommitOutcome { unlink, touched })
     }
 }
 
 struct CommitOutcome {
     unlink: Vec<PathBuf>,
+    /// Sizes of the entries touched, for the presence map.
+    touched: std::collections::HashMap<BlobKey, u64>,
 }
 
 #[derive(Default)]

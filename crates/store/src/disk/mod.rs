@@ -11,6 +11,7 @@
 mod group_sync;
 mod index;
 mod layout;
+mod presence;
 mod recovery;
 mod sink;
 
@@ -27,6 +28,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use self::index::{Entry, Insert, Op, Reservation, SharedStats};
 use self::layout::Layout;
+use self::presence::{Presence, Probe, minute_of, minutes_since};
 use self::sink::{FileSink, TempFile};
 use crate::budget::{
     DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget, MemoryUse, ZSTD_ENCODER_BYTES,
@@ -216,6 +218,9 @@ pub struct DiskStore {
     write_slots: tokio::sync::Semaphore,
     /// Upload bodies cut by the progress guard (metrics).
     cuts: Arc<CutCounts>,
+    /// Which CAS blobs are stored, in memory (presence.rs), kept by the
+    /// index writer: FindMissingBlobs answers from it.
+    presence: Arc<Presence>,
     layout: Layout,
     reader: index::Reader,
     tx: mpsc::Sender<Op>,
@@ -263,8 +268,14 @@ impl DiskStore {
         }
 
         let (tx, rx) = mpsc::channel(8192);
-        let writer =
-            index::Writer::new(opened.db.clone(), layout.clone(), stats.clone(), cfg.fsync)?;
+        let presence = Arc::new(Presence::new());
+        let writer = index::Writer::new(
+            opened.db.clone(),
+            layout.clone(),
+            stats.clone(),
+            cfg.fsync,
+            presence.clone(),
+        )?;
         let writer = std::thread::Builder::new()
             .name("index-writer".into())
             .spawn(move || writer.run(rx))?;
@@ -318,6 +329,7 @@ impl DiskStore {
         }
 
         Ok(DiskStore {
+            presence,
             write_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_writes.max(1)),
             cuts: Arc::default(),
             cfg,
@@ -420,6 +432,13 @@ impl DiskStore {
                 writes: self.cfg.max_concurrent_writes,
             }),
         }
+    }
+
+    /// Whether FindMissingBlobs answers from memory yet: the presence map
+    /// is filled from the index in the background after every start
+    /// (tests and diagnostics).
+    pub fn presence_loaded(&self) -> bool {
+        self.presence.is_loaded()
     }
 
     /// Keys from least to most recently used (tests and diagnostics).
@@ -810,14 +829,43 @@ impl Store for DiskStore {
     }
 
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
-        let keys = digests.iter().map(|d| BlobKey::cas(d.hash));
-        let entries = self.reader.get_many(keys)?;
+        // From memory (presence.rs): a probe per digest; the index is read
+        // only for what the map cannot answer (while it is being filled at
+        // start, and blobs of 1 TiB and more).
+        let now = crate::unix_now();
+        let this_minute = minute_of(now);
+        let touch_minutes = (self.cfg.touch_interval.as_secs() / 60).max(1) as u32;
         let mut missing = Vec::new();
-        for (d, entry) in digests.iter().zip(entries) {
-            match entry {
-                Some(e) if e.size == d.size => self.note_use(&BlobKey::cas(d.hash), &e),
-                _ => missing.push(*d),
+        let mut ask_index = Vec::new();
+        for d in digests {
+            match self.presence.probe(&d.hash) {
+                Probe::Present { size, minute } => {
+                    if size != d.size {
+                        missing.push(*d);
+                    } else if minutes_since(minute, this_minute) >= touch_minutes {
+                        let _ = self.tx.try_send(Op::Touch(BlobKey::cas(d.hash)));
+                    }
+                }
+                Probe::Absent => missing.push(*d),
+                Probe::Unknown => ask_index.push(*d),
             }
+        }
+        if !ask_index.is_empty() {
+            let keys = ask_index.iter().map(|d| BlobKey::cas(d.hash));
+            let entries = self.reader.get_many(keys)?;
+            for (d, entry) in ask_index.iter().zip(entries) {
+                match entry {
+                    Some(e) if e.size == d.size => self.note_use(&BlobKey::cas(d.hash), &e),
+                    _ => missing.push(*d),
+                }
+            }
+            // Keep the caller's order.
+            let order: std::collections::HashMap<_, _> = digests
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (d.hash, i))
+                .collect();
+            missing.sort_by_key(|d| order.get(&d.hash).copied().unwrap_or(usize::MAX));
         }
         Ok(missing)
     }
