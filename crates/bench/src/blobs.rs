@@ -87,7 +87,15 @@ pub struct SizeClass {
     prefix_len: u64,
     /// The shared part as zstd frames, made on first use.
     zstd: OnceLock<Vec<Bytes>>,
+    /// Hex hashes of the first prefilled blobs, made on first use: a
+    /// FindMissingBlobs load names a thousand of them per call, and
+    /// hashing each again made the load generator, not the server, the
+    /// bound of that figure.
+    hex_cache: Vec<OnceLock<String>>,
 }
+
+/// Prefilled blobs whose hex hash a [`SizeClass`] keeps.
+const HEX_CACHE: usize = 1024;
 
 impl SizeClass {
     /// The class of incompressible blobs of `size` bytes (at least
@@ -112,6 +120,7 @@ impl SizeClass {
             prefix: Sha256::new(),
             prefix_len: shared / 64 * 64,
             zstd: OnceLock::new(),
+            hex_cache: (0..HEX_CACHE).map(|_| OnceLock::new()).collect(),
         };
         let mut prefix = Sha256::new();
         for piece in class.shared_pieces(0..class.prefix_len, PERIOD as usize) {
@@ -133,6 +142,16 @@ impl SizeClass {
         }
         h.update(id.bytes());
         Hash(h.finalize().into())
+    }
+
+    /// The hex form of [`SizeClass::hash`], cached for prefilled blobs.
+    pub(crate) fn hex(&self, id: BlobId) -> String {
+        match self.hex_cache.get(id.index as usize) {
+            Some(cell) if id.namespace == PREFILL => {
+                cell.get_or_init(|| self.hash(id).to_hex()).clone()
+            }
+            _ => self.hash(id).to_hex(),
+        }
     }
 
     /// Bytes `range` of blob `id` as slices of at most `max_piece` bytes

@@ -295,18 +295,23 @@ impl GrpcClient {
             .cas(worker)
             .find_missing_blobs(re::FindMissingBlobsRequest {
                 instance_name: self.instance.clone(),
-                blob_digests: digests.clone(),
+                blob_digests: digests,
                 digest_function: re::digest_function::Value::Sha256 as i32,
             })
             .await
             .map_err(|s| OpError::grpc("FindMissingBlobs", &s))?
             .into_inner()
             .missing_blob_digests;
+        if missing.is_empty() {
+            return Ok(Vec::new());
+        }
+        let asked: std::collections::HashMap<String, BlobId> =
+            ids.iter().map(|&id| (class.hex(id), id)).collect();
         let mut out = Vec::with_capacity(missing.len());
         for m in missing {
-            match digests.iter().position(|d| *d == m) {
-                Some(i) => out.push(ids[i]),
-                None => {
+            match asked.get(&m.hash) {
+                Some(&id) if m.size_bytes == class.size() as i64 => out.push(id),
+                _ => {
                     return Err(OpError::WrongAnswer(format!(
                         "FindMissingBlobs named {}/{}, which was not asked about",
                         m.hash, m.size_bytes
@@ -558,7 +563,7 @@ fn verify<'a>(
 
 fn digest(class: &SizeClass, id: BlobId) -> re::Digest {
     re::Digest {
-        hash: class.hash(id).to_hex(),
+        hash: class.hex(id),
         size_bytes: class.size() as i64,
     }
 }
