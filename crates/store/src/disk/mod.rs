@@ -77,8 +77,11 @@ fn open_for_read(
     if on_disk > WHOLE_READ || (decompress && entry.size > WHOLE_READ) {
         return Ok(Some(Opened::File(file, on_disk)));
     }
-    let mut bytes = Vec::with_capacity(on_disk as usize);
-    file.read_to_end(&mut bytes)?;
+    // Exactly the length just stat'ed: a blob file never changes once in
+    // place (replacements are renames), and `read_to_end` would stat and
+    // seek again and read once more to find the end.
+    let mut bytes = vec![0u8; on_disk as usize];
+    file.read_exact(&mut bytes)?;
     if decompress {
         bytes = decompress_whole(&bytes, entry.size)?;
     }
