@@ -121,6 +121,13 @@ async fn get(
                 });
             StreamBody::new(frame).boxed_unsync()
         }
+        BlobBody::File(file) => {
+            let stream = file.into_chunks(chunk).map_ok(move |data| {
+                let _held = &reservation;
+                Frame::data(data)
+            });
+            StreamBody::new(stream).boxed_unsync()
+        }
         BlobBody::Stream(reader) => {
             let stream = ReaderStream::with_capacity(reader, chunk).map_ok(move |data| {
                 let _held = &reservation;

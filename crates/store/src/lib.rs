@@ -11,6 +11,8 @@
 //! - `action_result.rs`: what a valid `ActionResult` is, and whether a cached
 //!   one is complete (every blob it names is present).
 //! - `empty_blob.rs`: the empty-blob rule, a decorator above every store.
+//! - `file_chunks.rs`: [`BlobFile`], a stored file sent in chunks read
+//!   straight into the buffers the front ends send.
 //! - `progress.rs`: the one guard that cuts a body that stops sending or
 //!   sends too slowly, and the counts of cut uploads.
 //! - `histogram.rs`: lock-free latency histograms the store records and the
@@ -34,6 +36,7 @@ pub mod action_result;
 pub mod budget;
 pub mod disk;
 mod empty_blob;
+mod file_chunks;
 pub mod histogram;
 mod progress;
 pub mod proxy;
@@ -43,6 +46,7 @@ pub mod zstd_decode;
 pub mod zstd_frame;
 
 pub use empty_blob::{EmptyBlob, is_empty_blob};
+pub use file_chunks::BlobFile;
 pub use progress::{CutCounts, CutReason, cut_reason};
 pub use secret::Secret;
 
@@ -84,6 +88,9 @@ pub struct Blob {
 pub enum BlobBody {
     /// Every byte of the body. A front end sends it as is.
     Bytes(bytes::Bytes),
+    /// A stored file to send as it is, in chunks read straight into the
+    /// buffers sent ([`BlobFile::into_chunks`]).
+    File(BlobFile),
     Stream(BlobReader),
 }
 
@@ -92,6 +99,7 @@ impl BlobBody {
     pub fn into_reader(self) -> BlobReader {
         match self {
             BlobBody::Bytes(b) => Box::pin(std::io::Cursor::new(b)),
+            BlobBody::File(f) => f.into_reader(),
             BlobBody::Stream(r) => r,
         }
     }

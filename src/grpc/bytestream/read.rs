@@ -42,7 +42,8 @@ use bazel_cache_digest::BlobKey;
 use bazel_cache_store::budget::{
     MemoryBudget, MemoryExhausted, MemoryUse, READ_CHUNKS_HELD, ReadBuffers, ZSTD_ENCODER_BYTES,
 };
-use bazel_cache_store::{BlobReader, Encoding, StoreError, zstd_decode};
+use bazel_cache_store::{BlobBody, BlobFile, BlobReader, Encoding, StoreError, zstd_decode};
+use futures_util::StreamExt;
 
 /// zstd level for compressing on the fly: fast enough not to slow a read.
 const ZSTD_LEVEL: i32 = 1;
@@ -105,6 +106,16 @@ pub(super) async fn read(
         .await
         .map_err(memory_error)?;
 
+    // The whole file as stored, which is what the client asked for: sent
+    // in chunks read straight into the messages.
+    let whole = offset == 0 && (limit == 0 || limit >= size);
+    let as_stored = match blob.encoding {
+        Encoding::Zstd => stored_zstd_ok,
+        Encoding::Identity => res.encoding == Encoding::Identity && whole,
+    };
+    if as_stored && let BlobBody::File(file) = blob.body {
+        return Ok(Response::new(file_chunks(file, name.to_string(), buffers)));
+    }
     let mut body = match blob.encoding {
         // Stored compressed and wanted compressed from the start: as stored.
         Encoding::Zstd if stored_zstd_ok => {
@@ -190,6 +201,21 @@ async fn reserve_encoder(
     memory
         .grow(&mut buffers.reservation, MemoryUse::ReadBuffer, total)
         .await
+}
+
+/// Streams a stored file as ReadResponses of up to `buffers.chunk` bytes,
+/// each read into the message's own buffer, holding `buffers` until the
+/// stream is dropped.
+fn file_chunks(file: BlobFile, name: String, buffers: ReadBuffers) -> ReadStream {
+    let ReadBuffers { chunk, reservation } = buffers;
+    let stream = file.into_chunks(chunk).map(move |read| {
+        let _held = &reservation;
+        read.map(|data| ReadResponse {
+            data: Vec::from(data),
+        })
+        .map_err(|e| read_error(&name, &e))
+    });
+    Box::pin(stream)
 }
 
 /// Streams `reader` as ReadResponses of up to `buffers.chunk` bytes,

@@ -36,7 +36,9 @@ use crate::budget::{
 use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
 use crate::zstd_decode;
-use crate::{Blob, BlobBody, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+use crate::{
+    Blob, BlobBody, BlobFile, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats,
+};
 use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
 
 pub use self::recovery::RecoveryReport;
@@ -67,8 +69,7 @@ fn open_for_read(
     entry: &Entry,
     decompress: bool,
 ) -> Result<Option<Opened>, StoreError> {
-    use std::io::Read;
-    let mut file = match std::fs::File::open(path) {
+    let file = match std::fs::File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
@@ -78,10 +79,9 @@ fn open_for_read(
         return Ok(Some(Opened::File(file, on_disk)));
     }
     // Exactly the length just stat'ed: a blob file never changes once in
-    // place (replacements are renames), and `read_to_end` would stat and
-    // seek again and read once more to find the end.
-    let mut bytes = vec![0u8; on_disk as usize];
-    file.read_exact(&mut bytes)?;
+    // place (replacements are renames), and a plain `read_to_end` would
+    // stat and seek again and read once more to find the end.
+    let mut bytes = crate::file_chunks::read_exactly(&file, on_disk)?;
     if decompress {
         bytes = decompress_whole(&bytes, entry.size)?;
     }
@@ -801,13 +801,13 @@ impl Store for DiskStore {
                 size: on_disk,
                 encoding: Encoding::Identity,
                 body_len: Some(on_disk),
-                body: BlobBody::Stream(Box::pin(File::from_std(file))),
+                body: BlobBody::File(BlobFile { file, len: on_disk }),
             },
             Opened::File(file, on_disk) if !decompress => Blob {
                 size: entry.size,
                 encoding: Encoding::Zstd,
                 body_len: Some(on_disk),
-                body: BlobBody::Stream(Box::pin(File::from_std(file))),
+                body: BlobBody::File(BlobFile { file, len: on_disk }),
             },
             Opened::File(file, _) => {
                 let mut dec = zstd_decode::decoder(File::from_std(file), &self.cfg.memory).await?;

@@ -1,0 +1,103 @@
+//! A stored file sent in chunks read by blocking tasks straight into the
+//! buffers the front end sends ([`BlobFile::into_chunks`]).
+//!
+//! Through `tokio::fs::File`, each chunk was read into tokio's own buffer
+//! on a blocking thread and then copied into the caller's: one copy more
+//! per byte than needed, and for gRPC another into the message. Here each
+//! chunk is one `read(2)` into a fresh buffer that becomes the HTTP frame
+//! (`Bytes`) or the `ReadResponse` data (`Vec<u8>`, no copy) as it is.
+
+use std::fs::File;
+use std::io::{self, Read};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A blob's file, open, with its length.
+pub struct BlobFile {
+    pub file: File,
+    pub len: u64,
+}
+
+impl BlobFile {
+    /// The file's bytes in chunks of at most `chunk` bytes, each read by
+    /// one blocking task. A file shorter than `len` ends with an
+    /// `UnexpectedEof` error, never a short blob.
+    pub fn into_chunks(self, chunk: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
+        let chunk = chunk.max(1) as u64;
+        let state = Some((Arc::new(self.file), self.len));
+        futures_util::stream::unfold(state, move |state| async move {
+            let (file, left) = state?;
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(chunk);
+            let reader = file.clone();
+            let read = tokio::task::spawn_blocking(move || read_exactly(&reader, n))
+            .await
+            .unwrap_or_else(|e| Err(io::Error::other(format!("read task failed: {e}"))));
+            match read {
+                Ok(buf) => Some((Ok(Bytes::from(buf)), Some((file, left - n)))),
+                Err(e) => Some((Err(e), None)),
+            }
+        })
+    }
+
+    /// The file as a stream of bytes, for readers that want one.
+    pub fn into_reader(self) -> crate::BlobReader {
+        Box::pin(tokio::fs::File::from_std(self.file))
+    }
+}
+
+/// Reads the next `n` bytes of `file` into a new buffer without zeroing
+/// it first (`vec![0; n]` costs a memset as large as the read), with one
+/// `read(2)` when the kernel gives them all at once. Fewer bytes than `n`
+/// before the end of the file is `UnexpectedEof`.
+pub(crate) fn read_exactly(file: &File, n: u64) -> io::Result<Vec<u8>> {
+    let mut buf = Vec::with_capacity(n as usize);
+    file.take(n).read_to_end(&mut buf)?;
+    if (buf.len() as u64) < n {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("the file ended {} bytes early", n - buf.len() as u64),
+        ));
+    }
+    Ok(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[tokio::test]
+    async fn chunks_cover_the_file_and_a_short_file_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let whole = BlobFile {
+            file: File::open(&path).unwrap(),
+            len: 1000,
+        };
+        let chunks: Vec<Bytes> = whole.into_chunks(300).map(|c| c.unwrap()).collect().await;
+        assert_eq!(
+            chunks.iter().map(Bytes::len).collect::<Vec<_>>(),
+            [300, 300, 300, 100]
+        );
+        assert_eq!(chunks.concat(), data);
+
+        let claimed_longer = BlobFile {
+            file: File::open(&path).unwrap(),
+            len: 1200,
+        };
+        let results: Vec<_> = claimed_longer.into_chunks(600).collect().await;
+        assert!(results[0].is_ok());
+        assert_eq!(
+            results[1].as_ref().unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
+        assert_eq!(results.len(), 2);
+    }
+}
