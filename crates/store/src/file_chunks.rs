@@ -35,8 +35,8 @@ impl BlobFile {
             let n = left.min(chunk);
             let reader = file.clone();
             let read = tokio::task::spawn_blocking(move || read_exactly(&reader, n))
-            .await
-            .unwrap_or_else(|e| Err(io::Error::other(format!("read task failed: {e}"))));
+                .await
+                .unwrap_or_else(|e| Err(io::Error::other(format!("read task failed: {e}"))));
             match read {
                 Ok(buf) => Some((Ok(Bytes::from(buf)), Some((file, left - n)))),
                 Err(e) => Some((Err(e), None)),
