@@ -534,7 +534,7 @@ impl Writer {
             Ok(true) => {
                 tracing::info!(
                     blobs = self.presence.len(),
-                    "presence map loaded: FindMissingBlobs answers from memory"
+                    "presence map loaded: blob existence checks answer from memory"
                 );
                 self.presence.mark_loaded();
             }
