@@ -20,7 +20,7 @@ use std::sync::OnceLock;
 use async_trait::async_trait;
 use bazel_cache_digest::{BlobKey, Digest};
 use bazel_cache_store::action_result as ac;
-use bazel_cache_store::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats};
+use bazel_cache_store::{Blob, BlobBody, Encoding, PutRequest, Store, StoreError, StoreStats};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
@@ -39,7 +39,7 @@ impl Store for MemStore {
             size: *size,
             encoding: Encoding::Identity,
             body_len: Some(bytes.len() as u64),
-            body: Box::pin(std::io::Cursor::new(bytes.clone())),
+            body: BlobBody::Bytes(bytes.clone().into()),
         }))
     }
 
