@@ -486,6 +486,14 @@ mod tests {
             }
         }
 
+        /// Puts holding their reservation (each of [`blob`]'s 10,000
+        /// bytes): what an idle upload keeps. (A temp file exists only
+        /// once a put has a full 256 KiB buffer to write, so these small
+        /// uploads hold none.)
+        fn held_puts(&self) -> u64 {
+            self.store.stats().reserved_bytes / 10_000
+        }
+
         fn temp_files(&self) -> usize {
             std::fs::read_dir(self.dir.path().join("tmp"))
                 .unwrap()
@@ -565,10 +573,11 @@ mod tests {
             .unwrap();
         assert_eq!(sent.unwrap(), 4000);
         assert_eq!(h.query(&name).await.unwrap(), (4000, false));
-        eventually("the put's temp file", || h.temp_files() == 1).await;
+        eventually("the put's reservation", || h.held_puts() == 1).await;
         eventually("expiry", || h.uploads.len() == 0).await;
         assert_eq!(h.query(&name).await.unwrap_err().code(), Code::NotFound);
-        eventually("temp file removal", || h.temp_files() == 0).await;
+        eventually("the reservation's release", || h.held_puts() == 0).await;
+        assert_eq!(h.temp_files(), 0);
         // Resuming now is refused; restarting works.
         let late = h
             .write(&name, &data[4000..], 4000, true, false)
@@ -622,7 +631,7 @@ mod tests {
         assert_eq!(h.query(&names[0]).await.unwrap_err().code(), Code::NotFound);
         assert_eq!(h.query(&names[1]).await.unwrap(), (100, false));
         assert_eq!(h.query(&names[2]).await.unwrap(), (100, false));
-        eventually("evicted temp file removal", || h.temp_files() == 2).await;
+        eventually("the evicted upload's release", || h.held_puts() == 2).await;
 
         // Both slots busy with live streams: a new upload still works, unregistered.
         let held: Vec<_> = (1..3)
@@ -666,7 +675,7 @@ mod tests {
         assert_eq!(h.query(&names[1]).await.unwrap(), (100, false));
         assert_eq!(h.query(&names[2]).await.unwrap(), (100, false));
         assert_eq!(h.uploads.len(), 2);
-        eventually("evicted temp file removal", || h.temp_files() == 2).await;
+        eventually("the evicted upload's release", || h.held_puts() == 2).await;
         // The others still resume.
         for i in 1..3 {
             let r = h.write(&names[i], &blobs[i].0[100..], 100, true, false);
