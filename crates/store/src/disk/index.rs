@@ -3,24 +3,40 @@
 //! it instead of walking the blob tree, so a restart with millions of entries
 //! takes milliseconds.
 //!
-//! Reads go straight to redb (MVCC snapshots, no lock shared with writers).
-//! Every mutation goes through one writer thread ([`Writer`]) that applies
-//! them in batches: a burst of puts shares one transaction (group commit), and
+//! Reads go straight to redb (MVCC snapshots, no lock shared with writers),
+//! after a look at the changes not yet committed (index/pending.rs). Every
+//! mutation goes through one writer thread ([`Writer`]) that applies them
+//! in batches: a burst of puts shares one group commit of their files, and
 //! access-time updates ride along instead of costing a transaction per read.
+//! The writer decides every change (and evicts) against the index as it
+//! will be, acknowledges the writes, and hands the changes to the committer
+//! thread (index/committer.rs), which commits them to redb: no write waits
+//! for a redb commit, so none waits for the periodic durable one either.
 //!
 //! Durability: blob files are the source of truth. Index commits are
 //! non-durable (no fsync) except every [`DURABLE_EVERY`] and at shutdown; after
 //! an unclean stop, recovery (recovery.rs) reconciles the index with the files.
+//!
+//! Memory: redb's page cache is bounded ([`CACHE_BYTES`]): by default it
+//! grows to 1 GiB, and with a million entries it held the whole index file
+//! (280 MB resident). Pages it does not hold are read from the OS page cache.
 
-use std::collections::BTreeSet;
+mod committer;
+mod pending;
+mod reader;
+
+use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::{mpsc, oneshot};
 
+use self::committer::{Change, Committer, Meta, ToCommitter};
+use self::pending::Pending;
+pub(super) use self::reader::Reader;
 use super::group_sync::GroupSync;
 use super::layout::Layout;
 use super::presence::Presence;
@@ -50,8 +66,23 @@ pub(super) const PAUSE_GROUP_COMMIT_ENV: &str = "BAZEL_CACHE_FAULT_PAUSE_GROUP_C
 /// batches of operations (a few milliseconds each).
 const PRESENCE_SLICE: usize = 20_000;
 
-/// Most operations folded into one transaction.
+/// Most operations folded into one batch.
 const MAX_BATCH: usize = 4096;
+
+/// redb's page cache. It holds the B-trees' branch pages (about 1 MiB per
+/// million entries) and recently used leaves; up to half of it buffers
+/// pages changed by non-durable commits, and the rest is written as it
+/// overflows, so a durable commit has at most that half left to write.
+const CACHE_BYTES: usize = 8 << 20;
+
+/// Changes the committer may lag behind by before the writer waits for it
+/// (about 2 MiB of decisions held twice, in [`Pending`] and in transit).
+const MAX_PENDING: usize = 16_384;
+/// How long the writer waits for a lagging committer before it refuses
+/// the writes of a batch.
+const COMMITTER_WAIT: Duration = Duration::from_secs(10);
+/// While writes are refused for the committer, one log line per interval.
+const REPORT_REFUSALS_EVERY: Duration = Duration::from_secs(10);
 
 const ENTRY_LEN: usize = 8 * 4 + 1;
 
@@ -188,9 +219,17 @@ impl Drop for Reservation {
     }
 }
 
+/// The index: the redb database and the changes decided but not yet
+/// committed to it. Cheap to clone.
+#[derive(Clone)]
+pub(super) struct Index {
+    db: Arc<Database>,
+    pending: Arc<Pending>,
+}
+
 /// What opening the index found out about the previous run.
 pub(super) struct Opened {
-    pub db: Arc<Database>,
+    pub db: Index,
     /// False after a crash, or when blob directories exist without an index:
     /// recovery must reconcile index and files.
     pub was_clean: bool,
@@ -200,17 +239,13 @@ pub(super) struct Opened {
 pub(super) fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, StoreError> {
     let path = layout.index_path();
     let existed = path.exists();
-    let mut builder = Database::builder();
-    if let Some(mb) = std::env::var("XX_INDEX_CACHE_MB")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-    {
-        builder.set_cache_size(mb << 20);
-    }
-    let db = builder.create(&path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
-        e => StoreError::Index(format!("opening {}: {e}", path.display())),
-    })?;
+    let db = Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+        .map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => StoreError::Locked(path.clone()),
+            e => StoreError::Index(format!("opening {}: {e}", path.display())),
+        })?;
     let txn = db.begin_write().map_err(index_err)?;
     let was_clean;
     {
@@ -240,89 +275,20 @@ pub(super) fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, Store
     }
     txn.commit().map_err(index_err)?;
     Ok(Opened {
-        db: Arc::new(db),
+        db: Index {
+            db: Arc::new(db),
+            pending: Arc::default(),
+        },
         was_clean,
     })
 }
 
-/// Read access to the index. Cheap to clone.
-#[derive(Clone)]
-pub(super) struct Reader {
-    db: Arc<Database>,
-}
-
-impl Reader {
-    pub(super) fn new(db: Arc<Database>) -> Self {
-        Reader { db }
-    }
-
-    pub(super) fn get(&self, key: &BlobKey) -> Result<Option<Entry>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
-        let table = txn.open_table(ENTRIES).map_err(index_err)?;
-        let found = table.get(key.to_bytes().as_slice()).map_err(index_err)?;
-        Ok(found.and_then(|v| Entry::decode(v.value())))
-    }
-
-    /// Looks up many keys in one snapshot (FindMissingBlobs).
-    pub(super) fn get_many(
-        &self,
-        keys: impl Iterator<Item = BlobKey>,
-    ) -> Result<Vec<Option<Entry>>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
-        let table = txn.open_table(ENTRIES).map_err(index_err)?;
-        keys.map(|key| {
-            let found = table.get(key.to_bytes().as_slice()).map_err(index_err)?;
-            Ok(found.and_then(|v| Entry::decode(v.value())))
-        })
-        .collect()
-    }
-
-    /// Visits every entry (recovery and tests); `f` returns false to stop.
-    pub(super) fn for_each(
-        &self,
-        mut f: impl FnMut(BlobKey, Entry) -> bool,
-    ) -> Result<(), StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
-        let table = txn.open_table(ENTRIES).map_err(index_err)?;
-        for row in table.iter().map_err(index_err)? {
-            let (k, v) = row.map_err(index_err)?;
-            if let (Some(key), Some(entry)) =
-                (BlobKey::from_bytes(k.value()), Entry::decode(v.value()))
-                && !f(key, entry)
-            {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    /// Last use (seconds since the Unix epoch) of the least recently used
-    /// entry, `None` when the index is empty. One snapshot, two lookups: the
-    /// head of the LRU table and its entry (for metrics scrapes).
-    pub(super) fn lru_head_atime(&self) -> Result<Option<u64>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
-        let lru = txn.open_table(LRU).map_err(index_err)?;
-        let Some((_, key)) = lru.first().map_err(index_err)? else {
-            return Ok(None);
-        };
-        let entries = txn.open_table(ENTRIES).map_err(index_err)?;
-        let found = entries.get(key.value()).map_err(index_err)?;
-        Ok(found
-            .and_then(|v| Entry::decode(v.value()))
-            .map(|e| e.atime))
-    }
-
-    /// Keys from least to most recently used (tests and diagnostics).
-    pub(super) fn lru_order(&self) -> Result<Vec<BlobKey>, StoreError> {
-        let txn = self.db.begin_read().map_err(index_err)?;
-        let table = txn.open_table(LRU).map_err(index_err)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(index_err)? {
-            let (_, v) = row.map_err(index_err)?;
-            out.extend(BlobKey::from_bytes(v.value()));
-        }
-        Ok(out)
-    }
+fn lookup(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    key: &BlobKey,
+) -> Result<Option<Entry>, StoreError> {
+    let found = table.get(key.to_bytes().as_slice()).map_err(index_err)?;
+    Ok(found.and_then(|v| Entry::decode(v.value())))
 }
 
 /// A finished blob that the writer moves into place and indexes.
@@ -384,10 +350,11 @@ pub(super) enum Op {
     },
 }
 
-/// The writer side: owns all index mutations, file renames and evictions, so
-/// that they happen in one order and size accounting never races.
+/// The writer side: decides every change to the index, renames files into
+/// place and evicts, so that these happen in one order and size accounting
+/// never races; the committer thread only writes its decisions to redb.
 pub(super) struct Writer {
-    db: Arc<Database>,
+    index: Index,
     layout: Layout,
     stats: Arc<SharedStats>,
     fsync: bool,
@@ -395,24 +362,89 @@ pub(super) struct Writer {
     /// Fault injection for the crash tests ([`PAUSE_GROUP_COMMIT_ENV`]).
     pause_in_group_commit: Option<Duration>,
     /// Which CAS blobs are stored, for FindMissingBlobs (presence.rs):
-    /// written only here, in commit order.
+    /// written only here, in the order of decisions.
     presence: Arc<Presence>,
     /// Where filling `presence` from the index goes on: the next key.
     presence_cursor: Vec<u8>,
     next_seq: u64,
-    dirty_since_durable: bool,
-    last_durable: Instant,
+    /// The last batch of changes handed to the committer.
+    generation: u64,
+    /// LRU rows below this position are evicted or stale (their key was
+    /// used again since): the next eviction scan starts here.
+    evict_from: u64,
+    to_committer: Option<std::sync::mpsc::Sender<ToCommitter>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    /// When writes refused by [`Writer::keep_up`] were last logged.
+    refusals_reported: Option<Instant>,
+}
+
+/// What a batch decided, before it is published.
+#[derive(Default)]
+struct Decided {
+    changes: Vec<Change>,
+    /// The latest decision per key.
+    decisions: HashMap<BlobKey, Option<Entry>>,
+    unlink: Vec<PathBuf>,
+    totals: Totals,
+    next_seq: u64,
+    evict_from: u64,
+    overwritten: u64,
+    evicted: u64,
+    evictions: u64,
+    /// CAS blobs leaving the presence map, before their files go.
+    absent: Vec<bazel_cache_digest::Hash>,
+    /// CAS blobs touched, and their sizes, for the presence map.
+    touched: Vec<(BlobKey, u64)>,
+}
+
+impl Decided {
+    fn remove(&mut self, key: BlobKey, old: &Entry) {
+        self.changes.push(Change::Remove { key, seq: old.seq });
+        self.decisions.insert(key, None);
+        self.totals.remove(old);
+        if key.kind == Kind::Cas {
+            self.absent.push(key.hash);
+        }
+    }
+
+    fn put(&mut self, key: BlobKey, entry: Entry, old_seq: Option<u64>) {
+        self.changes.push(Change::Put {
+            key,
+            entry,
+            old_seq,
+        });
+        self.decisions.insert(key, Some(entry));
+    }
+}
+
+/// The index as the writer's decisions make it: this batch's, then those
+/// not yet committed, then redb (a snapshot begun after pruning).
+struct View<'a, T> {
+    pending: &'a Pending,
+    entries: &'a T,
+}
+
+impl<T: ReadableTable<&'static [u8], &'static [u8]>> View<'_, T> {
+    fn current(&self, d: &Decided, key: &BlobKey) -> Result<Option<Entry>, StoreError> {
+        if let Some(decided) = d.decisions.get(key) {
+            return Ok(*decided);
+        }
+        if let Some(decided) = self.pending.get(key) {
+            return Ok(decided);
+        }
+        lookup(self.entries, key)
+    }
 }
 
 impl Writer {
     pub(super) fn new(
-        db: Arc<Database>,
+        index: Index,
         layout: Layout,
         stats: Arc<SharedStats>,
         fsync: bool,
         presence: Arc<Presence>,
     ) -> Result<Self, StoreError> {
-        let txn = db.begin_read().map_err(index_err)?;
+        let txn = index.db.begin_read().map_err(index_err)?;
         let meta = txn.open_table(META).map_err(index_err)?;
         let next_seq = meta
             .get(META_NEXT_SEQ)
@@ -423,6 +455,14 @@ impl Writer {
             .ok()
             .and_then(|ms| ms.parse().ok())
             .map(Duration::from_millis);
+        let (to_committer, rx) = std::sync::mpsc::channel();
+        let committer = Committer {
+            db: index.db.clone(),
+            pending: index.pending.clone(),
+        };
+        let committer = std::thread::Builder::new()
+            .name("index-commit".into())
+            .spawn(move || committer.run(rx))?;
         Ok(Writer {
             pause_in_group_commit,
             presence,
@@ -430,13 +470,16 @@ impl Writer {
                 .to_bytes()
                 .to_vec(),
             durable: GroupSync::new(layout.tmp_dir())?,
-            db,
+            index,
             layout,
             stats,
             fsync,
             next_seq,
-            dirty_since_durable: false,
-            last_durable: Instant::now(),
+            generation: 0,
+            evict_from: 0,
+            to_committer: Some(to_committer),
+            committer: Some(committer),
+            refusals_reported: None,
         })
     }
 
@@ -479,23 +522,35 @@ impl Writer {
             });
             self.apply(batch);
             if let Some((clean, done)) = shutdown {
-                if let Err(e) = self.close(clean) {
-                    tracing::error!(error = %e, "index was not closed cleanly; recovery will run at next start");
-                }
-                let _ = done.send(());
-                return;
+                // The committer commits everything durably, marks the
+                // index, then answers.
+                self.send(ToCommitter::Shutdown { clean, done });
+                break;
             }
+        }
+        // Without a shutdown the committer commits what it holds and stops.
+        drop(self.to_committer.take());
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+
+    fn send(&self, msg: ToCommitter) {
+        // A committer that died drops what it is sent: flush and shutdown
+        // waiters learn of it by their sender dropping.
+        if let Some(tx) = &self.to_committer {
+            let _ = tx.send(msg);
         }
     }
 
     /// Puts the next [`PRESENCE_SLICE`] CAS entries of the index into the
-    /// presence map, from the latest commit (this thread makes every
-    /// commit, so nothing changes under it), and marks the map loaded
-    /// after the last. Changes to entries before the cursor reach the map
-    /// through `apply`; those after it are read here in their latest form.
+    /// presence map, and marks the map loaded after the last. Rows are read
+    /// from redb in their latest form: this thread's decisions that redb
+    /// does not hold yet override them. Changes to entries before the
+    /// cursor reach the map through `apply`.
     fn load_presence_slice(&mut self) {
         let result = (|| -> Result<bool, StoreError> {
-            let txn = self.db.begin_read().map_err(index_err)?;
+            let txn = self.index.db.begin_read().map_err(index_err)?;
             let table = txn.open_table(ENTRIES).map_err(index_err)?;
             let mut last = None;
             let mut n = 0;
@@ -510,7 +565,11 @@ impl Writer {
                 if key.kind != Kind::Cas {
                     break;
                 }
-                if let Some(e) = Entry::decode(v.value()) {
+                let entry = match self.index.pending.get(&key) {
+                    Some(decided) => decided,
+                    None => Entry::decode(v.value()),
+                };
+                if let Some(e) = entry {
                     self.presence.insert(&key.hash, e.size, e.atime);
                 }
                 last = Some(k.value().to_vec());
@@ -546,14 +605,22 @@ impl Writer {
         }
     }
 
-    fn close(&mut self, clean: bool) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(index_err)?;
-        {
-            let mut meta = txn.open_table(META).map_err(index_err)?;
-            meta.insert(META_CLEAN, u64::from(clean))
-                .map_err(index_err)?;
+    /// Whether the committer keeps up: `Err` while its commits fail (new
+    /// writes are refused, as they were when the writer's own commit
+    /// failed), or when it lags by more than [`MAX_PENDING`] decisions
+    /// (held in memory until committed) and does not catch up within
+    /// [`COMMITTER_WAIT`].
+    fn keep_up(&self) -> Result<(), String> {
+        let pending = &self.index.pending;
+        if let Some(reason) = pending.failure() {
+            return Err(reason);
         }
-        txn.commit().map_err(index_err)
+        if pending.len() <= MAX_PENDING {
+            return Ok(());
+        }
+        pending.wait_committed(self.generation, COMMITTER_WAIT)?;
+        pending.prune();
+        Ok(())
     }
 
     fn apply(&mut self, batch: Vec<Op>) {
@@ -574,8 +641,6 @@ impl Writer {
                 Op::Tick | Op::Shutdown { .. } => {}
             }
         }
-        let durable = !flushes.is_empty()
-            || (self.dirty_since_durable && self.last_durable.elapsed() >= DURABLE_EVERY);
         let over = make_room && {
             let s = &self.stats;
             s.stored
@@ -583,13 +648,40 @@ impl Writer {
                 .saturating_add(s.reserved.load(Ordering::Relaxed))
                 > s.max.load(Ordering::Relaxed)
         };
-        if inserts.is_empty() && touches.is_empty() && forgets.is_empty() && !durable && !over {
+        if !inserts.is_empty() || !touches.is_empty() || !forgets.is_empty() || over {
+            self.apply_changes(inserts, &touches, &forgets);
+        }
+        // After this batch's changes, which the committer receives first.
+        for done in flushes {
+            self.send(ToCommitter::Flush(done));
+        }
+    }
+
+    fn apply_changes(
+        &mut self,
+        inserts: Vec<(Insert, Reply)>,
+        touches: &BTreeSet<BlobKey>,
+        forgets: &[BlobKey],
+    ) {
+        if let Err(reason) = self.keep_up() {
+            if !inserts.is_empty()
+                && self
+                    .refusals_reported
+                    .is_none_or(|at| at.elapsed() >= REPORT_REFUSALS_EVERY)
+            {
+                tracing::warn!(%reason, "index commits fail or lag: refusing writes");
+                self.refusals_reported = Some(Instant::now());
+            }
+            for (ins, done) in inserts {
+                if !ins.adopt {
+                    let _ = std::fs::remove_file(&ins.from);
+                }
+                let _ = done.send(Err(StoreError::Index(format!(
+                    "committing the index: {reason}"
+                ))));
+            }
             return;
         }
-
-        let t0 = Instant::now();
-        let n_inserts = inserts.len();
-        let n_touches = touches.len();
         // Group commit: the bytes of every new blob in this batch reach
         // stable storage in one flush, before any of them is renamed into
         // place (a file under its final name is always whole)...
@@ -612,13 +704,12 @@ impl Writer {
                 return;
             }
         }
-        let ta = Instant::now();
         // ...then moved into place: a rename that fails is reported to its
         // writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
         for (mut ins, done) in inserts {
-            // From here on the blob is accounted by `commit` (or failed).
+            // From here on the blob is accounted by `decide` (or failed).
             drop(ins.reservation.take());
             let dest = self.layout.blob_path(&ins.key, ins.encoding);
             if !ins.adopt {
@@ -633,7 +724,6 @@ impl Writer {
             }
             placed.push((ins, dest, done));
         }
-        let tb = Instant::now();
         if let Some(pause) = self.pause_in_group_commit
             && !placed.is_empty()
         {
@@ -644,8 +734,8 @@ impl Writer {
             std::thread::sleep(pause);
         }
         // ...and the renames are made durable in a second flush before any
-        // write is acknowledged. (The index commit below need not be
-        // durable: after a crash, recovery rebuilds it from the files.)
+        // write is acknowledged. (The index commit need not be durable:
+        // after a crash, recovery rebuilds it from the files.)
         if self.fsync
             && !dirs.is_empty()
             && let Err(e) = self.durable.sync_dirs(&dirs)
@@ -658,221 +748,217 @@ impl Writer {
             return;
         }
 
-        let t1 = Instant::now();
-        let result = self.commit(&placed, &touches, &forgets, durable);
-        tracing::debug!(
-            n_inserts,
-            n_touches,
-            durable,
-            files_ms = (t1 - t0).as_secs_f64() * 1e3,
-            sync1_ms = (ta - t0).as_secs_f64() * 1e3,
-            rename_ms = (tb - ta).as_secs_f64() * 1e3,
-            sync2_ms = (t1 - tb).as_secs_f64() * 1e3,
-            commit_ms = t1.elapsed().as_secs_f64() * 1e3,
-            "TIMING"
-        );
-        match result {
-            Ok(outcome) => {
-                for path in outcome.unlink {
-                    if let Err(e) = std::fs::remove_file(&path)
-                        && e.kind() != std::io::ErrorKind::NotFound
-                    {
-                        tracing::warn!(path = %path.display(), error = %e, "removing evicted blob");
-                    }
-                }
-                let now = unix_now();
-                for key in touches.iter().filter(|k| k.kind == Kind::Cas) {
-                    if let Some(size) = outcome.touched.get(key) {
-                        self.presence.insert(&key.hash, *size, now);
-                    }
-                }
-                for (ins, _, done) in placed {
-                    if ins.key.kind == Kind::Cas {
-                        self.presence.insert(&ins.key.hash, ins.size, now);
-                    }
-                    let _ = done.send(Ok(()));
-                }
-                if durable {
-                    self.dirty_since_durable = false;
-                    self.last_durable = Instant::now();
-                } else {
-                    self.dirty_since_durable = true;
-                }
-                for f in flushes {
-                    let _ = f.send(());
-                }
-            }
+        // Decisions redb now holds leave the pending set before the
+        // snapshot `decide` reads is begun.
+        self.index.pending.prune();
+        match self.decide(&placed, touches, forgets) {
+            Ok(decided) => self.publish(decided, placed),
             Err(e) => {
-                tracing::error!(error = %e, "index commit failed");
+                tracing::error!(error = %e, "reading the index failed");
                 for (ins, dest, done) in placed {
                     if !ins.adopt {
                         let _ = std::fs::remove_file(&dest);
                     }
                     let _ = done.send(Err(StoreError::Index(e.to_string())));
                 }
-                // Flush waiters learn of the failure by their sender dropping.
             }
         }
     }
 
-    fn commit(
-        &mut self,
+    /// Decides this batch's changes against the index as the decisions so
+    /// far make it: forgets, touches, new blobs, then eviction. Nothing is
+    /// published here: a failed read leaves no trace.
+    fn decide(
+        &self,
         placed: &[(Insert, PathBuf, Reply)],
         touches: &BTreeSet<BlobKey>,
         forgets: &[BlobKey],
-        durable: bool,
-    ) -> Result<CommitOutcome, StoreError> {
-        let mut txn = self.db.begin_write().map_err(index_err)?;
-        if durable {
-            txn.set_quick_repair(true);
-        } else {
-            txn.set_durability(Durability::None).map_err(index_err)?;
-        }
+    ) -> Result<Decided, StoreError> {
+        let txn = self.index.db.begin_read().map_err(index_err)?;
+        let entries = txn.open_table(ENTRIES).map_err(index_err)?;
+        let view = View {
+            pending: &self.index.pending,
+            entries: &entries,
+        };
         let now = unix_now();
         let max = self.stats.max.load(Ordering::Relaxed);
         let reserved = self.stats.reserved.load(Ordering::Relaxed);
-        let mut totals = Totals::load(&self.stats);
-        let mut unlink = Vec::new();
-        let mut overwritten = 0u64;
-        let mut evicted = 0u64;
-        let mut evictions = 0u64;
-        let mut next_seq = self.next_seq;
-        let mut touched = std::collections::HashMap::new();
-        {
-            let mut entries = txn.open_table(ENTRIES).map_err(index_err)?;
-            let mut lru = txn.open_table(LRU).map_err(index_err)?;
+        let mut d = Decided {
+            totals: Totals::load(&self.stats),
+            next_seq: self.next_seq,
+            evict_from: self.evict_from,
+            ..Decided::default()
+        };
 
-            for key in forgets {
-                let k = key.to_bytes();
-                let Some(old) = entries
-                    .get(k.as_slice())
-                    .map_err(index_err)?
-                    .and_then(|v| Entry::decode(v.value()))
-                else {
-                    continue;
-                };
-                // Re-check under the writer's order: a put may have restored it.
-                if self.layout.blob_path(key, old.encoding).exists() {
-                    continue;
-                }
-                if key.kind == Kind::Cas {
-                    self.presence.remove(&key.hash);
-                }
-                entries.remove(k.as_slice()).map_err(index_err)?;
-                lru.remove(old.seq).map_err(index_err)?;
-                totals.remove(&old);
+        for key in forgets {
+            let Some(old) = view.current(&d, key)? else {
+                continue;
+            };
+            // Re-check under the writer's order: a put may have restored it.
+            if self.layout.blob_path(key, old.encoding).exists() {
+                continue;
             }
-
-            // Touches first: they record reads that happened before the
-            // writes in this batch, and a new blob is the most recent use.
-            // (The other order could rank a just-written blob oldest and
-            // evict it at once when the cache is full.)
-            for key in touches {
-                let k = key.to_bytes();
-                let Some(mut entry) = entries
-                    .get(k.as_slice())
-                    .map_err(index_err)?
-                    .and_then(|v| Entry::decode(v.value()))
-                else {
-                    continue;
-                };
-                lru.remove(entry.seq).map_err(index_err)?;
-                touched.insert(*key, entry.size);
-                entry.seq = next_seq;
-                entry.atime = now;
-                next_seq += 1;
-                entries
-                    .insert(k.as_slice(), entry.encode().as_slice())
-                    .map_err(index_err)?;
-                lru.insert(entry.seq, k.as_slice()).map_err(index_err)?;
-            }
-
-            for (ins, dest, _) in placed {
-                let k = ins.key.to_bytes();
-                let old = entries
-                    .get(k.as_slice())
-                    .map_err(index_err)?
-                    .and_then(|v| Entry::decode(v.value()));
-                if let Some(old) = old {
-                    if ins.adopt && old.encoding == ins.encoding && old.stored == ins.stored {
-                        continue;
-                    }
-                    lru.remove(old.seq).map_err(index_err)?;
-                    totals.remove(&old);
-                    overwritten += old.stored;
-                    let old_path = self.layout.blob_path(&ins.key, old.encoding);
-                    if &old_path != dest {
-                        unlink.push(old_path);
-                    }
-                }
-                let entry = Entry {
-                    size: ins.size,
-                    stored: ins.stored,
-                    seq: next_seq,
-                    atime: now,
-                    encoding: ins.encoding,
-                };
-                next_seq += 1;
-                entries
-                    .insert(k.as_slice(), entry.encode().as_slice())
-                    .map_err(index_err)?;
-                lru.insert(entry.seq, k.as_slice()).map_err(index_err)?;
-                totals.add(&entry);
-            }
-
-            // Evict least recently used entries until the store, including
-            // writes still in flight, fits under max_size.
-            while totals.stored.saturating_add(reserved) > max {
-                let Some((seq, key_bytes)) = lru
-                    .pop_first()
-                    .map_err(index_err)?
-                    .map(|(s, k)| (s.value(), k.value().to_vec()))
-                else {
-                    break;
-                };
-                let Some(key) = BlobKey::from_bytes(&key_bytes) else {
-                    continue;
-                };
-                let removed = entries
-                    .remove(key_bytes.as_slice())
-                    .map_err(index_err)?
-                    .and_then(|v| Entry::decode(v.value()));
-                if let Some(old) = removed {
-                    debug_assert_eq!(old.seq, seq);
-                    if key.kind == Kind::Cas {
-                        self.presence.remove(&key.hash);
-                    }
-                    totals.remove(&old);
-                    evicted += old.stored;
-                    evictions += 1;
-                    unlink.push(self.layout.blob_path(&key, old.encoding));
-                }
-            }
-
-            let mut meta = txn.open_table(META).map_err(index_err)?;
-            meta.insert(META_STORED, totals.stored).map_err(index_err)?;
-            meta.insert(META_LOGICAL, totals.logical)
-                .map_err(index_err)?;
-            meta.insert(META_ENTRIES, totals.entries)
-                .map_err(index_err)?;
-            meta.insert(META_NEXT_SEQ, next_seq).map_err(index_err)?;
+            d.remove(*key, &old);
         }
-        txn.commit().map_err(index_err)?;
-        self.next_seq = next_seq;
-        totals.publish(&self.stats);
+
+        // Touches first: they record reads that happened before the
+        // writes in this batch, and a new blob is the most recent use.
+        // (The other order could rank a just-written blob oldest and
+        // evict it at once when the cache is full.)
+        for key in touches {
+            let Some(old) = view.current(&d, key)? else {
+                continue;
+            };
+            let entry = Entry {
+                seq: d.next_seq,
+                atime: now,
+                ..old
+            };
+            d.next_seq += 1;
+            d.put(*key, entry, Some(old.seq));
+            d.touched.push((*key, entry.size));
+        }
+
+        for (ins, dest, _) in placed {
+            let old = view.current(&d, &ins.key)?;
+            if let Some(old) = old {
+                if ins.adopt && old.encoding == ins.encoding && old.stored == ins.stored {
+                    continue;
+                }
+                d.totals.remove(&old);
+                d.overwritten += old.stored;
+                let old_path = self.layout.blob_path(&ins.key, old.encoding);
+                if &old_path != dest {
+                    d.unlink.push(old_path);
+                }
+            }
+            let entry = Entry {
+                size: ins.size,
+                stored: ins.stored,
+                seq: d.next_seq,
+                atime: now,
+                encoding: ins.encoding,
+            };
+            d.next_seq += 1;
+            d.put(ins.key, entry, old.map(|o| o.seq));
+            d.totals.add(&entry);
+        }
+
+        // Evict least recently used entries until the store, including
+        // writes still in flight, fits under max_size.
+        let fits = |d: &Decided| d.totals.stored.saturating_add(reserved) <= max;
+        if !fits(&d) {
+            let lru = txn.open_table(LRU).map_err(index_err)?;
+            for row in lru.range(d.evict_from..).map_err(index_err)? {
+                if fits(&d) {
+                    break;
+                }
+                let (seq, key) = row.map_err(index_err)?;
+                let seq = seq.value();
+                d.evict_from = seq + 1;
+                let Some(key) = BlobKey::from_bytes(key.value()) else {
+                    continue;
+                };
+                // A row whose key was used (or dropped) since is stale.
+                if let Some(old) = view.current(&d, &key)?.filter(|e| e.seq == seq) {
+                    self.evict(&mut d, key, &old);
+                }
+            }
+            if !fits(&d) {
+                // Every row of redb's LRU table is gone or stale: what is
+                // left was decided since, in position order.
+                let mut rest = Vec::new();
+                let keys: Vec<BlobKey> = self
+                    .index
+                    .pending
+                    .snapshot()
+                    .into_keys()
+                    .chain(d.decisions.keys().copied())
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                for key in keys {
+                    if let Some(e) = view.current(&d, &key)? {
+                        rest.push((e.seq, key, e));
+                    }
+                }
+                rest.sort_by_key(|(seq, _, _)| *seq);
+                for (_, key, old) in rest {
+                    if fits(&d) {
+                        break;
+                    }
+                    self.evict(&mut d, key, &old);
+                }
+            }
+        }
+        Ok(d)
+    }
+
+    fn evict(&self, d: &mut Decided, key: BlobKey, old: &Entry) {
+        d.remove(key, old);
+        d.evicted += old.stored;
+        d.evictions += 1;
+        d.unlink.push(self.layout.blob_path(&key, old.encoding));
+    }
+
+    /// Makes a batch's decisions visible (presence map, pending set,
+    /// counters), removes the files they drop, acknowledges the writes and
+    /// hands the changes to the committer.
+    fn publish(&mut self, d: Decided, placed: Vec<(Insert, PathBuf, Reply)>) {
+        for hash in &d.absent {
+            self.presence.remove(hash);
+        }
+        // CAS blobs stored or used in this batch, unless it also dropped them.
+        let present: Vec<(BlobKey, u64)> = d
+            .touched
+            .iter()
+            .copied()
+            .chain(placed.iter().map(|(ins, _, _)| (ins.key, ins.size)))
+            .filter(|(key, _)| key.kind == Kind::Cas && !matches!(d.decisions.get(key), Some(None)))
+            .collect();
+        let changed = !d.changes.is_empty();
+        if changed {
+            self.generation += 1;
+            self.index.pending.publish(self.generation, d.decisions);
+        }
+        for path in d.unlink {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "removing evicted blob");
+            }
+        }
+        d.totals.publish(&self.stats);
         self.stats
             .overwritten
-            .fetch_add(overwritten, Ordering::Relaxed);
-        self.stats.evicted.fetch_add(evicted, Ordering::Relaxed);
-        self.stats.evictions.fetch_add(evictions, Ordering::Relaxed);
-        Ok(CommitOutcome { unlink, touched })
+            .fetch_add(d.overwritten, Ordering::Relaxed);
+        self.stats.evicted.fetch_add(d.evicted, Ordering::Relaxed);
+        self.stats
+            .evictions
+            .fetch_add(d.evictions, Ordering::Relaxed);
+        let now = unix_now();
+        for (key, size) in &present {
+            self.presence.insert(&key.hash, *size, now);
+        }
+        for (_, _, done) in placed {
+            let _ = done.send(Ok(()));
+        }
+        self.next_seq = d.next_seq;
+        self.evict_from = d.evict_from;
+        if changed {
+            let meta = Meta {
+                stored: d.totals.stored,
+                logical: d.totals.logical,
+                entries: d.totals.entries,
+                next_seq: d.next_seq,
+            };
+            self.send(ToCommitter::Changes {
+                generation: self.generation,
+                changes: d.changes,
+                meta,
+            });
+        }
     }
-}
-
-struct CommitOutcome {
-    unlink: Vec<PathBuf>,
-    /// Sizes of the entries touched, for the presence map.
-    touched: std::collections::HashMap<BlobKey, u64>,
 }
 
 #[derive(Default)]
@@ -911,21 +997,4 @@ impl Totals {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn entry_and_key_encodings_round_trip() {
-        let e = Entry {
-            size: 1 << 40,
-            stored: 12345,
-            seq: 7,
-            atime: 1_700_000_000,
-            encoding: Encoding::Zstd,
-        };
-        assert_eq!(Entry::decode(&e.encode()), Some(e));
-        assert_eq!(Entry::decode(&[0u8; 3]), None);
-        let k = BlobKey::ac(bazel_cache_digest::Hash::of(b"k"));
-        assert_eq!(BlobKey::from_bytes(&k.to_bytes()), Some(k));
-    }
-}
+mod tests;
