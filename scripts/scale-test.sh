@@ -23,6 +23,8 @@
 # Env:   SCALE_ENTRIES=1000000   entries to fill the index to
 #        SCALE_DURATION=5s       per figure, after SCALE_WARMUP=1s of warm-up
 #        SCALE_CLIENTS=16        clients of each measured load
+#        SCALE_ROUNDS=1          runs of each figure; the table shows the
+#                                one with the median p99 (3 on a busy machine)
 #        SCALE_FILL_SIZE=64B     blobs the fill writes, SCALE_FILL_CLIENTS=64
 #        SCALE_KEEP=1            keep the temporary directory (server log,
 #                                every bench report as JSON)
@@ -48,6 +50,7 @@ target_entries=${SCALE_ENTRIES:-1000000}
 duration=${SCALE_DURATION:-5s}
 warmup=${SCALE_WARMUP:-1s}
 clients=${SCALE_CLIENTS:-16}
+rounds=${SCALE_ROUNDS:-1}
 fill_size=${SCALE_FILL_SIZE:-64B}
 fill_clients=${SCALE_FILL_CLIENTS:-64}
 
@@ -121,21 +124,28 @@ stop_sampler() {
 }
 
 # measure PHASE: the four figures, each in $work/PHASE-<op>-<size>.json
-# with its RSS samples in $work/PHASE-<op>-<size>-rss; VmHWM afterwards in
+# (of SCALE_ROUNDS runs, the one with the median p99) with the RSS samples
+# of its runs in $work/PHASE-<op>-<size>-rss; VmHWM afterwards in
 # $work/PHASE-hwm.
 measure() {
-  local phase=$1 op size key status
+  local phase=$1 op size key status round
   for op in read write; do
     for size in 4KiB 1MiB; do
       key="$phase-$op-$size"
-      [ "$op" = write ] && sync
       printf '  %-22s' "$key" >&2
-      status=0
-      start_sampler "$work/$key-rss"
-      "$bench" "$url" --mix "$op:100" --sizes "$size" --concurrency "$clients" \
-        --duration "$duration" --warmup "$warmup" --json >"$work/$key.json" 2>"$work/$key.err" || status=$?
-      stop_sampler
-      [ "$status" -ge 2 ] && { echo >&2; cat "$work/$key.err" >&2; die "bench $key could not run"; }
+      : >"$work/$key-rss"
+      for round in $(seq "$rounds"); do
+        [ "$op" = write ] && sync
+        status=0
+        start_sampler "$work/$key-rss.$round"
+        "$bench" "$url" --mix "$op:100" --sizes "$size" --concurrency "$clients" \
+          --duration "$duration" --warmup "$warmup" --json >"$work/$key.$round.json" 2>"$work/$key.err" \
+          || status=$?
+        stop_sampler
+        cat "$work/$key-rss.$round" >>"$work/$key-rss"
+        [ "$status" -ge 2 ] && { echo >&2; cat "$work/$key.err" >&2; die "bench $key could not run"; }
+      done
+      jq -s 'sort_by(.total.latency.p99_ms) | .[(length - 1) / 2 | floor]' "$work/$key".*.json >"$work/$key.json"
       jq -r '"\(.total.requests) requests, \(.errors.total) errors, p99 \(.total.latency.p99_ms) ms"' \
         "$work/$key.json" >&2
     done
@@ -206,5 +216,5 @@ row() {
   printf 'the fill (%s clients): RSS MiB (metrics / VmRSS)\t-\t%s\t-\t%s entries in %s s\t-\n' \
     "$fill_clients" "$(max_rss "$work/fill-rss")" "$((full_entries - empty_entries))" "$fill_seconds"
 } | column -t -s $'\t'
-echo "(empty: $empty_entries entries, the read loads' blobs; $clients clients, $duration per figure;" \
+echo "(empty: $empty_entries entries, the read loads' blobs; $clients clients, $duration per figure, median p99 of $rounds;" \
   "server defaults: fsync on, zstd storage; VmHWM: the peak since start, the fill's included)"
