@@ -10,8 +10,8 @@
 //! with probability 2^-64 per pair, and must also share the size to be
 //! confused: about 5 × 10^-14 per query with a million blobs stored.
 //!
-//! Who writes: only the index writer, in its order. It adds a blob after
-//! the commit that indexes it (a query in between misses, and the client
+//! Who writes: only the index writer, in its order. It adds a blob once
+//! it publishes the decision that indexes it (a query in between misses, and the client
 //! uploads again: harmless) and removes one before the commit that drops
 //! it and before its file is unlinked (a query in between misses while
 //! the file is still there: harmless). So the map never says "present"
