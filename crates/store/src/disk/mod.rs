@@ -7,196 +7,49 @@
 //! batch (group_sync.rs, when `fsync` is on), renames it to its final name
 //! and indexes it: no reader ever sees a partial or unverified blob, and a
 //! write is acknowledged only once it would survive a power loss.
+//!
+//! # Layout
+//! - `config.rs`: `DiskConfig` and the defaults.
+//! - `write.rs`: a PUT, from limits and reservation to the hand-off to the
+//!   index writer; `sink.rs`: the temp file it fills.
+//! - `read.rs`: a GET, whole for small files, streamed for large ones.
+//! - `index.rs` (and `index/`): redb, the writer thread, accounting, LRU.
+//! - `group_sync.rs`: one flush for a batch of new files (group commit).
+//! - `presence.rs`: the in-memory set FindMissingBlobs answers from.
+//! - `layout.rs`: paths on disk; `recovery.rs`: the start-up scan.
 
+mod config;
 mod group_sync;
 mod index;
 mod layout;
 mod presence;
+mod read;
 mod recovery;
 mod sink;
+mod write;
 
 use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::fs::File;
-use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::index::{Entry, Insert, Op, Reservation, SharedStats};
+use self::index::{Entry, Op, Reservation, SharedStats};
 use self::layout::Layout;
 use self::presence::{Presence, Probe, minute_of, minutes_since};
-use self::sink::{FileSink, TempFile};
-use crate::budget::{
-    DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget, MemoryUse, ZSTD_ENCODER_BYTES,
-};
 use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
-use crate::zstd_decode;
-use crate::{
-    Blob, BlobBody, BlobFile, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats,
+use crate::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+use bazel_cache_digest::{BlobKey, Digest, Kind};
+
+use self::config::ZSTD_LEVEL;
+pub use self::config::{
+    DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_RATE_WINDOW, DEFAULT_BODY_STALL_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT_WRITES, DiskConfig,
 };
-use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
-
 pub use self::recovery::RecoveryReport;
-
-/// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
-/// four file writes, small enough that 64 concurrent uploads stay in 16 MiB.
-const CHUNK: usize = 256 * 1024;
-/// Blobs up to this size (stored and, for a plain read of a zstd-stored
-/// blob, logical) are read whole in one blocking call and handed to the
-/// front end as bytes it sends as they are; larger ones stream.
-const WHOLE_READ: u64 = 256 * 1024;
-
-/// A blob file opened for a read, on a blocking thread.
-enum Opened {
-    /// Small enough to read whole in the same hand-off (decompressed when
-    /// the reader wants plain bytes of a zstd-stored blob).
-    Whole(Vec<u8>),
-    /// To stream, with its length on disk.
-    File(std::fs::File, u64),
-}
-
-/// Opens a blob's file and, when it is small, reads it whole: one hand-off
-/// to a blocking thread per read, where `tokio::fs` made three (open,
-/// stat, read) and a context switch each, most of a 4 KiB GET's CPU.
-/// `None` when the file is gone.
-fn open_for_read(
-    path: &std::path::Path,
-    entry: &Entry,
-    decompress: bool,
-) -> Result<Option<Opened>, StoreError> {
-    let file = match std::fs::File::open(path) {
-        Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let on_disk = file.metadata()?.len();
-    if on_disk > WHOLE_READ || (decompress && entry.size > WHOLE_READ) {
-        return Ok(Some(Opened::File(file, on_disk)));
-    }
-    // Exactly the length just stat'ed: a blob file never changes once in
-    // place (replacements are renames), and a plain `read_to_end` would
-    // stat and seek again and read once more to find the end.
-    let mut bytes = crate::file_chunks::read_exactly(&file, on_disk)?;
-    if decompress {
-        bytes = decompress_whole(&bytes, entry.size)?;
-    }
-    Ok(Some(Opened::Whole(bytes)))
-}
-
-/// Decompresses a small zstd-stored blob in one call with a context
-/// reused per thread (building a streaming decoder cost more than the
-/// decompression), checking it has the size the index records.
-fn decompress_whole(frames: &[u8], size: u64) -> Result<Vec<u8>, StoreError> {
-    thread_local! {
-        static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
-            const { std::cell::RefCell::new(None) };
-    }
-    let data = DECOMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
-            *cell = Some(zstd::bulk::Decompressor::new()?);
-        }
-        let decompressor = cell.as_mut().expect("just set");
-        // One byte more than expected, so a longer blob is detected.
-        decompressor.decompress(frames, size as usize + 1)
-    })?;
-    if data.len() as u64 != size {
-        return Err(StoreError::Io(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "stored blob decompresses to {} bytes, the index says {size}",
-                data.len()
-            ),
-        )));
-    }
-    Ok(data)
-}
-
-/// zstd level for CAS blobs in zstd storage mode: level 1 compresses at
-/// several hundred MB/s per core, so compression does not dominate a PUT.
-pub(super) const ZSTD_LEVEL: i32 = 1;
-
-/// Write slots unless `max_concurrent_writes` says otherwise: the one place
-/// this default is written (the server's `--help` shows it).
-pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 256;
-
-/// The least an upload body must bring, in bytes per second averaged over
-/// [`DEFAULT_BODY_RATE_WINDOW`] of waiting on it (`body_min_rate`). 256 B/s
-/// is 1/500 of a 1 Mbit/s link: a laptop on such a VPN uploading 100 blobs
-/// at once (Bazel's `--remote_max_connections` default) gives each about
-/// 1.25 kB/s, five times this; and a window asks for 7.5 KiB, less than one
-/// of Bazel's 16 KiB ByteStream chunks, which gRPC delivers only whole.
-pub const DEFAULT_BODY_MIN_RATE: u64 = 256;
-/// The longest an upload body may go without a byte before the write is
-/// abandoned (the server's `http_read_timeout` overrides it).
-pub const DEFAULT_BODY_STALL_TIMEOUT: Duration = Duration::from_secs(60);
-/// The window over which [`DEFAULT_BODY_MIN_RATE`] is averaged
-/// (`body_rate_window`). Long enough to ride out gRPC flow-control pauses,
-/// TCP retransmission back-off and a chunk arriving whole on a slow link;
-/// short enough that a body sending a byte a second is cut after 30 s of
-/// waiting on it (the stall limit alone let it run for ever, and before
-/// that cut only a body silent for 60 s).
-pub const DEFAULT_BODY_RATE_WINDOW: Duration = Duration::from_secs(30);
-
-/// Settings of the disk store; the server fills them from its validated config.
-#[derive(Debug, Clone)]
-pub struct DiskConfig {
-    pub dir: PathBuf,
-    pub max_size_bytes: u64,
-    /// How CAS blobs are kept on disk (AC entries are always kept as sent).
-    pub cas_encoding: Encoding,
-    pub max_blob_size: u64,
-    pub fsync: bool,
-    /// A read moves an entry to the LRU tail at most once per this interval,
-    /// so hot blobs don't turn every read into an index write.
-    pub touch_interval: Duration,
-    /// `max_size_hard_limit`: writes are refused when the bytes in flight
-    /// (being received) would exceed it. `None`: max_size is the bound.
-    pub hard_limit_bytes: Option<u64>,
-    /// Write slots (`max_concurrent_writes`): writes working on bytes
-    /// they have at once; more wait, first come first served (see
-    /// [`DiskStore`]'s `write_slots`).
-    pub max_concurrent_writes: usize,
-    /// How long a write waits for a slot before it is refused as busy.
-    pub write_slot_wait: Duration,
-    /// A body that sends nothing for this long is abandoned, freeing its
-    /// reservation and temp file (`http_read_timeout`, default 60 s).
-    pub body_stall_timeout: Duration,
-    /// A body must also bring this many bytes per second averaged over
-    /// every `body_rate_window` of waiting on it, or it is abandoned the
-    /// same way (`body_min_rate`; 0: no rate check).
-    pub body_min_rate: u64,
-    pub body_rate_window: Duration,
-    /// The memory budget (`max_buffer_memory`) a write's buffers and zstd
-    /// contexts, and a read's decoder, are reserved from; shared with the
-    /// front ends.
-    pub memory: Arc<MemoryBudget>,
-}
-
-impl DiskConfig {
-    pub fn new(dir: impl Into<PathBuf>, max_size_bytes: u64) -> Self {
-        DiskConfig {
-            dir: dir.into(),
-            max_size_bytes,
-            cas_encoding: Encoding::Zstd,
-            max_blob_size: u64::MAX,
-            fsync: true,
-            touch_interval: Duration::from_secs(60),
-            hard_limit_bytes: None,
-            max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
-            write_slot_wait: Duration::from_secs(60),
-            body_stall_timeout: DEFAULT_BODY_STALL_TIMEOUT,
-            body_min_rate: DEFAULT_BODY_MIN_RATE,
-            body_rate_window: DEFAULT_BODY_RATE_WINDOW,
-            memory: MemoryBudget::new(DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT),
-        }
-    }
-}
 
 pub struct DiskStore {
     cfg: DiskConfig,
@@ -468,65 +321,6 @@ impl DiskStore {
         Ok(reservation)
     }
 
-    /// [`Store::put`], telling whether bytes were written or an identical
-    /// CAS blob was already there (a proxy then has nothing new to upload).
-    pub async fn put_blob(&self, req: PutRequest) -> Result<Written, StoreError> {
-        if let Some(size) = req.size {
-            if size > self.cfg.max_blob_size {
-                return Err(StoreError::TooLarge {
-                    size,
-                    limit: self.cfg.max_blob_size,
-                });
-            }
-            if size > self.cfg.max_size_bytes {
-                return Err(StoreError::InsufficientStorage {
-                    size,
-                    capacity: self.cfg.max_size_bytes,
-                });
-            }
-        }
-        let key = req.key;
-        if key.kind == Kind::Cas && self.reader.get(&key)?.is_some() {
-            // Already stored (clients re-upload what others built): verify the
-            // bytes, so a bad upload still gets its error, but write nothing.
-            self.write_temp(None, req).await?;
-            if let Some(entry) = self.reader.get(&key)? {
-                self.note_use(&key, &entry);
-            }
-            return Ok(Written::AlreadyPresent);
-        }
-        // Unknown sizes (a compressed HTTP body) reserve once written.
-        let mut reservation = match req.size {
-            Some(size) => Some(self.reserve(size)?),
-            None => None,
-        };
-        let received = self.write_temp(Some(self.layout.tmp_path()), req).await?;
-        let Some((tmp, stored, encoding)) = received.file else {
-            return Err(StoreError::Io(io::Error::other("write produced no file")));
-        };
-        if reservation.is_none() {
-            reservation = Some(self.reserve(stored)?);
-        }
-        let (done, wait) = oneshot::channel();
-        let insert = Insert {
-            key,
-            from: tmp.path.clone(),
-            size: received.size,
-            stored,
-            encoding,
-            adopt: false,
-            // The writer releases it when it counts the blob as stored.
-            reservation,
-        };
-        if self.tx.send(Op::Insert(insert, done)).await.is_err() {
-            return Err(StoreError::Closed);
-        }
-        tmp.hand_over();
-        // The writer answers once the blob is durable (group commit).
-        wait.await.map_err(|_| StoreError::Closed)??;
-        Ok(Written::Stored)
-    }
-
     /// Opens a blob's file for a backend upload: the open file stays
     /// readable even if the entry is evicted meanwhile. Returns the file,
     /// how it is encoded and the blob's logical size.
@@ -569,174 +363,6 @@ impl DiskStore {
     fn forget(&self, key: &BlobKey) {
         let _ = self.tx.try_send(Op::Forget(*key));
     }
-
-    /// Copies the body into a temp file at `tmp` (`None`: an identical CAS
-    /// blob is stored, only verify): decode, hash, count, check limits,
-    /// encode for storage.
-    ///
-    /// Received bytes collect in a buffer with no write slot held; a slot
-    /// is taken while one blocking task hashes, encodes and writes each full
-    /// buffer (the first also creates the file, the last also closes it),
-    /// then given back. One hand-off per buffer, none per network frame.
-    async fn write_temp(
-        &self,
-        tmp: Option<PathBuf>,
-        req: PutRequest,
-    ) -> Result<Received, StoreError> {
-        let PutRequest {
-            key,
-            size,
-            encoding,
-            body,
-        } = req;
-        let body = self.guard_upload(body);
-        let mut input: BlobReader = match encoding {
-            Encoding::Identity => body,
-            Encoding::Zstd => Box::pin(zstd_decode::decoder(body, &self.cfg.memory).await?),
-        };
-        let wanted = match key.kind {
-            Kind::Cas => self.cfg.cas_encoding,
-            Kind::Ac => Encoding::Identity,
-        };
-
-        let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
-        let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
-        // The receive buffer and the storage encoder, from the memory budget.
-        let encoder = if tmp.is_some() && wanted == Encoding::Zstd {
-            ZSTD_ENCODER_BYTES
-        } else {
-            0
-        };
-        let _buffers = (self.cfg.memory)
-            .reserve(MemoryUse::UploadBuffer, cap as u64 + encoder)
-            .await?;
-        let mut work = Work {
-            hasher: Hasher::new(),
-            sink: None,
-            create: tmp.map(|path| (path, wanted)),
-            buf: vec![0u8; cap],
-            finished: None,
-        };
-        let mut filled = 0;
-        let mut seen = 0u64;
-        loop {
-            // No slot is held here: this is the wait on the client.
-            let n = input
-                .read(&mut work.buf[filled..])
-                .await
-                .map_err(StoreError::body)?;
-            if n == 0 {
-                break;
-            }
-            filled += n;
-            seen += n as u64;
-            if seen > limit {
-                return Err(match size {
-                    Some(expected) if seen > expected && expected <= self.cfg.max_blob_size => {
-                        StoreError::SizeMismatch {
-                            expected,
-                            actual: seen,
-                        }
-                    }
-                    _ => StoreError::TooLarge {
-                        size: seen,
-                        limit: self.cfg.max_blob_size,
-                    },
-                });
-            }
-            if seen > self.cfg.max_size_bytes {
-                return Err(StoreError::InsufficientStorage {
-                    size: seen,
-                    capacity: self.cfg.max_size_bytes,
-                });
-            }
-            if filled == work.buf.len() {
-                let _slot = self.write_slot().await?;
-                work = work.run(filled, false).await?;
-                filled = 0;
-            }
-        }
-        // The last chunk, closing the file, then the size and digest checks.
-        let _slot = self.write_slot().await?;
-        let work = work.run(filled, true).await?;
-        let logical = work.hasher.len();
-        if let Some(expected) = size
-            && expected != logical
-        {
-            return Err(StoreError::SizeMismatch {
-                expected,
-                actual: logical,
-            });
-        }
-        let actual = work.hasher.finish();
-        if key.kind == Kind::Cas && actual != key.hash {
-            return Err(StoreError::DigestMismatch {
-                expected: key.hash,
-                actual,
-            });
-        }
-        Ok(Received {
-            size: logical,
-            file: work.finished,
-        })
-    }
-}
-
-/// What [`DiskStore::write_temp`] received: the blob's logical size and,
-/// unless it only verified, its temp file, stored size and encoding.
-struct Received {
-    size: u64,
-    file: Option<(TempFile, u64, Encoding)>,
-}
-
-/// A write's state that its blocking tasks work on: moved into each task
-/// and back, so no lock is shared and a dropped put drops it (and its temp
-/// file) wherever it is.
-struct Work {
-    hasher: Hasher,
-    sink: Option<FileSink>,
-    /// The temp file to create in the first task, and the encoding wanted.
-    create: Option<(PathBuf, Encoding)>,
-    buf: Vec<u8>,
-    /// Set by the last task: the closed temp file, its size and encoding.
-    finished: Option<(TempFile, u64, Encoding)>,
-}
-
-/// Hashing a chunk this small costs less than handing it to a thread, when
-/// there is no file to write.
-const INLINE_HASH: usize = 64 * 1024;
-
-impl Work {
-    /// Hashes and stores `buf[..len]`; `last` also closes the file.
-    fn step(&mut self, len: usize, last: bool) -> io::Result<()> {
-        if let Some((path, encoding)) = self.create.take() {
-            self.sink = Some(FileSink::create(path, encoding)?);
-        }
-        let chunk = &self.buf[..len];
-        self.hasher.update(chunk);
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write(chunk)?;
-        }
-        if last {
-            let sink = self.sink.take().unwrap_or_else(FileSink::discard);
-            self.finished = sink.finish()?;
-        }
-        Ok(())
-    }
-
-    /// [`Work::step`] on a blocking thread, or inline when it only hashes
-    /// a small chunk.
-    async fn run(mut self, len: usize, last: bool) -> Result<Work, StoreError> {
-        let writes = self.create.is_some() || self.sink.as_ref().is_some_and(FileSink::writes_file);
-        if !writes && len <= INLINE_HASH {
-            self.step(len, last)?;
-            return Ok(self);
-        }
-        tokio::task::spawn_blocking(move || self.step(len, last).map(|()| self))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(format!("write task failed: {e}"))))?
-            .map_err(StoreError::from)
-    }
 }
 
 /// The disk store is the local tier of a proxy.
@@ -765,62 +391,7 @@ impl LocalTier for DiskStore {
 #[async_trait]
 impl Store for DiskStore {
     async fn get(&self, key: &BlobKey, accept_zstd: bool) -> Result<Option<Blob>, StoreError> {
-        let Some(entry) = self.reader.get(key)? else {
-            return Ok(None);
-        };
-        let path = self.layout.blob_path(key, entry.encoding);
-        let decompress = entry.encoding == Encoding::Zstd && !accept_zstd;
-        let opened = tokio::task::spawn_blocking(move || open_for_read(&path, &entry, decompress))
-            .await
-            .map_err(|e| StoreError::Io(io::Error::other(format!("read task failed: {e}"))))??;
-        let Some(opened) = opened else {
-            // Evicted or replaced between the lookup and the open, or lost:
-            // the writer drops the entry if the file is really gone.
-            self.forget(key);
-            return Ok(None);
-        };
-        self.note_use(key, &entry);
-        Ok(Some(match opened {
-            Opened::Whole(bytes) => Blob {
-                size: if decompress || entry.encoding == Encoding::Identity {
-                    bytes.len() as u64
-                } else {
-                    entry.size
-                },
-                encoding: if decompress {
-                    Encoding::Identity
-                } else {
-                    entry.encoding
-                },
-                body_len: Some(bytes.len() as u64),
-                body: BlobBody::Bytes(bytes.into()),
-            },
-            // The open file's length, not the index's: an AC entry may have
-            // been replaced by a different-sized one since the lookup.
-            Opened::File(file, on_disk) if entry.encoding == Encoding::Identity => Blob {
-                size: on_disk,
-                encoding: Encoding::Identity,
-                body_len: Some(on_disk),
-                body: BlobBody::File(BlobFile { file, len: on_disk }),
-            },
-            Opened::File(file, on_disk) if !decompress => Blob {
-                size: entry.size,
-                encoding: Encoding::Zstd,
-                body_len: Some(on_disk),
-                body: BlobBody::File(BlobFile { file, len: on_disk }),
-            },
-            Opened::File(file, _) => {
-                let mut dec = zstd_decode::decoder(File::from_std(file), &self.cfg.memory).await?;
-                // A full budget is refused here, before the caller answers.
-                zstd_decode::reserve_first_frame(&mut dec).await?;
-                Blob {
-                    size: entry.size,
-                    encoding: Encoding::Identity,
-                    body_len: Some(entry.size),
-                    body: BlobBody::Stream(Box::pin(dec)),
-                }
-            }
-        }))
+        self.read(key, accept_zstd).await
     }
 
     async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError> {

@@ -1,9 +1,11 @@
 //! Write slots are held for work on received bytes only, and the
 //! progress guard's cuts are counted.
 
+use super::write::CHUNK;
 use super::*;
 use crate::CutReason;
 use bazel_cache_digest::Hash;
+use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 
 async fn store(dir: &std::path::Path, tune: impl FnOnce(&mut DiskConfig)) -> Arc<DiskStore> {
