@@ -6,6 +6,7 @@
 use std::io;
 
 use super::super::{DiskConfig, DiskStore};
+use super::committer::{Change, Committer};
 use super::*;
 use crate::{PutRequest, Store};
 use bazel_cache_digest::{Digest, Hash};
