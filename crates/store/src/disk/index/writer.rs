@@ -143,6 +143,21 @@ impl Decided {
     }
 }
 
+/// The keys read in a batch, each once, in the order of its last read:
+/// they take LRU positions in that order. (In key order, as a sorted set
+/// gave them, a blob read just now could rank older than one read
+/// earlier in the same batch, and be evicted first.)
+fn in_order_of_last_use(touches: Vec<BlobKey>) -> Vec<BlobKey> {
+    let mut seen = std::collections::HashSet::with_capacity(touches.len());
+    let mut ordered: Vec<BlobKey> = touches
+        .into_iter()
+        .rev()
+        .filter(|k| seen.insert(*k))
+        .collect();
+    ordered.reverse();
+    ordered
+}
+
 /// The index as the writer's decisions make it: this batch's, then those
 /// not yet committed, then redb (a snapshot begun after pruning).
 struct View<'a, T> {
@@ -351,7 +366,7 @@ impl Writer {
 
     fn apply(&mut self, batch: Vec<Op>) {
         let mut inserts = Vec::new();
-        let mut touches = BTreeSet::new();
+        let mut touches = Vec::new();
         let mut forgets = Vec::new();
         let mut flushes = Vec::new();
         let mut make_room = false;
@@ -359,7 +374,7 @@ impl Writer {
             match op {
                 Op::Insert(ins, done) => inserts.push((ins, done)),
                 Op::Touch(k) => {
-                    touches.insert(k);
+                    touches.push(k);
                 }
                 Op::Forget(k) => forgets.push(k),
                 Op::Flush(done) => flushes.push(done),
@@ -375,6 +390,7 @@ impl Writer {
                 > s.max.load(Ordering::Relaxed)
         };
         if !inserts.is_empty() || !touches.is_empty() || !forgets.is_empty() || over {
+            let touches = in_order_of_last_use(touches);
             self.apply_changes(inserts, &touches, &forgets);
         }
         // After this batch's changes, which the committer receives first.
@@ -386,7 +402,7 @@ impl Writer {
     fn apply_changes(
         &mut self,
         inserts: Vec<(Insert, Reply)>,
-        touches: &BTreeSet<BlobKey>,
+        touches: &[BlobKey],
         forgets: &[BlobKey],
     ) {
         if let Err(reason) = self.keep_up() {
@@ -497,7 +513,7 @@ impl Writer {
     fn decide(
         &self,
         placed: &[(Insert, PathBuf, Reply)],
-        touches: &BTreeSet<BlobKey>,
+        touches: &[BlobKey],
         forgets: &[BlobKey],
     ) -> Result<Decided, StoreError> {
         let txn = self.index.db.begin_read().map_err(index_err)?;
@@ -684,5 +700,22 @@ impl Writer {
                 meta,
             });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bazel_cache_digest::Hash;
+
+    #[test]
+    fn touches_keep_the_order_of_each_keys_last_read() {
+        let key = |b: u8| BlobKey {
+            kind: Kind::Cas,
+            hash: Hash([b; 32]),
+        };
+        // Read 9, 1, 5, then 9 again: 9 is the most recent, 1 the oldest.
+        let got = in_order_of_last_use(vec![key(9), key(1), key(5), key(9)]);
+        assert_eq!(got, vec![key(1), key(5), key(9)]);
     }
 }
