@@ -9,6 +9,7 @@ use tokio::fs::File;
 
 use super::DiskStore;
 use super::index::Entry;
+use super::nowait;
 use crate::zstd_decode;
 use crate::{Blob, BlobBody, BlobFile, Encoding, StoreError};
 use bazel_cache_digest::BlobKey;
@@ -17,6 +18,12 @@ use bazel_cache_digest::BlobKey;
 /// blob, logical) are read whole in one blocking call and handed to the
 /// front end as bytes it sends as they are; larger ones stream.
 const WHOLE_READ: u64 = 256 * 1024;
+
+/// Blobs up to this size (stored and logical) are opened and read on the
+/// async worker when the kernel's caches hold them (nowait.rs): at most
+/// tens of microseconds of copying and decompressing, well under what
+/// handing the read to a blocking thread and back costs.
+const INLINE_READ: u64 = 64 * 1024;
 
 /// A blob file opened for a read, on a blocking thread.
 enum Opened {
@@ -41,9 +48,14 @@ fn open_for_read(
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
+    read_opened(file, entry, decompress).map(Some)
+}
+
+/// The rest of [`open_for_read`], on an open file.
+fn read_opened(file: std::fs::File, entry: &Entry, decompress: bool) -> Result<Opened, StoreError> {
     let on_disk = file.metadata()?.len();
-    if on_disk > WHOLE_READ || (decompress && entry.size > WHOLE_READ) {
-        return Ok(Some(Opened::File(file, on_disk)));
+    if too_big_to_read_whole(on_disk, entry, decompress) {
+        return Ok(Opened::File(file, on_disk));
     }
     // Exactly the length just stat'ed: a blob file never changes once in
     // place (replacements are renames), and a plain `read_to_end` would
@@ -52,7 +64,54 @@ fn open_for_read(
     if decompress {
         bytes = decompress_whole(&bytes, entry.size)?;
     }
-    Ok(Some(Opened::Whole(bytes)))
+    Ok(Opened::Whole(bytes))
+}
+
+fn too_big_to_read_whole(on_disk: u64, entry: &Entry, decompress: bool) -> bool {
+    on_disk > WHOLE_READ || (decompress && entry.size > WHOLE_READ)
+}
+
+/// What a read on the async worker itself came to (nowait.rs).
+enum Quick {
+    Done(Option<Opened>),
+    /// The caches could not answer: finish on a blocking thread, with the
+    /// file when it is already open.
+    Blocked(Option<std::fs::File>),
+}
+
+/// [`open_for_read`] without blocking, for files up to [`INLINE_READ`]:
+/// whatever the page and dentry caches cannot answer is left to a
+/// blocking thread. Larger files go there at once: their read (and
+/// decompression) would hold the worker too long even from the cache.
+fn open_quickly(
+    path: &std::path::Path,
+    entry: &Entry,
+    decompress: bool,
+) -> Result<Quick, StoreError> {
+    if entry.stored > INLINE_READ || (decompress && entry.size > INLINE_READ) {
+        return Ok(Quick::Blocked(None));
+    }
+    let file = match nowait::open(path) {
+        Ok(Some(file)) => file,
+        Ok(None) => return Ok(Quick::Blocked(None)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Quick::Done(None)),
+        Err(e) => return Err(e.into()),
+    };
+    let on_disk = file.metadata()?.len();
+    if too_big_to_read_whole(on_disk, entry, decompress) {
+        // Replaced by a larger AC entry since the lookup: it streams.
+        return Ok(Quick::Done(Some(Opened::File(file, on_disk))));
+    }
+    if on_disk > INLINE_READ {
+        return Ok(Quick::Blocked(Some(file)));
+    }
+    let Some(mut bytes) = nowait::read(&file, on_disk)? else {
+        return Ok(Quick::Blocked(Some(file)));
+    };
+    if decompress {
+        bytes = decompress_whole(&bytes, entry.size)?;
+    }
+    Ok(Quick::Done(Some(Opened::Whole(bytes))))
 }
 
 /// Decompresses a small zstd-stored blob in one call with a context
@@ -96,9 +155,15 @@ impl DiskStore {
         };
         let path = self.layout.blob_path(key, entry.encoding);
         let decompress = entry.encoding == Encoding::Zstd && !accept_zstd;
-        let opened = tokio::task::spawn_blocking(move || open_for_read(&path, &entry, decompress))
+        let opened = match open_quickly(&path, &entry, decompress)? {
+            Quick::Done(opened) => opened,
+            Quick::Blocked(file) => tokio::task::spawn_blocking(move || match file {
+                Some(file) => read_opened(file, &entry, decompress).map(Some),
+                None => open_for_read(&path, &entry, decompress),
+            })
             .await
-            .map_err(|e| StoreError::Io(io::Error::other(format!("read task failed: {e}"))))??;
+            .map_err(|e| StoreError::Io(io::Error::other(format!("read task failed: {e}"))))??,
+        };
         let Some(opened) = opened else {
             // Evicted or replaced between the lookup and the open, or lost:
             // the writer drops the entry if the file is really gone.
