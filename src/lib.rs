@@ -25,6 +25,7 @@
 //! - `grpc/`: REAPI v2 cache services and ByteStream, translated likewise.
 //! - `metrics/`: Prometheus `/metrics` and the access log, as layers and
 //!   collectors around the front ends and over the stores' counters.
+//! - `log_writer.rs`: log lines written out in batches by a thread.
 //! - `malloc_trim.rs`: gives memory freed after a burst back to the OS.
 //! - `sd_notify.rs`: systemd readiness.
 
@@ -33,6 +34,7 @@ pub mod config;
 pub mod grpc;
 pub mod http;
 pub(crate) mod listen;
+pub mod log_writer;
 pub mod malloc_trim;
 pub(crate) mod metrics;
 pub(crate) mod reload;

@@ -100,23 +100,14 @@ fn limit_malloc_arenas() {
     }
 }
 
-/// Logs go to stderr through a writer thread: with the access log on (the
-/// default, as bazel-remote's `access_log_level: all`), every request makes
-/// a line, and writing it from the async worker that served the request
-/// was a blocking write(2) per request, a tenth of a 4 KiB GET's CPU
-/// (perf). The thread writes lines as they come, in order, buffered while
-/// more are queued; none is dropped (a full queue makes the logger wait),
-/// and the returned guard writes out what is queued when dropped.
-fn init_logging(config: &Config) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs go to stderr through a writer thread that writes them in batches
+/// (log_writer.rs); the returned guard writes out what is queued when
+/// dropped.
+fn init_logging(config: &Config) -> bazel_cache::log_writer::Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("log-writer")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stderr(),
-        ));
+    let (writer, guard) = bazel_cache::log_writer::start(std::io::stderr())
+        .unwrap_or_else(|e| panic!("cannot start the log-writer thread: {e}"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
