@@ -13,6 +13,9 @@
 # gRPC within 10 % of HTTP) and for gRPC AC rows; 1.5 M digests/s for
 # FindMissingBlobs. HTTP AC rows have no reference. Ratios, not absolute
 # figures, carry over between machines; a busy machine lowers both sides.
+# The x16 rows batch 16 blobs per call, as a client that batches small
+# blobs would, and are per blob. A second table shows every write load's
+# p99/p50 (stalls), at 16 clients and again at 64. About 3 minutes.
 #
 # Usage: scripts/perf-compare.sh [--quick]
 #   --quick          1 s per figure, 0.5 s warm-up (a smoke run, ~1 minute)
@@ -94,7 +97,7 @@ run() {
   shift 2
   case " $* " in *" --mix write"* | *" --mix ac-write"*) sync ;; esac
   printf '  %-28s' "$key" >&2
-  "$bench" bench "$url" --concurrency "$clients" --duration "$duration" --warmup "$warmup" \
+  "$bench" bench "$url" --concurrency "${RUN_CLIENTS:-$clients}" --duration "$duration" --warmup "$warmup" \
     --json "$@" >"$work/$key.json" 2>"$work/$key.err" || status=$?
   if [ "$status" -ge 2 ]; then
     echo >&2
@@ -125,6 +128,12 @@ run grpc-write-4KiB-batch "$ours_grpc" --mix write --sizes 4KiB "${ours_cpu[@]}"
 run grpc-read-1MiB "$ours_grpc" --mix read --sizes 1MiB "${ours_cpu[@]}"
 run grpc-write-1MiB "$ours_grpc" --mix write --sizes 1MiB "${ours_cpu[@]}"
 run grpc-find-1000 "$ours_grpc" --mix find --sizes 4KiB --batch 1000 "${ours_cpu[@]}"
+run grpc-read-4KiB-batch16 "$ours_grpc" --mix read --sizes 4KiB --batch 16 "${ours_cpu[@]}"
+run grpc-write-4KiB-batch16 "$ours_grpc" --mix write --sizes 4KiB --batch 16 "${ours_cpu[@]}"
+RUN_CLIENTS=64 run ours-put-4KiB-c64 "$ours_http" --mix write --sizes 4KiB
+RUN_CLIENTS=64 run ours-put-1MiB-c64 "$ours_http" --mix write --sizes 1MiB
+RUN_CLIENTS=64 run grpc-write-4KiB-c64 "$ours_grpc" --mix write --sizes 4KiB
+RUN_CLIENTS=64 run grpc-write-1MiB-c64 "$ours_grpc" --mix write --sizes 1MiB
 run http-ac-read "$ours_http" --mix ac-read --sizes 4KiB
 run http-ac-write "$ours_http" --mix ac-write --sizes 4KiB
 run grpc-ac-read "$ours_grpc" --mix ac-read --sizes 4KiB "${ours_cpu[@]}"
@@ -171,6 +180,8 @@ row() {
   row "gRPC read 4 KiB BatchRead" grpc-read-4KiB-batch ours-get-4KiB req/s ">=0.9"
   row "gRPC read 4 KiB ByteStream" grpc-read-4KiB-bytestream ours-get-4KiB req/s ">=0.9"
   row "gRPC write 4 KiB BatchUpdate" grpc-write-4KiB-batch ours-put-4KiB req/s ">=0.9"
+  row "gRPC read 4 KiB BatchRead x16" grpc-read-4KiB-batch16 ours-get-4KiB req/s "-"
+  row "gRPC write 4 KiB BatchUpdate x16" grpc-write-4KiB-batch16 ours-put-4KiB req/s "-"
   row "gRPC ByteStream read 1 MiB" grpc-read-1MiB ours-get-1MiB MiB/s ">=0.9"
   row "gRPC ByteStream write 1 MiB" grpc-write-1MiB ours-put-1MiB MiB/s ">=0.9"
   row "FindMissingBlobs 1000/call" grpc-find-1000 target:1500000 digests/s ">=1"
@@ -180,4 +191,20 @@ row() {
   row "AC put gRPC" grpc-ac-write http-ac-write req/s ">=0.9"
 } | sed 's/(ours)/(our HTTP)/; s/(http)/(our HTTP)/' | column -t -s $'\t'
 echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: our HTTP figure;" \
-  "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing))"
+  "x16: 16 blobs per call, per blob; CPU/op: server CPU seconds during the window / blobs" \
+  "(digests for FindMissing))"
+
+# Stalls: the issue's goal is a write p99 at most 3 x its p50, at 16 and
+# 64 clients, 4 KiB and 1 MiB, HTTP and gRPC.
+echo
+{
+  printf 'writes\tclients\tp50 ms\tp99 ms\tp99/p50\tgoal\n'
+  for key in ours-put-4KiB ours-put-1MiB grpc-write-4KiB-batch grpc-write-1MiB \
+    ours-put-4KiB-c64 ours-put-1MiB-c64 grpc-write-4KiB-c64 grpc-write-1MiB-c64; do
+    jq -r --arg key "$key" '.total.latency as $l
+      | [$key, (if ($key | endswith("-c64")) then "64" else "16" end),
+         ($l.p50_ms * 100 | floor / 100), ($l.p99_ms * 100 | floor / 100),
+         (if $l.p50_ms > 0 then ($l.p99_ms / $l.p50_ms * 100 | floor / 100) else "-" end), "<=3"]
+      | @tsv' "$work/$key.json"
+  done
+} | column -t -s $'\t'
