@@ -100,6 +100,7 @@ pub async fn serve(
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(state.options.header_read_timeout)
+        .max_buf_size(defaults::H1_MAX_BUF_SIZE)
         .keep_alive(true);
     builder
         .http2()

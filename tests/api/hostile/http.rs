@@ -374,3 +374,14 @@ fn hostile_http_requests_get_their_status_and_change_nothing() {
     let (code, got) = support::http_request("GET", &format!("{}/cas/{kept_hex}", s.http_url), None);
     assert_eq!((code, got), (200, kept));
 }
+
+/// The HTTP/1 buffer (64 KiB, `H1_MAX_BUF_SIZE`) bounds a request head:
+/// heads well beyond any client's are served, larger ones get 431.
+#[test]
+fn http1_request_heads_up_to_the_connection_buffer_are_served() {
+    let s = Server::start(&[]);
+    let big = |kib: usize| request("GET", "/status", &[("X-Big", "b".repeat(kib * 1024))], b"");
+    assert_eq!(raw(&s, &big(48)).0, 200);
+    assert_eq!(raw(&s, &big(80)).0, 431);
+    assert_alive(&s);
+}

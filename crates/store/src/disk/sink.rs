@@ -8,20 +8,21 @@
 //! 8 KiB buffer: every 8 KiB of output was a hand-off to the blocking pool
 //! and back, and those wake-ups cost more CPU than the compression.
 //!
-//! zstd storage compresses each chunk as its own frame with a context
-//! reused per thread (zstd readers, ours and bazel-remote's casblob
-//! decoder alike, read concatenated frames), and only when the blob's first
+//! zstd storage compresses each chunk as its own frame with a pooled
+//! context (zstd readers, ours and bazel-remote's casblob decoder alike,
+//! read concatenated frames), and only when the blob's first
 //! chunk shrinks: most large build outputs are already compressed
 //! archives, and compressing them again cost CPU on every PUT, stored
 //! nothing smaller, and made every plain GET decompress.
 
-use std::cell::RefCell;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::PathBuf;
+use std::sync::{Mutex, OnceLock};
 
 use super::ZSTD_LEVEL;
 use crate::Encoding;
+use bazel_cache_digest::lock;
 
 /// A chunk that does not compress to at most this fraction (in 1/16ths) of
 /// its size decides that its blob is stored uncompressed: zstd's frame and
@@ -29,30 +30,44 @@ use crate::Encoding;
 /// by nothing, and a 7 % saving is not worth decompressing on every read.
 const WORTH_COMPRESSING_16THS: usize = 15;
 
-thread_local! {
-    /// One compression context per blocking thread, reused by every write
-    /// that runs there: creating one costs more than compressing a small
-    /// blob. The blocking pool's threads are bounded by the writes working
-    /// at once (write slots), and an idle thread exits after 10 s.
-    static COMPRESSOR: RefCell<Option<zstd::bulk::Compressor<'static>>> =
-        const { RefCell::new(None) };
+/// Compression contexts not in use: a write takes one for the length of
+/// one `compress` call and puts it back. Creating a context costs more
+/// than compressing a small blob, so they are reused; they were kept per
+/// blocking thread before, but tokio runs far more blocking threads than
+/// compress at once (16 concurrent 1 MiB PUTs: 35 threads), and each
+/// context that had compressed a 256 KiB chunk held 570 KiB until its
+/// thread exited: 20 MiB of a 95 MiB peak. Contexts in use are bounded by
+/// the threads compressing at that moment, which the cores bound.
+static COMPRESSORS: Mutex<Vec<zstd::bulk::Compressor<'static>>> = Mutex::new(Vec::new());
+
+/// Idle contexts kept for reuse: twice the cores. Beyond that a context is
+/// freed when put back: more threads compressing at once would only
+/// time-share the cores.
+fn idle_compressors() -> usize {
+    static IDLE: OnceLock<usize> = OnceLock::new();
+    *IDLE.get_or_init(|| std::thread::available_parallelism().map_or(4, |n| 2 * n.get()))
 }
 
 /// Compresses `chunk` into `out` (cleared first) as one zstd frame.
 fn compress_frame(chunk: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     out.clear();
     out.reserve(zstd::zstd_safe::compress_bound(chunk.len()));
-    COMPRESSOR.with(|cell| {
-        let mut cell = cell.borrow_mut();
-        if cell.is_none() {
+    let taken = lock(&COMPRESSORS).pop();
+    let mut c = match taken {
+        Some(c) => c,
+        None => {
             let mut c = zstd::bulk::Compressor::new(ZSTD_LEVEL)?;
             c.include_checksum(false)?;
             c.include_contentsize(true)?;
-            *cell = Some(c);
+            c
         }
-        let c = cell.as_mut().expect("just set");
-        c.compress_to_buffer(chunk, out).map(|_| ())
-    })
+    };
+    let result = c.compress_to_buffer(chunk, out).map(|_| ());
+    let mut idle = lock(&COMPRESSORS);
+    if idle.len() < idle_compressors() {
+        idle.push(c);
+    }
+    result
 }
 
 /// How the blob's bytes are being stored.
@@ -129,6 +144,11 @@ impl FileSink {
                     Mode::Plain
                 };
             }
+        }
+        if matches!(self.mode, Mode::Plain) && self.frame.capacity() > 0 {
+            // Stored as received from now on: the rest of a large upload
+            // need not hold a chunk-sized buffer it no longer uses.
+            self.frame = Vec::new();
         }
         let bytes = match self.mode {
             Mode::Zstd => &self.frame[..],
@@ -210,9 +230,9 @@ mod tests {
         assert_eq!(zstd::stream::decode_all(&bytes[..]).unwrap(), text);
     }
 
-    #[test]
-    fn a_first_chunk_that_does_not_shrink_keeps_the_blob_plain() {
-        let mut noise = vec![0u8; 64 * 1024];
+    /// Bytes zstd cannot shrink.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut noise = vec![0u8; len];
         let mut x = 0x9e3779b97f4a7c15u64;
         for b in noise.iter_mut() {
             x ^= x << 13;
@@ -220,10 +240,45 @@ mod tests {
             x ^= x << 17;
             *b = x as u8;
         }
+        noise
+    }
+
+    #[test]
+    fn a_first_chunk_that_does_not_shrink_keeps_the_blob_plain() {
+        let noise = noise(64 * 1024);
         let (bytes, enc) = stored(&[&noise, &[b'a'; 4096]]);
         assert_eq!(enc, Encoding::Identity);
         assert_eq!(&bytes[..noise.len()], &noise[..]);
         assert_eq!(bytes.len(), noise.len() + 4096);
+    }
+
+    #[test]
+    fn contexts_are_shared_and_at_most_a_few_are_kept_idle() {
+        let text = b"fn main() { println!(\"hello\"); }\n".repeat(2000);
+        // Many more threads compressing at once than contexts kept.
+        let threads = 4 * idle_compressors();
+        std::thread::scope(|s| {
+            for _ in 0..threads {
+                s.spawn(|| {
+                    let mut out = Vec::new();
+                    for _ in 0..5 {
+                        compress_frame(&text, &mut out).unwrap();
+                        assert_eq!(zstd::bulk::decompress(&out, text.len()).unwrap(), text);
+                    }
+                });
+            }
+        });
+        let idle = lock(&COMPRESSORS).len();
+        assert!((1..=idle_compressors()).contains(&idle), "{idle} idle");
+    }
+
+    #[test]
+    fn a_sink_that_stores_plain_keeps_no_frame_buffer() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut sink = FileSink::create(dir.path().join("t"), Encoding::Zstd).unwrap();
+        sink.write(&noise(64 * 1024)).unwrap();
+        assert!(matches!(sink.mode, Mode::Plain));
+        assert_eq!(sink.frame.capacity(), 0);
     }
 
     #[test]
