@@ -13,6 +13,8 @@
 //! - `empty_blob.rs`: the empty-blob rule, a decorator above every store.
 //! - `file_chunks.rs`: [`BlobFile`], a stored file sent in chunks read
 //!   straight into the buffers the front ends send.
+//! - `nowait.rs`: opening and reading a file on the async worker when the
+//!   kernel's caches allow it without blocking.
 //! - `progress.rs`: the one guard that cuts a body that stops sending or
 //!   sends too slowly, and the counts of cut uploads.
 //! - `histogram.rs`: lock-free latency histograms the store records and the
@@ -38,6 +40,7 @@ pub mod disk;
 mod empty_blob;
 mod file_chunks;
 pub mod histogram;
+pub(crate) mod nowait;
 mod progress;
 pub mod proxy;
 pub mod s3;

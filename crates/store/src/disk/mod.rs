@@ -13,7 +13,7 @@
 //! - `write.rs`: a PUT, from limits and reservation to the hand-off to the
 //!   index writer; `sink.rs`: the temp file it fills.
 //! - `read.rs`: a GET, whole for small files, streamed for large ones;
-//!   `nowait.rs`: opening and reading a hot file without blocking.
+//!   `../nowait.rs`: opening and reading a hot file without blocking.
 //! - `index.rs` (and `index/`): redb, the writer thread, accounting, LRU.
 //! - `group_sync.rs`: one flush for a batch of new files (group commit).
 //! - `presence.rs`: the in-memory set FindMissingBlobs answers from.
@@ -23,7 +23,6 @@ mod config;
 mod group_sync;
 mod index;
 mod layout;
-mod nowait;
 mod presence;
 mod read;
 mod recovery;

@@ -9,9 +9,8 @@ use tokio::fs::File;
 
 use super::DiskStore;
 use super::index::Entry;
-use super::nowait;
-use crate::zstd_decode;
 use crate::{Blob, BlobBody, BlobFile, Encoding, StoreError};
+use crate::{nowait, zstd_decode};
 use bazel_cache_digest::BlobKey;
 
 /// Blobs up to this size (stored and, for a plain read of a zstd-stored

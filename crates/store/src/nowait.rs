@@ -1,5 +1,6 @@
 //! Opening and reading a blob file only when the kernel can do it from its
-//! caches, so that an async worker may do it itself.
+//! caches, so that an async worker may do it itself (disk/read.rs for
+//! small blobs, file_chunks.rs for the chunks of large ones).
 //!
 //! A small GET handed to a blocking thread cost more than the read: the
 //! blocking pool's lock (contended: most of the server's `sched_yield`s),
@@ -53,7 +54,7 @@ struct OpenHow {
 
 /// Opens `path` for reading if its path walk needs nothing but the dentry
 /// cache. `Err(NotFound)` when the file does not exist.
-pub(super) fn open(path: &Path) -> io::Result<Option<File>> {
+pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
     if !SUPPORTED.load(Ordering::Relaxed) {
         return Ok(None);
     }
@@ -93,17 +94,31 @@ pub(super) fn open(path: &Path) -> io::Result<Option<File>> {
 
 /// Reads `n` bytes from the start of `file` if every page of them is in
 /// the page cache. `Err(UnexpectedEof)` when the file is shorter.
-pub(super) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
-    let n = n as usize;
-    let mut buf: Vec<u8> = Vec::with_capacity(n);
+pub(crate) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut buf = Vec::with_capacity(n as usize);
+    Ok(read_into(file, 0, &mut buf, n as usize)?.then_some(buf))
+}
+
+/// Fills `buf` up to `n` bytes with the bytes of `file` from `offset`
+/// (`buf[k]` is the byte at `offset + k`; bytes already in `buf` are kept)
+/// as far as the page cache holds them. `Ok(false)` when the next page is
+/// not cached: `buf` keeps what was read, for a blocking read to finish.
+/// `Err(UnexpectedEof)` when the file ends first. The file's position is
+/// not used.
+pub(crate) fn read_into(file: &File, offset: u64, buf: &mut Vec<u8>, n: usize) -> io::Result<bool> {
+    if !SUPPORTED.load(Ordering::Relaxed) {
+        return Ok(false);
+    }
+    buf.reserve(n.saturating_sub(buf.len()));
     while buf.len() < n {
-        let spare = buf.spare_capacity_mut();
+        let (done, want) = (buf.len(), n - buf.len());
+        let spare = &mut buf.spare_capacity_mut()[..want];
         let iov = libc::iovec {
             iov_base: spare.as_mut_ptr().cast(),
             iov_len: spare.len(),
         };
-        // SAFETY: `iov` describes the vector's spare capacity, which is
-        // valid for writes of `iov_len` bytes and which nothing else uses
+        // SAFETY: `iov` describes part of the vector's spare capacity,
+        // valid for writes of `iov_len` bytes and used by nothing else
         // during the call; the descriptor is open for as long as `file`.
         #[allow(unsafe_code)]
         let got = unsafe {
@@ -111,7 +126,7 @@ pub(super) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
                 file.as_raw_fd(),
                 &iov,
                 1,
-                buf.len() as libc::off_t,
+                (offset + done as u64) as libc::off_t,
                 libc::RWF_NOWAIT,
             )
         };
@@ -136,14 +151,14 @@ pub(super) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
                     continue;
                 }
                 return if would_block_or_unsupported(&e) {
-                    Ok(None)
+                    Ok(false)
                 } else {
                     Err(e)
                 };
             }
         }
     }
-    Ok(Some(buf))
+    Ok(true)
 }
 
 #[cfg(test)]
@@ -163,6 +178,10 @@ mod tests {
         assert_eq!(read(&file, data.len() as u64).unwrap().unwrap(), data);
         let short = read(&file, data.len() as u64 + 1).unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+        // From an offset, after what the buffer already holds.
+        let mut buf = data[100..150].to_vec();
+        assert!(read_into(&file, 100, &mut buf, 200).unwrap());
+        assert_eq!(buf, data[100..300]);
         // A failed lookup leaves a negative dentry: cached knowledge too.
         let absent = dir.path().join("absent");
         assert!(!absent.exists());
