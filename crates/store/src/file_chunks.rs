@@ -71,6 +71,15 @@ impl BlobFile {
     }
 }
 
+/// The error of every read here that finds a blob's file shorter than its
+/// index entry: `missing` bytes short.
+pub(crate) fn ended_early(missing: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the file ended {missing} bytes early"),
+    )
+}
+
 /// Fills `buf` to `n` bytes with the bytes of `file` from `at` (`buf[k]` is
 /// the byte at `at + k`; what `buf` holds already is kept), blocking.
 fn read_rest_at(file: &File, at: u64, mut buf: Vec<u8>, n: usize) -> io::Result<Vec<u8>> {
@@ -79,10 +88,7 @@ fn read_rest_at(file: &File, at: u64, mut buf: Vec<u8>, n: usize) -> io::Result<
     while filled < n {
         match file.read_at(&mut buf[filled..], at + filled as u64) {
             Ok(0) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the file ended {} bytes early", n - filled),
-                ));
+                return Err(ended_early((n - filled) as u64));
             }
             Ok(k) => filled += k,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -100,10 +106,7 @@ pub(crate) fn read_exactly(file: &File, n: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::with_capacity(n as usize);
     file.take(n).read_to_end(&mut buf)?;
     if (buf.len() as u64) < n {
-        return Err(io::Error::new(
-            io::ErrorKind::UnexpectedEof,
-            format!("the file ended {} bytes early", n - buf.len() as u64),
-        ));
+        return Err(ended_early(n - buf.len() as u64));
     }
     Ok(buf)
 }

@@ -132,10 +132,7 @@ pub(crate) fn read_into(file: &File, offset: u64, buf: &mut Vec<u8>, n: usize) -
         };
         match got {
             0 => {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    format!("the file ended {} bytes early", n - buf.len()),
-                ));
+                return Err(crate::file_chunks::ended_early((n - buf.len()) as u64));
             }
             got if got > 0 => {
                 // SAFETY: the kernel wrote `got` bytes into the spare
