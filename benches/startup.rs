@@ -53,7 +53,7 @@ async fn main() {
                     key,
                     size: Some(8),
                     encoding: Encoding::Identity,
-                    body: Box::pin(std::io::Cursor::new(body)),
+                    body: Box::pin(std::io::Cursor::new(body)).into(),
                 };
                 store.put(req).await.unwrap();
                 i += workers;

@@ -13,7 +13,7 @@ use super::{
 };
 use bazel_cache_digest::{BlobKey, Digest};
 use bazel_cache_store::action_result::{self as ac, MAX_ACTION_RESULT_BYTES};
-use bazel_cache_store::{Encoding, PutRequest, StoreError, read_all};
+use bazel_cache_store::{Encoding, PutBody, PutRequest, StoreError, read_all};
 
 pub(super) fn service(state: Arc<GrpcState>) -> ActionCacheServer<ActionCacheService> {
     ActionCacheServer::new(ActionCacheService { state })
@@ -162,7 +162,7 @@ impl ActionCache for ActionCacheService {
             key,
             size: Some(bytes.len() as u64),
             encoding: Encoding::Identity,
-            body: Box::pin(std::io::Cursor::new(bytes)),
+            body: PutBody::bytes(bytes),
         };
         store.put(put).await.map_err(store_status)?;
         Ok(Response::new(ar))

@@ -18,7 +18,7 @@ use super::{
     GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest, rpc_status, store_status,
 };
 use bazel_cache_digest::{BlobKey, Digest};
-use bazel_cache_store::{BlobBody, Encoding, PutRequest, Store, StoreError, read_all};
+use bazel_cache_store::{BlobBody, Encoding, PutBody, PutRequest, Store, StoreError, read_all};
 
 /// Directories per GetTree response when the client does not say.
 const DEFAULT_TREE_PAGE: usize = 1000;
@@ -149,7 +149,7 @@ impl ContentAddressableStorage for CasService {
                     key: BlobKey::cas(d.hash),
                     size: Some(d.size),
                     encoding,
-                    body: Box::pin(std::io::Cursor::new(r.data)),
+                    body: PutBody::bytes(r.data),
                 };
                 store.put(put).await.map_err(|e| {
                     let s = store_status(e);

@@ -15,7 +15,9 @@ use super::{Body, HttpState, empty, error, full, method_not_allowed};
 use bazel_cache_digest::{BlobKey, Kind, mangle_ac_key};
 use bazel_cache_store::action_result as ac;
 use bazel_cache_store::budget::{MemoryBudget, MemoryUse, ReadBuffers, Reservation};
-use bazel_cache_store::{Blob, BlobBody, Encoding, PutRequest, StoreError, read_all, zstd_decode};
+use bazel_cache_store::{
+    Blob, BlobBody, Encoding, PutBody, PutRequest, StoreError, read_all, zstd_decode,
+};
 
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.
@@ -246,14 +248,13 @@ async fn put(
         });
     }
     let stream = BodyDataStream::new(req.into_body()).map_err(io::Error::other);
-    let reader = StreamReader::new(stream);
 
     if key.kind == Kind::Ac && state.options.validate_ac {
         // ActionResults are small: read, decode and validate before storing.
         let limit = ac::MAX_ACTION_RESULT_BYTES.min(state.options.max_blob_size);
         let (mut held, mut decoded_held) = (Reservation::none(), Reservation::none());
         // Read here, not by the store: guard it as the store guards bodies.
-        let mut guarded = (state.guard_upload)(Box::pin(reader));
+        let mut guarded = (state.guard_upload)(Box::pin(StreamReader::new(stream)));
         let raw = read_whole(&mut guarded, limit, &state.memory, &mut held).await?;
         let bytes = match encoding {
             Encoding::Identity => raw,
@@ -274,7 +275,7 @@ async fn put(
             return Ok(error(StatusCode::BAD_REQUEST, format!("{key}: {e}")));
         }
         let size = Some(bytes.len() as u64);
-        let body = Box::pin(io::Cursor::new(bytes));
+        let body = PutBody::bytes(bytes);
         state
             .store
             .put(PutRequest {
@@ -291,7 +292,7 @@ async fn put(
                 key,
                 size,
                 encoding,
-                body: Box::pin(reader),
+                body: PutBody::chunks(stream),
             })
             .await?;
     }

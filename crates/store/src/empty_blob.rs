@@ -69,7 +69,7 @@ impl<S: Store> EmptyBlob<S> {
                 actual: size,
             });
         }
-        let body = ProgressGuard::new(req.body, self.body_stall_timeout, "upload");
+        let body = ProgressGuard::new(req.body.into_reader(), self.body_stall_timeout, "upload");
         let mut reader: Box<dyn AsyncRead + Send + Unpin> = match req.encoding {
             Encoding::Identity => Box::new(body),
             Encoding::Zstd => Box::new(zstd_decode::decoder(body, &self.memory).await?),

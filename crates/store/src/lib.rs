@@ -15,6 +15,8 @@
 //!   straight into the buffers the front ends send.
 //! - `nowait.rs`: opening and reading a file on the async worker when the
 //!   kernel's caches allow it without blocking.
+//! - `put_body.rs`: [`PutBody`], an upload as a reader or as the chunks the
+//!   transport already holds (written without another copy).
 //! - `progress.rs`: the one guard that cuts a body that stops sending or
 //!   sends too slowly, and the counts of cut uploads.
 //! - `histogram.rs`: lock-free latency histograms the store records and the
@@ -43,6 +45,7 @@ pub mod histogram;
 pub(crate) mod nowait;
 mod progress;
 pub mod proxy;
+mod put_body;
 pub mod s3;
 mod secret;
 pub mod zstd_decode;
@@ -51,6 +54,7 @@ pub mod zstd_frame;
 pub use empty_blob::{EmptyBlob, is_empty_blob};
 pub use file_chunks::BlobFile;
 pub use progress::{CutCounts, CutReason, cut_reason};
+pub use put_body::{BlobChunks, PutBody};
 pub use secret::Secret;
 
 use std::io;
@@ -117,7 +121,7 @@ pub struct PutRequest {
     pub size: Option<u64>,
     /// Encoding of `body`; zstd bodies are decoded before hashing.
     pub encoding: Encoding,
-    pub body: BlobReader,
+    pub body: PutBody,
 }
 
 /// What a store holds, for `/status` and metrics.
@@ -234,7 +238,7 @@ pub async fn read_all(
     let mut bytes = Vec::with_capacity(blob.size as usize);
     blob.body
         .into_reader()
-        .take(limit + 1)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut bytes)
         .await?;
     if bytes.len() as u64 > limit {

@@ -11,6 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use futures_util::Stream;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
@@ -199,6 +201,57 @@ impl<R> ProgressGuard<R> {
     }
 }
 
+impl<R> ProgressGuard<R> {
+    /// The producer delivered `n` bytes (or ended, or failed).
+    fn on_ready(&mut self, n: usize) {
+        if self.armed {
+            self.armed = false;
+            self.waited += Instant::now().saturating_duration_since(self.counted_from);
+        }
+        self.window_bytes += n as u64;
+        // A window is judged when a wait reaches its end; one that ended
+        // during data is closed here if it brought enough (if not, the next
+        // wait is judged at once).
+        if self.rate_checked()
+            && self.waited >= self.window
+            && self.window_bytes >= self.window_quota()
+        {
+            self.next_window(Instant::now());
+        }
+    }
+
+    /// The producer has nothing yet: starts timing the wait, or judges it.
+    /// `Ready` is the error that cuts the body.
+    fn on_pending(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        let now = Instant::now();
+        if !self.armed {
+            self.armed = true;
+            self.pending_since = now;
+            self.counted_from = now;
+            let deadline = self.next_deadline();
+            self.deadline.as_mut().reset(deadline);
+        }
+        while self.deadline.as_mut().poll(cx).is_ready() {
+            let now = Instant::now();
+            if now >= self.pending_since + self.stall {
+                return Poll::Ready(self.cut(CutReason::Stalled));
+            }
+            if self.rate_checked() {
+                let waited = self.waited + now.saturating_duration_since(self.counted_from);
+                if waited >= self.window {
+                    if self.window_bytes < self.window_quota() {
+                        return Poll::Ready(self.cut(CutReason::TooSlow));
+                    }
+                    self.next_window(now);
+                }
+            }
+            let deadline = self.next_deadline();
+            self.deadline.as_mut().reset(deadline);
+        }
+        Poll::Pending
+    }
+}
+
 impl<R: AsyncRead + Unpin> AsyncRead for ProgressGuard<R> {
     fn poll_read(
         self: Pin<&mut Self>,
@@ -209,50 +262,34 @@ impl<R: AsyncRead + Unpin> AsyncRead for ProgressGuard<R> {
         let before = buf.filled().len();
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(result) => {
-                if this.armed {
-                    this.armed = false;
-                    this.waited += Instant::now().saturating_duration_since(this.counted_from);
-                }
-                this.window_bytes += (buf.filled().len() - before) as u64;
-                // A window is judged when a wait reaches its end; one that
-                // ended during data is closed here if it brought enough
-                // (if not, the next wait is judged at once).
-                if this.rate_checked()
-                    && this.waited >= this.window
-                    && this.window_bytes >= this.window_quota()
-                {
-                    this.next_window(Instant::now());
-                }
+                this.on_ready(buf.filled().len() - before);
                 Poll::Ready(result)
             }
-            Poll::Pending => {
-                let now = Instant::now();
-                if !this.armed {
-                    this.armed = true;
-                    this.pending_since = now;
-                    this.counted_from = now;
-                    let deadline = this.next_deadline();
-                    this.deadline.as_mut().reset(deadline);
+            Poll::Pending => this.on_pending(cx).map(Err),
+        }
+    }
+}
+
+/// The same guard on a body of chunks ([`crate::PutBody::Chunks`]).
+impl<S: Stream<Item = io::Result<Bytes>> + Unpin> Stream for ProgressGuard<S> {
+    type Item = io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        loop {
+            return match Pin::new(&mut this.inner).poll_next(cx) {
+                // An empty chunk is no progress: it must not restart the
+                // stall clock (a gRPC client could send empty messages).
+                Poll::Ready(Some(Ok(b))) if b.is_empty() => continue,
+                Poll::Ready(item) => {
+                    this.on_ready(match &item {
+                        Some(Ok(b)) => b.len(),
+                        _ => 0,
+                    });
+                    Poll::Ready(item)
                 }
-                while this.deadline.as_mut().poll(cx).is_ready() {
-                    let now = Instant::now();
-                    if now >= this.pending_since + this.stall {
-                        return Poll::Ready(Err(this.cut(CutReason::Stalled)));
-                    }
-                    if this.rate_checked() {
-                        let waited = this.waited + now.saturating_duration_since(this.counted_from);
-                        if waited >= this.window {
-                            if this.window_bytes < this.window_quota() {
-                                return Poll::Ready(Err(this.cut(CutReason::TooSlow)));
-                            }
-                            this.next_window(now);
-                        }
-                    }
-                    let deadline = this.next_deadline();
-                    this.deadline.as_mut().reset(deadline);
-                }
-                Poll::Pending
-            }
+                Poll::Pending => this.on_pending(cx).map(|e| Some(Err(e))),
+            };
         }
     }
 }

@@ -10,9 +10,10 @@
 //! on the fly (zstd level 1) after skipping `read_offset` uncompressed bytes.
 //!
 //! **Write** feeds the client's chunks through a small bounded channel into
-//! a `Store::put` running as its own task, which hashes and verifies while
-//! it copies: memory per upload is bounded by `UPLOAD_QUEUE` (uploads.rs)
-//! messages, not by the blob size. Nothing partial is ever stored: the
+//! a `Store::put` running as its own task, which hashes, verifies and
+//! writes the chunks where they are (each keeps its memory reservation
+//! until written): memory per upload is bounded by `UPLOAD_QUEUE`
+//! (uploads.rs) messages, not by the blob size. Nothing partial is ever stored: the
 //! put's body only ends cleanly on `finish_write`; if the upload is
 //! abandoned the body fails (and the put task is aborted), so the store
 //! drops its temp file.

@@ -42,14 +42,13 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::mpsc;
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio_util::io::StreamReader;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
 use super::super::resource::quote;
 use bazel_cache_digest::BlobKey;
 use bazel_cache_store::budget::Reservation;
-use bazel_cache_store::{Encoding, PutRequest, Store, StoreError};
+use bazel_cache_store::{Encoding, PutBody, PutRequest, Store, StoreError};
 
 /// WriteRequest payloads queued between a Write stream and its put.
 const UPLOAD_QUEUE: usize = 8;
@@ -98,14 +97,14 @@ impl Upload {
         encoding: Encoding,
     ) -> Arc<Upload> {
         let (tx, rx) = mpsc::channel(UPLOAD_QUEUE);
-        let body = StreamReader::new(body_stream(rx));
+        let body = PutBody::chunks(body_stream(rx));
         let put = tokio::spawn(async move {
             store
                 .put(PutRequest {
                     key,
                     size: Some(size),
                     encoding,
-                    body: Box::pin(body),
+                    body,
                 })
                 .await
         });
@@ -152,9 +151,9 @@ fn body_stream(rx: mpsc::Receiver<Option<Chunk>>) -> impl Stream<Item = io::Resu
         let mut rx = rx?;
         match rx.recv().await {
             Some(Some(Chunk { data, held })) => {
-                // The put copies it at once: its reservation ends here.
-                drop(held);
-                Some((Ok(data), Some(rx)))
+                // The put keeps the chunk until it has written it, and the
+                // chunk keeps its reservation until then.
+                Some((Ok(Bytes::from_owner(Held { data, _held: held })), Some(rx)))
             }
             Some(None) => None,
             None => Some((
@@ -166,6 +165,18 @@ fn body_stream(rx: mpsc::Receiver<Option<Chunk>>) -> impl Stream<Item = io::Resu
             )),
         }
     })
+}
+
+/// A chunk's bytes with their reservation, released when the put drops them.
+struct Held {
+    data: Bytes,
+    _held: Reservation,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
+    }
 }
 
 /// The registry of uploads, by resource name.

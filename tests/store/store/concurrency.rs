@@ -36,7 +36,7 @@ async fn concurrent_writers_of_the_same_blob() {
                         key,
                         size,
                         encoding: Encoding::Identity,
-                        body: piped(data, 8192 + i * 1000),
+                        body: piped(data, 8192 + i * 1000).into(),
                     })
                     .await
             }));
@@ -51,7 +51,7 @@ async fn concurrent_writers_of_the_same_blob() {
                         key,
                         size: None,
                         encoding: Encoding::Identity,
-                        body: piped(data, 5000 + i),
+                        body: piped(data, 5000 + i).into(),
                     })
                     .await
             }));
@@ -124,7 +124,7 @@ async fn concurrent_writers_and_readers_of_distinct_blobs() {
                         key: *k,
                         size,
                         encoding: Encoding::Identity,
-                        body: Box::pin(ChunkedReader::new(d.clone())),
+                        body: Box::pin(ChunkedReader::new(d.clone())).into(),
                     })
                     .await
                     .unwrap();
@@ -199,7 +199,7 @@ async fn cancelled_put_leaves_no_temp_file() {
                     key: cas(b"never finished"),
                     size: None,
                     encoding: Encoding::Identity,
-                    body: Box::pin(rx),
+                    body: Box::pin(rx).into(),
                 })
                 .await
         })

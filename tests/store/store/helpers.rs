@@ -75,7 +75,7 @@ pub(super) fn request(key: BlobKey, data: &[u8], size: Option<u64>) -> PutReques
         key,
         size,
         encoding: Encoding::Identity,
-        body: body(data),
+        body: body(data).into(),
     }
 }
 

@@ -28,7 +28,7 @@ impl Stalled {
             key: cas(&data),
             size: Some(data.len() as u64),
             encoding: Encoding::Identity,
-            body: Box::pin(rx),
+            body: Box::pin(rx).into(),
         };
         let task = tokio::spawn(async move { store.put(req).await });
         // Let it take its slot and reservation.

@@ -103,7 +103,7 @@ async fn a_removed_shard_directory_is_recreated_on_write() {
         key,
         size: Some(data.len() as u64),
         encoding: Encoding::Identity,
-        body: body(&data),
+        body: body(&data).into(),
     };
     store.put(req).await.unwrap();
     assert!(shard.is_dir());

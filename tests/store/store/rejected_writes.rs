@@ -66,7 +66,7 @@ async fn rejected_puts_store_nothing() {
                 key,
                 size: None,
                 encoding: Encoding::Identity,
-                body: Box::pin(ChunkedReader::new(sent.clone())),
+                body: Box::pin(ChunkedReader::new(sent.clone())).into(),
             })
             .await
             .unwrap_err();
@@ -121,7 +121,7 @@ async fn rejected_puts_store_nothing() {
                 key,
                 size: None,
                 encoding: Encoding::Identity,
-                body: Box::pin(ChunkedReader::new(big.clone())),
+                body: Box::pin(ChunkedReader::new(big.clone())).into(),
             })
             .await
             .unwrap_err();
@@ -136,7 +136,7 @@ async fn rejected_puts_store_nothing() {
                 key,
                 size: None,
                 encoding: Encoding::Zstd,
-                body: body(&zstd_encode(&big)),
+                body: body(&zstd_encode(&big)).into(),
             })
             .await
             .unwrap_err();
@@ -164,7 +164,7 @@ async fn rejected_puts_store_nothing() {
                     key,
                     size: Some(good.len() as u64),
                     encoding: Encoding::Zstd,
-                    body: body(&bad),
+                    body: body(&bad).into(),
                 })
                 .await
                 .unwrap_err();
@@ -183,7 +183,7 @@ async fn rejected_puts_store_nothing() {
                 key,
                 size: None,
                 encoding: Encoding::Identity,
-                body: Box::pin(reader),
+                body: Box::pin(reader).into(),
             })
             .await
             .unwrap_err();
@@ -220,7 +220,7 @@ async fn blobs_larger_than_the_cache_are_refused() {
                 key,
                 size: None,
                 encoding: Encoding::Identity,
-                body: Box::pin(ChunkedReader::new(big.clone())),
+                body: Box::pin(ChunkedReader::new(big.clone())).into(),
             })
             .await
             .unwrap_err();
@@ -266,7 +266,7 @@ async fn empty_blob_always_exists() {
             key: empty,
             size: Some(0),
             encoding: Encoding::Zstd,
-            body: body(&zstd_encode(b"")),
+            body: body(&zstd_encode(b"")).into(),
         })
         .await
         .unwrap();

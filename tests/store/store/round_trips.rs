@@ -88,7 +88,7 @@ async fn round_trip(mode: Encoding) {
             key: zkey,
             size: Some(zblob.len() as u64),
             encoding: Encoding::Zstd,
-            body: body(&zstd_encode(&zblob)),
+            body: body(&zstd_encode(&zblob)).into(),
         })
         .await
         .unwrap();
@@ -102,7 +102,7 @@ async fn round_trip(mode: Encoding) {
             key: cas(&multi),
             size: None,
             encoding: Encoding::Zstd,
-            body: Box::pin(ChunkedReader::new(frames)),
+            body: Box::pin(ChunkedReader::new(frames)).into(),
         })
         .await
         .unwrap();
@@ -114,7 +114,7 @@ async fn round_trip(mode: Encoding) {
             key: zaction_key,
             size: Some(action.len() as u64),
             encoding: Encoding::Zstd,
-            body: body(&zstd_encode(&action)),
+            body: body(&zstd_encode(&action)).into(),
         })
         .await
         .unwrap();
@@ -126,7 +126,7 @@ async fn round_trip(mode: Encoding) {
             key: cas(b"something else"),
             size: None,
             encoding: Encoding::Zstd,
-            body: body(&zstd_encode(&zblob)),
+            body: body(&zstd_encode(&zblob)).into(),
         })
         .await
         .unwrap_err();
@@ -170,7 +170,7 @@ async fn large_streamed_blob_round_trips() {
                 key,
                 size: Some(data.len() as u64),
                 encoding: Encoding::Identity,
-                body: piped(data.clone(), 100_000),
+                body: piped(data.clone(), 100_000).into(),
             })
             .await
             .unwrap();
@@ -196,7 +196,7 @@ async fn large_streamed_blob_round_trips() {
                 key,
                 size: None,
                 encoding: Encoding::Zstd,
-                body: piped(compressed, 65_536),
+                body: piped(compressed, 65_536).into(),
             })
             .await
             .unwrap();

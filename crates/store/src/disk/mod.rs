@@ -42,7 +42,7 @@ use self::layout::Layout;
 use self::presence::{Presence, Probe, minute_of, minutes_since};
 use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
-use crate::{Blob, BlobReader, Encoding, PutRequest, Store, StoreError, StoreStats};
+use crate::{Blob, BlobReader, Encoding, PutBody, PutRequest, Store, StoreError, StoreStats};
 use bazel_cache_digest::{BlobKey, Digest, Kind};
 
 use self::config::ZSTD_LEVEL;
@@ -272,11 +272,21 @@ impl DiskStore {
     /// itself before it puts it (an action-cache entry it validates), so
     /// that read cannot be held open by a client that dribbles either.
     pub fn guard_upload(&self, body: BlobReader) -> BlobReader {
-        Box::pin(
-            ProgressGuard::new(body, self.cfg.body_stall_timeout, "upload")
-                .min_rate(self.cfg.body_min_rate, self.cfg.body_rate_window)
-                .counting(self.cuts.clone()),
-        )
+        Box::pin(self.upload_guard(body))
+    }
+
+    /// [`DiskStore::guard_upload`] for a body as reader or chunks.
+    fn guard_body(&self, body: PutBody) -> PutBody {
+        match body {
+            PutBody::Reader(r) => PutBody::Reader(self.guard_upload(r)),
+            PutBody::Chunks(s) => PutBody::Chunks(Box::pin(self.upload_guard(s))),
+        }
+    }
+
+    fn upload_guard<R>(&self, body: R) -> ProgressGuard<R> {
+        ProgressGuard::new(body, self.cfg.body_stall_timeout, "upload")
+            .min_rate(self.cfg.body_min_rate, self.cfg.body_rate_window)
+            .counting(self.cuts.clone())
     }
 
     /// A write slot, for work on bytes already received (see

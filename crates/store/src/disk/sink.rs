@@ -16,7 +16,7 @@
 //! nothing smaller, and made every plain GET decompress.
 
 use std::fs::File;
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::PathBuf;
 use std::sync::{Mutex, OnceLock};
 
@@ -90,6 +90,8 @@ pub(super) struct FileSink {
     stored: u64,
     /// Compressed output, reused across chunks.
     frame: Vec<u8>,
+    /// Parts of a chunk joined for the compressor, reused across chunks.
+    joined: Vec<u8>,
 }
 
 impl FileSink {
@@ -110,6 +112,7 @@ impl FileSink {
             },
             stored: 0,
             frame: Vec::new(),
+            joined: Vec::new(),
         })
     }
 
@@ -120,6 +123,7 @@ impl FileSink {
             mode: Mode::Discard,
             stored: 0,
             frame: Vec::new(),
+            joined: Vec::new(),
         }
     }
 
@@ -149,6 +153,7 @@ impl FileSink {
             // Stored as received from now on: the rest of a large upload
             // need not hold a chunk-sized buffer it no longer uses.
             self.frame = Vec::new();
+            self.joined = Vec::new();
         }
         let bytes = match self.mode {
             Mode::Zstd => &self.frame[..],
@@ -156,6 +161,46 @@ impl FileSink {
         };
         file.write_all(bytes)?;
         self.stored += bytes.len() as u64;
+        Ok(())
+    }
+
+    /// Stores `parts`, in order, as if they were one chunk: plain storage
+    /// writes them with one `pwritev` where they are; compressed storage
+    /// joins them first (one frame per chunk, as [`FileSink::write`]).
+    pub(super) fn write_parts(&mut self, parts: &[&[u8]]) -> io::Result<()> {
+        match parts {
+            [] => return Ok(()),
+            [one] => return self.write(one),
+            _ => {}
+        }
+        if matches!(self.mode, Mode::Undecided | Mode::Zstd) {
+            let mut joined = std::mem::take(&mut self.joined);
+            joined.clear();
+            for p in parts {
+                joined.extend_from_slice(p);
+            }
+            let result = self.write(&joined);
+            if !matches!(self.mode, Mode::Plain) {
+                self.joined = joined;
+            }
+            return result;
+        }
+        let Some((file, _)) = self.file.as_mut() else {
+            return Ok(());
+        };
+        let mut slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+        let mut slices = &mut slices[..];
+        while !slices.is_empty() {
+            match file.write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.stored += n as u64;
+                    IoSlice::advance_slices(&mut slices, n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 
@@ -203,7 +248,7 @@ impl Drop for TempFile {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn stored(chunks: &[&[u8]]) -> (Vec<u8>, Encoding) {
@@ -231,7 +276,7 @@ mod tests {
     }
 
     /// Bytes zstd cannot shrink.
-    fn noise(len: usize) -> Vec<u8> {
+    pub(in crate::disk) fn noise(len: usize) -> Vec<u8> {
         let mut noise = vec![0u8; len];
         let mut x = 0x9e3779b97f4a7c15u64;
         for b in noise.iter_mut() {

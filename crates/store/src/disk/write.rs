@@ -7,6 +7,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use bytes::Bytes;
+use futures_util::StreamExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
@@ -16,7 +18,7 @@ use super::sink::{FileSink, TempFile};
 use crate::budget::{MemoryUse, ZSTD_ENCODER_BYTES};
 use crate::proxy::Written;
 use crate::zstd_decode;
-use crate::{BlobReader, Encoding, PutRequest, StoreError};
+use crate::{Encoding, PutBody, PutRequest, StoreError};
 use bazel_cache_digest::{Hasher, Kind};
 
 /// Largest chunk a write copies at a time. Big enough that a 1 MiB blob costs
@@ -86,10 +88,11 @@ impl DiskStore {
     /// blob is stored, only verify): decode, hash, count, check limits,
     /// encode for storage.
     ///
-    /// Received bytes collect in a buffer with no write slot held; a slot
-    /// is taken while one blocking task hashes, encodes and writes each full
-    /// buffer (the first also creates the file, the last also closes it),
-    /// then given back. One hand-off per buffer, none per network frame.
+    /// Received bytes collect with no write slot held (chunks as they
+    /// came, or read into a buffer); a slot is taken while one blocking
+    /// task hashes, encodes and writes each [`CHUNK`] of them (the first
+    /// also creates the file, the last also closes it), then given back.
+    /// One hand-off per chunk, none per network frame.
     async fn write_temp(
         &self,
         tmp: Option<PathBuf>,
@@ -101,10 +104,11 @@ impl DiskStore {
             encoding,
             body,
         } = req;
-        let body = self.guard_upload(body);
-        let mut input: BlobReader = match encoding {
-            Encoding::Identity => body,
-            Encoding::Zstd => Box::pin(zstd_decode::decoder(body, &self.cfg.memory).await?),
+        let mut input = match (encoding, self.guard_body(body)) {
+            (Encoding::Identity, body) => body,
+            (Encoding::Zstd, body) => {
+                PutBody::reader(zstd_decode::decoder(body.into_reader(), &self.cfg.memory).await?)
+            }
         };
         let wanted = match key.kind {
             Kind::Cas => self.cfg.cas_encoding,
@@ -113,34 +117,50 @@ impl DiskStore {
 
         let limit = size.unwrap_or(u64::MAX).min(self.cfg.max_blob_size);
         let cap = size.map_or(CHUNK, |s| (s as usize).saturating_add(1).clamp(1, CHUNK));
-        // The receive buffer and the storage encoder, from the memory budget.
+        // The receive buffer (chunks: the small ones copied, and the chunk
+        // that crosses the hand-off size) and the storage encoder, from the
+        // memory budget.
+        let held = match input {
+            PutBody::Reader(_) => cap,
+            PutBody::Chunks(_) => cap + COPY_BELOW,
+        };
         let encoder = if tmp.is_some() && wanted == Encoding::Zstd {
             ZSTD_ENCODER_BYTES
         } else {
             0
         };
         let _buffers = (self.cfg.memory)
-            .reserve(MemoryUse::UploadBuffer, cap as u64 + encoder)
+            .reserve(MemoryUse::UploadBuffer, held as u64 + encoder)
             .await?;
         let mut work = Work {
             hasher: Hasher::new(),
             sink: None,
             create: tmp.map(|path| (path, wanted)),
-            buf: vec![0u8; cap],
+            parts: Vec::new(),
+            buf: match input {
+                PutBody::Reader(_) => Vec::with_capacity(cap),
+                PutBody::Chunks(_) => Vec::new(),
+            },
             finished: None,
         };
-        let mut filled = 0;
         let mut seen = 0u64;
         loop {
             // No slot is held here: this is the wait on the client.
-            let n = input
-                .read(&mut work.buf[filled..])
-                .await
-                .map_err(StoreError::body)?;
+            let n = match &mut input {
+                // The buffer has room (it is handed off when full), so 0
+                // is the end.
+                PutBody::Reader(r) => r.read_buf(&mut work.buf).await,
+                PutBody::Chunks(s) => match s.next().await {
+                    Some(Ok(chunk)) if chunk.is_empty() => continue,
+                    Some(Ok(chunk)) => Ok(work.take(chunk)),
+                    Some(Err(e)) => Err(e),
+                    None => Ok(0),
+                },
+            }
+            .map_err(StoreError::body)?;
             if n == 0 {
                 break;
             }
-            filled += n;
             seen += n as u64;
             if seen > limit {
                 return Err(match size {
@@ -162,15 +182,14 @@ impl DiskStore {
                     capacity: self.cfg.max_size_bytes,
                 });
             }
-            if filled == work.buf.len() {
+            if work.pending() >= cap {
                 let _slot = self.write_slot().await?;
-                work = work.run(filled, false).await?;
-                filled = 0;
+                work = work.run(false).await?;
             }
         }
         // The last chunk, closing the file, then the size and digest checks.
         let _slot = self.write_slot().await?;
-        let work = work.run(filled, true).await?;
+        let work = work.run(true).await?;
         let logical = work.hasher.len();
         if let Some(expected) = size
             && expected != logical
@@ -204,12 +223,16 @@ struct Received {
 /// A write's state that its blocking tasks work on: moved into each task
 /// and back, so no lock is shared and a dropped put drops it (and its temp
 /// file) wherever it is.
-struct Work {
+pub(super) struct Work {
     hasher: Hasher,
     sink: Option<FileSink>,
     /// The temp file to create in the first task, and the encoding wanted.
     create: Option<(PathBuf, Encoding)>,
-    buf: Vec<u8>,
+    /// Received chunks not yet stored, in order; then `buf`'s bytes.
+    pub(super) parts: Vec<Bytes>,
+    /// Bytes read from a reader, or small chunks copied (see
+    /// [`COPY_BELOW`]); they follow `parts`.
+    pub(super) buf: Vec<u8>,
     /// Set by the last task: the closed temp file, its size and encoding.
     finished: Option<(TempFile, u64, Encoding)>,
 }
@@ -218,17 +241,64 @@ struct Work {
 /// there is no file to write.
 const INLINE_HASH: usize = 64 * 1024;
 
+/// Chunks smaller than this are copied rather than kept: a chunk shares
+/// the allocation the transport read it into, so a client sending a byte
+/// at a time would otherwise pin a read buffer per byte. Kept chunks are
+/// at least half of the transport's largest read (64 KiB for HTTP/1), so
+/// what they pin is at most about twice what they hold.
+const COPY_BELOW: usize = 32 * 1024;
+
 impl Work {
-    /// Hashes and stores `buf[..len]`; `last` also closes the file.
-    fn step(&mut self, len: usize, last: bool) -> io::Result<()> {
+    /// A write that only verifies, with nothing received yet.
+    #[cfg(test)]
+    pub(super) fn for_test() -> Work {
+        Work {
+            hasher: Hasher::new(),
+            sink: None,
+            create: None,
+            parts: Vec::new(),
+            buf: Vec::new(),
+            finished: None,
+        }
+    }
+
+    /// Bytes received and not yet stored.
+    pub(super) fn pending(&self) -> usize {
+        self.parts.iter().map(Bytes::len).sum::<usize>() + self.buf.len()
+    }
+
+    /// Queues a received chunk; returns its length.
+    pub(super) fn take(&mut self, chunk: Bytes) -> usize {
+        let n = chunk.len();
+        if n < COPY_BELOW {
+            self.buf.extend_from_slice(&chunk);
+        } else {
+            if !self.buf.is_empty() {
+                // Copied bytes come first: they become a part of their own.
+                self.parts.push(Bytes::from(std::mem::take(&mut self.buf)));
+            }
+            self.parts.push(chunk);
+        }
+        n
+    }
+
+    /// Hashes and stores what is pending; `last` also closes the file.
+    fn step(&mut self, last: bool) -> io::Result<()> {
         if let Some((path, encoding)) = self.create.take() {
             self.sink = Some(FileSink::create(path, encoding)?);
         }
-        let chunk = &self.buf[..len];
-        self.hasher.update(chunk);
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write(chunk)?;
+        let mut pieces: Vec<&[u8]> = self.parts.iter().map(|p| &p[..]).collect();
+        if !self.buf.is_empty() {
+            pieces.push(&self.buf);
         }
+        for p in &pieces {
+            self.hasher.update(p);
+        }
+        if let Some(sink) = self.sink.as_mut() {
+            sink.write_parts(&pieces)?;
+        }
+        self.parts.clear();
+        self.buf.clear();
         if last {
             let sink = self.sink.take().unwrap_or_else(FileSink::discard);
             self.finished = sink.finish()?;
@@ -237,14 +307,14 @@ impl Work {
     }
 
     /// [`Work::step`] on a blocking thread, or inline when it only hashes
-    /// a small chunk.
-    async fn run(mut self, len: usize, last: bool) -> Result<Work, StoreError> {
+    /// a little.
+    async fn run(mut self, last: bool) -> Result<Work, StoreError> {
         let writes = self.create.is_some() || self.sink.as_ref().is_some_and(FileSink::writes_file);
-        if !writes && len <= INLINE_HASH {
-            self.step(len, last)?;
+        if !writes && self.pending() <= INLINE_HASH {
+            self.step(last)?;
             return Ok(self);
         }
-        tokio::task::spawn_blocking(move || self.step(len, last).map(|()| self))
+        tokio::task::spawn_blocking(move || self.step(last).map(|()| self))
             .await
             .map_err(|e| StoreError::Io(io::Error::other(format!("write task failed: {e}"))))?
             .map_err(StoreError::from)

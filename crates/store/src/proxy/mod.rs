@@ -186,7 +186,7 @@ impl ProxyStore {
             key,
             size: download.size,
             encoding: Encoding::Identity,
-            body: download.body,
+            body: download.body.into(),
         };
         match self.local.put(put).await {
             Ok(()) => {

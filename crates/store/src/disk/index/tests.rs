@@ -48,7 +48,7 @@ fn request(key: BlobKey, data: &[u8]) -> PutRequest {
         key,
         size: Some(data.len() as u64),
         encoding: Encoding::Identity,
-        body: Box::pin(io::Cursor::new(data.to_vec())),
+        body: Box::pin(io::Cursor::new(data.to_vec())).into(),
     }
 }
 
