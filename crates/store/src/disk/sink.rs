@@ -10,8 +10,8 @@
 //!
 //! zstd storage compresses each chunk as its own frame with a pooled
 //! context (zstd readers, ours and bazel-remote's casblob decoder alike,
-//! read concatenated frames), and only when the blob's first
-//! chunk shrinks: most large build outputs are already compressed
+//! read concatenated frames), and only when the start of the blob's
+//! first chunk shrinks: most large build outputs are already compressed
 //! archives, and compressing them again cost CPU on every PUT, stored
 //! nothing smaller, and made every plain GET decompress.
 
@@ -29,6 +29,10 @@ use bazel_cache_digest::lock;
 /// block headers alone cost a few bytes, so incompressible data "shrinks"
 /// by nothing, and a 7 % saving is not worth decompressing on every read.
 const WORTH_COMPRESSING_16THS: usize = 15;
+
+/// How much of a blob's first chunk is compressed to decide whether the
+/// blob is stored compressed.
+const SAMPLE: usize = 32 * 1024;
 
 /// Compression contexts not in use: a write takes one for the length of
 /// one `compress` call and puts it back. Creating a context costs more
@@ -139,15 +143,19 @@ impl FileSink {
         let Some((file, _)) = self.file.as_mut() else {
             return Ok(());
         };
-        if matches!(self.mode, Mode::Undecided | Mode::Zstd) {
+        if matches!(self.mode, Mode::Undecided) {
+            // Judged on a sample: compressing all of a first chunk that
+            // does not shrink cost 3 % of a 1 MiB PUT's CPU for nothing.
+            let sample = &chunk[..chunk.len().min(SAMPLE)];
+            compress_frame(sample, &mut self.frame)?;
+            self.mode = if self.frame.len() * 16 <= sample.len() * WORTH_COMPRESSING_16THS {
+                Mode::Zstd
+            } else {
+                Mode::Plain
+            };
+        }
+        if matches!(self.mode, Mode::Zstd) {
             compress_frame(chunk, &mut self.frame)?;
-            if matches!(self.mode, Mode::Undecided) {
-                self.mode = if self.frame.len() * 16 <= chunk.len() * WORTH_COMPRESSING_16THS {
-                    Mode::Zstd
-                } else {
-                    Mode::Plain
-                };
-            }
         }
         if matches!(self.mode, Mode::Plain) && self.frame.capacity() > 0 {
             // Stored as received from now on: the rest of a large upload
