@@ -21,7 +21,7 @@ use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
-use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
+use bazel_cache_store::proxy::{DEFAULT_AC_OUTPUT_CHECKS, ProxyConfig, ProxyStore};
 use bazel_cache_store::s3::{S3Backend, S3Client};
 use bazel_cache_store::{Encoding, Store, StoreError, unix_now};
 
@@ -247,6 +247,7 @@ impl Server {
                     num_uploaders: config.num_uploaders,
                     max_queued_uploads: config.max_queued_uploads,
                     max_proxy_blob_size: config.max_proxy_blob_size,
+                    ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
                 };
                 let started = ProxyStore::start(store.clone(), backend.clone(), proxy, &config.dir)
                     .map_err(|source| ServerError::Store {

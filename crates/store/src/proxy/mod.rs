@@ -6,15 +6,19 @@
 //!   served from disk. Concurrent misses for one key share one download
 //!   (`single_flight.rs`).
 //! - Writes: acknowledged once on local disk and durably queued
-//!   (`queue.rs`); uploaded later by `num_uploaders` workers (write-behind).
+//!   (`queue.rs`); uploaded later by `num_uploaders` workers (write-behind),
+//!   an AC entry only after the blobs it references (`ordering.rs`,
+//!   `waits.rs`).
 //! - Backend trouble never fails a client request: errors and timeouts make
 //!   a read a miss and leave writes queued.
 //! - Local eviction never deletes from the backend.
 
 mod backend;
 mod local;
+mod ordering;
 mod queue;
 mod single_flight;
+mod waits;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,8 @@ use futures_util::StreamExt;
 
 pub use backend::{Backend, BackendError, Download, Presence, Upload};
 pub use local::{LocalTier, Written};
+pub use ordering::DEFAULT_AC_OUTPUT_CHECKS;
+use ordering::UploadOrder;
 use queue::UploadQueue;
 pub use queue::{QueueStats, backoff};
 use single_flight::SingleFlight;
@@ -45,6 +51,9 @@ pub struct ProxyConfig {
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     pub max_proxy_blob_size: u64,
+    /// Checks of an AC entry whose blobs are in neither the backend nor
+    /// the queue before it is abandoned ([`DEFAULT_AC_OUTPUT_CHECKS`]).
+    pub ac_output_checks: u32,
 }
 
 /// Backend counters (bazel-remote's `bazel_remote_s3_cache_hits`/`misses`
@@ -70,6 +79,7 @@ pub struct ProxyStore {
     /// not once per upload.
     reported: Mutex<HashSet<String>>,
     attempts: Mutex<HashMap<BlobKey, u32>>,
+    order: UploadOrder,
 }
 
 impl ProxyStore {
@@ -91,6 +101,7 @@ impl ProxyStore {
             stats: Arc::default(),
             reported: Mutex::default(),
             attempts: Mutex::default(),
+            order: UploadOrder::default(),
         });
         for _ in 0..store.cfg.num_uploaders.max(1) {
             let weak = Arc::downgrade(&store);
@@ -101,7 +112,9 @@ impl ProxyStore {
                 drop(local);
                 while let Some(key) = queue.next().await {
                     let Some(store) = weak.upgrade() else { break };
-                    store.upload_with_retries(key).await;
+                    if store.ready_to_upload(key).await {
+                        store.upload_with_retries(key).await;
+                    }
                 }
             });
         }
@@ -137,6 +150,8 @@ impl ProxyStore {
             "UploadsDroppedQueueFull": n(&q.dropped_full),
             "UploadsAbandoned": n(&q.abandoned),
             "UploadRetries": n(&q.retries),
+            "UploadsWaitedForBlobs": n(&q.waited),
+            "UploadsWaitingForBlobs": self.queue.parked(),
         })
     }
 
@@ -219,7 +234,7 @@ impl ProxyStore {
             Ok(true) => {
                 self.queue.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                 self.forget_attempts(&key);
-                self.queue.done(key).await;
+                self.queue.uploaded(key).await;
             }
             Ok(false) => {
                 // Evicted locally before it could be uploaded.

@@ -9,6 +9,9 @@
 //! When `max_queued_uploads` entries are pending, new uploads are dropped
 //! (the blob stays in the local cache) and counted; the queue never blocks
 //! or fails a client's write because the backend is behind.
+//!
+//! The writer also keeps the in-memory [`Waits`] in step with the table, so
+//! an ActionResult can wait for the CAS blobs still queued (`ordering.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,8 +24,9 @@ use redb::{
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::{StoreError, unix_now};
-use bazel_cache_digest::BlobKey;
+use super::waits::Waits;
+use crate::{StoreError, lock, unix_now};
+use bazel_cache_digest::{BlobKey, Hash};
 
 const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
 const MAX_BATCH: usize = 4096;
@@ -42,11 +46,15 @@ pub struct QueueStats {
     /// refusing it (4xx) after the allowed attempts.
     pub abandoned: AtomicU64,
     pub retries: AtomicU64,
+    /// Times an AC entry was set aside to wait for the upload of blobs it
+    /// references.
+    pub waited: AtomicU64,
 }
 
 enum Op {
     Add(BlobKey, oneshot::Sender<bool>),
-    Done(BlobKey),
+    /// Left the queue; `true`: uploaded.
+    Done(BlobKey, bool),
 }
 
 /// Handle to the persisted queue. Cheap to share behind an `Arc`.
@@ -55,6 +63,7 @@ pub(super) struct UploadQueue {
     writer: Option<std::thread::JoinHandle<()>>,
     work_tx: mpsc::UnboundedSender<BlobKey>,
     work_rx: Mutex<mpsc::UnboundedReceiver<BlobKey>>,
+    waits: Arc<std::sync::Mutex<Waits>>,
     pub stats: Arc<QueueStats>,
 }
 
@@ -67,6 +76,7 @@ impl UploadQueue {
             .map_err(err)?;
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(QueueStats::default());
+        let mut waits = Waits::default();
         {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(PENDING).map_err(err)?;
@@ -79,6 +89,7 @@ impl UploadQueue {
             for row in table.iter().map_err(err)? {
                 let (k, _) = row.map_err(err)?;
                 if let Some(key) = BlobKey::from_bytes(k.value()) {
+                    waits.queued(&key);
                     let _ = work_tx.send(key);
                 }
             }
@@ -88,11 +99,13 @@ impl UploadQueue {
             tracing::info!(pending, "resuming uploads queued by a previous run");
         }
         let (tx, rx) = mpsc::channel(8192);
+        let waits = Arc::new(std::sync::Mutex::new(waits));
         let writer = QueueWriter {
             db,
             max_queued: max_queued as u64,
             stats: stats.clone(),
             work_tx: work_tx.clone(),
+            waits: waits.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("upload-queue".into())
@@ -103,6 +116,7 @@ impl UploadQueue {
             writer: Some(writer),
             work_tx,
             work_rx: Mutex::new(work_rx),
+            waits,
             stats,
         })
     }
@@ -132,11 +146,37 @@ impl UploadQueue {
         let _ = self.work_tx.send(key);
     }
 
-    /// Removes `key`: uploaded, or abandoned for good.
+    /// Removes `key`, which the backend now holds.
+    pub(super) async fn uploaded(&self, key: BlobKey) {
+        self.remove(key, true).await
+    }
+
+    /// Removes `key`, abandoned for good.
     pub(super) async fn done(&self, key: BlobKey) {
+        self.remove(key, false).await
+    }
+
+    async fn remove(&self, key: BlobKey, uploaded: bool) {
         if let Ok(tx) = self.sender() {
-            let _ = tx.send(Op::Done(key)).await;
+            let _ = tx.send(Op::Done(key, uploaded)).await;
         }
+    }
+
+    /// Parks the ActionResult `ac` until those of `blobs` still queued
+    /// have left the queue; then it is scheduled again. `false` when none
+    /// is queued (nothing parked).
+    pub(super) fn park(&self, ac: BlobKey, blobs: &[Hash]) -> bool {
+        lock(&self.waits).park(ac, blobs)
+    }
+
+    /// Whether this queue uploaded the CAS blob `hash` lately.
+    pub(super) fn recently_uploaded(&self, hash: &Hash) -> bool {
+        lock(&self.waits).recently_uploaded(hash)
+    }
+
+    /// ActionResults waiting for their blobs' uploads.
+    pub(super) fn parked(&self) -> usize {
+        lock(&self.waits).parked()
     }
 }
 
@@ -156,6 +196,7 @@ struct QueueWriter {
     max_queued: u64,
     stats: Arc<QueueStats>,
     work_tx: mpsc::UnboundedSender<BlobKey>,
+    waits: Arc<std::sync::Mutex<Waits>>,
 }
 
 impl QueueWriter {
@@ -184,6 +225,7 @@ impl QueueWriter {
         }
         let mut replies = Vec::new();
         let mut scheduled = Vec::new();
+        let mut left = Vec::new();
         let mut seen = HashSet::new();
         {
             let mut table = txn.open_table(PENDING).map_err(err)?;
@@ -206,13 +248,14 @@ impl QueueWriter {
                         };
                         replies.push((reply, accepted));
                     }
-                    Op::Done(key) => {
+                    Op::Done(key, uploaded) => {
                         if table
                             .remove(key.to_bytes().as_slice())
                             .map_err(err)?
                             .is_some()
                         {
                             len -= 1;
+                            left.push((key, uploaded));
                         }
                     }
                 }
@@ -220,7 +263,18 @@ impl QueueWriter {
             self.stats.pending.store(len, Ordering::Relaxed);
         }
         txn.commit().map_err(err)?;
-        for key in scheduled {
+        // After the commit and before any reply: a client acknowledged for
+        // a blob finds it pending when its ActionResult is checked.
+        let ready: Vec<BlobKey> = {
+            let mut waits = lock(&self.waits);
+            for key in &scheduled {
+                waits.queued(key);
+            }
+            left.iter()
+                .flat_map(|(key, uploaded)| waits.left(key, *uploaded))
+                .collect()
+        };
+        for key in scheduled.into_iter().chain(ready) {
             let _ = self.work_tx.send(key);
         }
         for (reply, accepted) in replies {
