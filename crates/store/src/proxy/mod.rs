@@ -125,6 +125,29 @@ impl ProxyStore {
         &self.queue.stats
     }
 
+    /// At shutdown: lets the uploaders work while they make progress, for at
+    /// most `limit`, so a replica whose disk goes with it (a Kubernetes
+    /// emptyDir) leaves as little as possible only in its queue. Returns
+    /// the uploads still queued (they resume at the next start on this dir).
+    pub async fn finish_uploads(&self, limit: std::time::Duration) -> u64 {
+        const STALLED: std::time::Duration = std::time::Duration::from_secs(2);
+        let q = &self.queue.stats;
+        let finished = || q.uploaded.load(Ordering::Relaxed) + q.abandoned.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + limit;
+        let (mut seen, mut progress_at) = (finished(), tokio::time::Instant::now());
+        loop {
+            let pending = q.pending.load(Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            if pending == 0 || now >= deadline || now >= progress_at + STALLED {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if finished() != seen {
+                (seen, progress_at) = (finished(), tokio::time::Instant::now());
+            }
+        }
+    }
+
     /// `max_queued_uploads`: the queue length at which uploads are dropped.
     pub fn max_queued_uploads(&self) -> usize {
         self.cfg.max_queued_uploads
