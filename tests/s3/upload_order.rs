@@ -17,6 +17,7 @@ use bazel_cache_store::{Encoding, PutBody, PutRequest, Store};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
+use crate::support::prometheus::Scrape;
 use crate::support::s3::S3Server;
 use crate::support::{Server, cas_path, digest, noise};
 
@@ -172,6 +173,12 @@ async fn ac_entries_reach_the_bucket_after_their_outputs_even_after_kill_9() {
     let st = s.status_async().await;
     assert_eq!(st["Backend"]["UploadsDone"], 8, "{st}");
     assert_eq!(st["Backend"]["UploadsAbandoned"], 0, "{st}");
+    // Both entries were set aside behind their queued blobs, none waits now.
+    let (code, body) = s.get_async("/metrics").await;
+    assert_eq!(code, 200);
+    let m = Scrape::new(String::from_utf8(body).unwrap());
+    assert!(m.value("bazel_cache_s3_ac_upload_waits_total", &[]) >= 2.0);
+    assert_eq!(m.value("bazel_cache_s3_ac_uploads_waiting", &[]), 0.0);
 
     // A replica with an empty disk gets every AC entry and its outputs
     // through the bucket.

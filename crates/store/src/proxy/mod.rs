@@ -174,7 +174,7 @@ impl ProxyStore {
             "UploadsAbandoned": n(&q.abandoned),
             "UploadRetries": n(&q.retries),
             "UploadsWaitedForBlobs": n(&q.waited),
-            "UploadsWaitingForBlobs": self.queue.parked(),
+            "UploadsWaitingForBlobs": self.ac_uploads_waiting(),
         })
     }
 

@@ -65,6 +65,11 @@ enum Found {
 }
 
 impl ProxyStore {
+    /// AC entries whose upload waits for blobs still queued.
+    pub fn ac_uploads_waiting(&self) -> usize {
+        self.queue.parked()
+    }
+
     /// Whether `key` may be uploaded now. `false`: the check parked it,
     /// scheduled it again later, or abandoned it.
     pub(super) async fn ready_to_upload(self: &Arc<Self>, key: BlobKey) -> bool {
