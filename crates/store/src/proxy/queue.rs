@@ -191,6 +191,12 @@ impl Drop for UploadQueue {
     }
 }
 
+/// A row of the table added, or removed (`true`: uploaded).
+enum Change {
+    Queued(BlobKey),
+    Left(BlobKey, bool),
+}
+
 struct QueueWriter {
     db: Database,
     max_queued: u64,
@@ -224,8 +230,8 @@ impl QueueWriter {
             txn.set_durability(Durability::None).map_err(err)?;
         }
         let mut replies = Vec::new();
-        let mut scheduled = Vec::new();
-        let mut left = Vec::new();
+        // Rows added and removed, in batch order (a key may do both).
+        let mut changes = Vec::new();
         let mut seen = HashSet::new();
         {
             let mut table = txn.open_table(PENDING).map_err(err)?;
@@ -243,7 +249,7 @@ impl QueueWriter {
                         } else {
                             table.insert(k.as_slice(), unix_now()).map_err(err)?;
                             len += 1;
-                            scheduled.push(key);
+                            changes.push(Change::Queued(key));
                             true
                         };
                         replies.push((reply, accepted));
@@ -255,7 +261,7 @@ impl QueueWriter {
                             .is_some()
                         {
                             len -= 1;
-                            left.push((key, uploaded));
+                            changes.push(Change::Left(key, uploaded));
                         }
                     }
                 }
@@ -265,16 +271,20 @@ impl QueueWriter {
         txn.commit().map_err(err)?;
         // After the commit and before any reply: a client acknowledged for
         // a blob finds it pending when its ActionResult is checked.
-        let ready: Vec<BlobKey> = {
+        let mut scheduled = Vec::new();
+        {
             let mut waits = lock(&self.waits);
-            for key in &scheduled {
-                waits.queued(key);
+            for change in changes {
+                match change {
+                    Change::Queued(key) => {
+                        waits.queued(&key);
+                        scheduled.push(key);
+                    }
+                    Change::Left(key, uploaded) => scheduled.extend(waits.left(&key, uploaded)),
+                }
             }
-            left.iter()
-                .flat_map(|(key, uploaded)| waits.left(key, *uploaded))
-                .collect()
-        };
-        for key in scheduled.into_iter().chain(ready) {
+        }
+        for key in scheduled {
             let _ = self.work_tx.send(key);
         }
         for (reply, accepted) in replies {
@@ -325,6 +335,34 @@ mod tests {
         let mut want = vec![keys[1], keys[2], keys[4]];
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_entry_comes_back_when_its_blob_leaves_even_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = BlobKey::cas(Hash::of(b"output"));
+        let ac = BlobKey::ac(Hash::of(b"action"));
+        {
+            let q = UploadQueue::open(dir.path(), 10).unwrap();
+            assert!(q.add(blob).await.unwrap());
+            assert!(q.add(ac).await.unwrap());
+            assert_eq!(q.next().await, Some(blob));
+            assert_eq!(q.next().await, Some(ac));
+            assert!(q.park(ac, &[blob.hash]));
+            assert_eq!(q.parked(), 1);
+            // Dropped without removing anything: both rows stay.
+        }
+        let q = UploadQueue::open(dir.path(), 10).unwrap();
+        // Reloaded: AC keys first (key order), and the blob pending again.
+        assert_eq!(q.next().await, Some(ac));
+        assert_eq!(q.next().await, Some(blob));
+        assert!(q.park(ac, &[blob.hash]));
+        assert!(!q.recently_uploaded(&blob.hash));
+        q.uploaded(blob).await;
+        assert_eq!(q.next().await, Some(ac));
+        assert_eq!(q.parked(), 0);
+        assert!(q.recently_uploaded(&blob.hash));
+        assert!(!q.park(ac, &[blob.hash]));
     }
 
     #[test]
