@@ -255,9 +255,10 @@ in
           EnvironmentFile = optional (cfg.environmentFile != null) cfg.environmentFile;
           Restart = "on-failure";
           RestartSec = 2;
-          # Requests get 30 s to drain after SIGTERM; the index is then closed
-          # cleanly so the next start skips recovery.
-          TimeoutStopSec = 45;
+          # Requests get 30 s to drain after SIGTERM, queued S3 uploads up to
+          # 15 s more while they progress; the index is then closed cleanly
+          # (5 s at most) so the next start skips recovery.
+          TimeoutStopSec = 60;
           LimitNOFILE = 65536;
 
           DynamicUser = true;

@@ -1,6 +1,7 @@
 //! Start-up and shutdown: validated config → disk store → listeners → serve,
-//! until a signal or the idle timeout; then drain requests and close the
-//! store cleanly (so the next start skips recovery).
+//! until a signal or the idle timeout; then drain requests, let queued S3
+//! uploads go on briefly while they progress, and close the store cleanly
+//! (so the next start skips recovery).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,12 +22,16 @@ use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
-use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
+use bazel_cache_store::proxy::{DEFAULT_AC_OUTPUT_CHECKS, ProxyConfig, ProxyStore};
 use bazel_cache_store::s3::{S3Backend, S3Client};
 use bazel_cache_store::{Encoding, Store, StoreError, unix_now};
 
 /// How long requests in flight may take to finish after a shutdown signal.
 const DRAIN: Duration = Duration::from_secs(30);
+/// How long, after the drain, queued S3 uploads may go on while they make
+/// progress (`ProxyStore::finish_uploads`). DRAIN + this + the store's close
+/// stays below the Kubernetes module's 60 s termination grace period.
+const UPLOAD_FLUSH: Duration = Duration::from_secs(15);
 /// How long start-up waits for another process to let go of the index.
 /// Longer than a previous instance's drain, so a restart that overlaps the
 /// old process (systemd restart, a pod rescheduled onto the same volume)
@@ -247,6 +252,7 @@ impl Server {
                     num_uploaders: config.num_uploaders,
                     max_queued_uploads: config.max_queued_uploads,
                     max_proxy_blob_size: config.max_proxy_blob_size,
+                    ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
                 };
                 let started = ProxyStore::start(store.clone(), backend.clone(), proxy, &config.dir)
                     .map_err(|source| ServerError::Store {
@@ -419,6 +425,15 @@ impl Server {
         tokio::join!(watcher, http);
         if let Some(grpc) = grpc {
             let _ = tokio::time::timeout(DRAIN, grpc).await;
+        }
+        if let Some((proxy, _)) = &self.s3 {
+            let left = proxy.finish_uploads(UPLOAD_FLUSH).await;
+            if left > 0 {
+                tracing::warn!(
+                    pending = left,
+                    "uploads still queued at shutdown; they resume when the server starts again on this dir"
+                );
+            }
         }
         // The proxy holds the disk store; let it go so the store can close.
         drop(self.front);

@@ -233,14 +233,26 @@ impl Collector for StoreCollector {
         counter(
             &mut enc,
             "bazel_remote_s3_uploads_abandoned",
-            "Uploads given up: evicted locally first, or refused by S3 (4xx) after three attempts",
+            "Uploads given up: evicted locally first, refused by S3 (4xx) after three attempts, or AC entries whose referenced blobs never reached S3",
             n(&q.abandoned),
         )?;
         counter(
             &mut enc,
             "bazel_remote_s3_upload_retries",
-            "Upload attempts that failed and were scheduled again",
+            "Upload attempts that failed and were scheduled again (and AC entries checked again for blobs S3 lacks)",
             n(&q.retries),
+        )?;
+        gauge(
+            &mut enc,
+            "bazel_cache_s3_ac_uploads_waiting",
+            "AC entries whose upload waits for the upload of CAS blobs they reference",
+            proxy.ac_uploads_waiting() as u64,
+        )?;
+        counter(
+            &mut enc,
+            "bazel_cache_s3_ac_upload_waits",
+            "Times an AC entry's upload was set aside until CAS blobs it references were uploaded",
+            n(&q.waited),
         )?;
         Ok(())
     }

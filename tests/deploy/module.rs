@@ -337,7 +337,17 @@ fn rendered_objects_fit_together_and_fix_the_design() {
         list(at(csc, "capabilities.0.drop")),
         &vec![Value::from("ALL")]
     );
-    assert!(n(at(pod, "termination_grace_period_seconds")) > 30.0);
+    // Termination: the server drains requests for up to 30 s, lets queued
+    // uploads go on for up to 15 s, then closes its store (5 s at most);
+    // the grace period covers all of it, and liveness (failing once the
+    // listeners close) cannot restart a pod before that.
+    let grace = n(at(pod, "termination_grace_period_seconds"));
+    assert!(grace > 30.0 + 15.0 + 5.0, "grace period {grace}");
+    let liveness = at(container, "liveness_probe.0");
+    assert!(
+        n(at(liveness, "period_seconds")) * n(at(liveness, "failure_threshold")) > grace,
+        "liveness could restart a draining pod"
+    );
 
     // The Service selects the pods.
     let svc = r.resource("kubernetes_service.main");

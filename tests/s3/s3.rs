@@ -1,6 +1,7 @@
 //! The S3 proxy against a real S3 server that checks SigV4 signatures
 //! (s3s-fs): two replicas sharing a bucket, bad credentials, crashes with
-//! uploads queued, an S3 outage, and corrupt objects.
+//! uploads queued, uploads finished at SIGTERM, an S3 outage, and corrupt
+//! objects.
 
 use std::time::{Duration, Instant};
 
@@ -188,6 +189,37 @@ async fn acknowledged_uploads_survive_kill_9() {
         |b| b["UploadsPending"] == 0,
     )
     .await;
+    let fresh = start(&s3, None, &[], None);
+    for b in &blobs {
+        assert_eq!(fresh.get_async(&cas(b)).await, (200, b.clone()));
+    }
+}
+
+/// SIGTERM with uploads queued: the server uploads them before it exits
+/// (a Kubernetes pod's emptyDir goes with it), even with no restart.
+#[tokio::test]
+async fn sigterm_uploads_what_is_queued_before_exiting() {
+    let s3 = S3Server::start();
+    // One uploader and many blobs: uploads are still queued when the
+    // signal comes.
+    let args = s3.server_flags(&s3.secret_key, 1);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let s = Server::start(&refs);
+    let blobs: Vec<Vec<u8>> = (0..60)
+        .map(|i| crate::support::noise(512 * 1024, 300 + i))
+        .collect();
+    for b in &blobs {
+        assert_eq!(put(&s, &cas(b), b).await, 200);
+    }
+    let st = s.status_async().await;
+    let pending = st["Backend"]["UploadsPending"].as_u64().unwrap();
+    assert!(pending > 0, "nothing queued at the signal: {st}");
+    let (status, _, stderr) = s.stop_with_output();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{stderr}");
+    assert!(
+        !stderr.contains("uploads still queued at shutdown"),
+        "{stderr}"
+    );
     let fresh = start(&s3, None, &[], None);
     for b in &blobs {
         assert_eq!(fresh.get_async(&cas(b)).await, (200, b.clone()));

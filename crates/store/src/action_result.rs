@@ -98,6 +98,35 @@ pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
     digests.filter_map(|d| Digest::from_reapi(d).ok()).collect()
 }
 
+/// The Trees of an ActionResult's output directories (those whose digest
+/// is well formed).
+pub fn tree_digests(ar: &ActionResult) -> impl Iterator<Item = Digest> + '_ {
+    ar.output_directories
+        .iter()
+        .filter_map(|d| d.tree_digest.as_ref())
+        .filter_map(|d| Digest::from_reapi(d).ok())
+}
+
+/// A stored Tree, decoded; `None` when it is absent, too large to be one,
+/// or does not decode.
+pub async fn read_tree(store: &dyn Store, tree: &Digest) -> Result<Option<re::Tree>, StoreError> {
+    match read_all(store, &BlobKey::cas(tree.hash), MAX_ACTION_RESULT_BYTES).await {
+        Ok(Some(bytes)) => Ok(re::Tree::decode(bytes.as_slice()).ok()),
+        Ok(None) | Err(StoreError::TooLarge { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Every file of a Tree (its root and its children), well-formed digests.
+pub fn tree_files(tree: &re::Tree) -> impl Iterator<Item = Digest> + '_ {
+    tree.root
+        .iter()
+        .chain(&tree.children)
+        .flat_map(|d| &d.files)
+        .filter_map(|f| f.digest.as_ref())
+        .filter_map(|d| Digest::from_reapi(d).ok())
+}
+
 /// Every blob the ActionResult needs that the CAS lacks: its direct
 /// references and, for output directories, every file inside their Trees.
 /// A Tree that is present but does not decode counts as missing. Presence is
@@ -108,42 +137,20 @@ pub async fn missing_blobs(
     ar: &ActionResult,
 ) -> Result<Vec<Digest>, StoreError> {
     let mut missing = store.find_missing(&referenced_blobs(ar)).await?;
-    let mut tree_files = Vec::new();
-    for dir in &ar.output_directories {
-        let Some(tree_digest) = dir
-            .tree_digest
-            .as_ref()
-            .and_then(|d| Digest::from_reapi(d).ok())
-        else {
-            continue;
-        };
+    let mut files = Vec::new();
+    for tree_digest in tree_digests(ar) {
         if missing.contains(&tree_digest) {
             continue;
         }
-        let key = BlobKey::cas(tree_digest.hash);
-        let tree = match read_all(store, &key, MAX_ACTION_RESULT_BYTES).await {
-            Ok(Some(bytes)) => re::Tree::decode(bytes.as_slice()).ok(),
-            Ok(None) | Err(StoreError::TooLarge { .. }) => None,
-            Err(e) => return Err(e),
-        };
-        let Some(tree) = tree else {
+        let Some(tree) = read_tree(store, &tree_digest).await? else {
             missing.push(tree_digest);
             continue;
         };
-        let files = tree
-            .root
-            .iter()
-            .chain(&tree.children)
-            .flat_map(|d| &d.files);
-        tree_files.extend(
-            files
-                .filter_map(|f| f.digest.as_ref())
-                .filter_map(|d| Digest::from_reapi(d).ok()),
-        );
+        files.extend(tree_files(&tree));
     }
-    tree_files.sort_by_key(|d| (d.hash, d.size));
-    tree_files.dedup();
-    for d in store.find_missing(&tree_files).await? {
+    files.sort_by_key(|d| (d.hash, d.size));
+    files.dedup();
+    for d in store.find_missing(&files).await? {
         if !missing.contains(&d) {
             missing.push(d);
         }

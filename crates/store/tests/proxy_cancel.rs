@@ -12,7 +12,7 @@ use std::time::Duration;
 use bazel_cache_digest::{BlobKey, Hash};
 use bazel_cache_store::Store;
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
-use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
+use bazel_cache_store::proxy::{DEFAULT_AC_OUTPUT_CHECKS, ProxyConfig, ProxyStore};
 use bazel_cache_store::s3::client::S3ClientOptions;
 use bazel_cache_store::s3::{
     BucketLookupType, S3AuthMethod, S3Backend, S3Client, S3Config, S3SignatureType,
@@ -78,6 +78,7 @@ async fn an_abandoned_read_through_leaves_no_download_behind() {
             num_uploaders: 1,
             max_queued_uploads: 100,
             max_proxy_blob_size: u64::MAX,
+            ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
         },
         dir.path(),
     )

@@ -149,10 +149,15 @@ impl ByteStream for ByteStreamService {
                 complete: false,
             }
         } else {
-            return Err(Status::not_found(format!(
-                "{}: no such upload in progress and no such blob stored",
-                quote(&name)
-            )));
+            // An upload this replica has not seen: started on another
+            // replica behind the same Service, lost to a restart, or failed
+            // for good. Nothing is committed; committed_size 0 makes a
+            // client start over (Bazel resumes from the committed_size it
+            // gets, and gives up on the blob after NOT_FOUND).
+            QueryWriteStatusResponse {
+                committed_size: 0,
+                complete: false,
+            }
         };
         Ok(Response::new(response))
     }

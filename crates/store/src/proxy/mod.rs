@@ -6,15 +6,19 @@
 //!   served from disk. Concurrent misses for one key share one download
 //!   (`single_flight.rs`).
 //! - Writes: acknowledged once on local disk and durably queued
-//!   (`queue.rs`); uploaded later by `num_uploaders` workers (write-behind).
+//!   (`queue.rs`); uploaded later by `num_uploaders` workers (write-behind),
+//!   an AC entry only after the blobs it references (`ordering.rs`,
+//!   `waits.rs`).
 //! - Backend trouble never fails a client request: errors and timeouts make
 //!   a read a miss and leave writes queued.
 //! - Local eviction never deletes from the backend.
 
 mod backend;
 mod local;
+mod ordering;
 mod queue;
 mod single_flight;
+mod waits;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,6 +30,8 @@ use futures_util::StreamExt;
 
 pub use backend::{Backend, BackendError, Download, Presence, Upload};
 pub use local::{LocalTier, Written};
+pub use ordering::DEFAULT_AC_OUTPUT_CHECKS;
+use ordering::UploadOrder;
 use queue::UploadQueue;
 pub use queue::{QueueStats, backoff};
 use single_flight::SingleFlight;
@@ -45,6 +51,9 @@ pub struct ProxyConfig {
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     pub max_proxy_blob_size: u64,
+    /// Checks of an AC entry whose blobs are in neither the backend nor
+    /// the queue before it is abandoned ([`DEFAULT_AC_OUTPUT_CHECKS`]).
+    pub ac_output_checks: u32,
 }
 
 /// Backend counters (bazel-remote's `bazel_remote_s3_cache_hits`/`misses`
@@ -70,6 +79,7 @@ pub struct ProxyStore {
     /// not once per upload.
     reported: Mutex<HashSet<String>>,
     attempts: Mutex<HashMap<BlobKey, u32>>,
+    order: UploadOrder,
 }
 
 impl ProxyStore {
@@ -91,6 +101,7 @@ impl ProxyStore {
             stats: Arc::default(),
             reported: Mutex::default(),
             attempts: Mutex::default(),
+            order: UploadOrder::default(),
         });
         for _ in 0..store.cfg.num_uploaders.max(1) {
             let weak = Arc::downgrade(&store);
@@ -101,7 +112,9 @@ impl ProxyStore {
                 drop(local);
                 while let Some(key) = queue.next().await {
                     let Some(store) = weak.upgrade() else { break };
-                    store.upload_with_retries(key).await;
+                    if store.ready_to_upload(key).await {
+                        store.upload_with_retries(key).await;
+                    }
                 }
             });
         }
@@ -110,6 +123,29 @@ impl ProxyStore {
 
     pub fn queue_stats(&self) -> &QueueStats {
         &self.queue.stats
+    }
+
+    /// At shutdown: lets the uploaders work while they make progress, for at
+    /// most `limit`, so a replica whose disk goes with it (a Kubernetes
+    /// emptyDir) leaves as little as possible only in its queue. Returns
+    /// the uploads still queued (they resume at the next start on this dir).
+    pub async fn finish_uploads(&self, limit: std::time::Duration) -> u64 {
+        const STALLED: std::time::Duration = std::time::Duration::from_secs(2);
+        let q = &self.queue.stats;
+        let finished = || q.uploaded.load(Ordering::Relaxed) + q.abandoned.load(Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + limit;
+        let (mut seen, mut progress_at) = (finished(), tokio::time::Instant::now());
+        loop {
+            let pending = q.pending.load(Ordering::Relaxed);
+            let now = tokio::time::Instant::now();
+            if pending == 0 || now >= deadline || now >= progress_at + STALLED {
+                return pending;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            if finished() != seen {
+                (seen, progress_at) = (finished(), tokio::time::Instant::now());
+            }
+        }
     }
 
     /// `max_queued_uploads`: the queue length at which uploads are dropped.
@@ -137,6 +173,8 @@ impl ProxyStore {
             "UploadsDroppedQueueFull": n(&q.dropped_full),
             "UploadsAbandoned": n(&q.abandoned),
             "UploadRetries": n(&q.retries),
+            "UploadsWaitedForBlobs": n(&q.waited),
+            "UploadsWaitingForBlobs": self.ac_uploads_waiting(),
         })
     }
 
@@ -219,7 +257,7 @@ impl ProxyStore {
             Ok(true) => {
                 self.queue.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                 self.forget_attempts(&key);
-                self.queue.done(key).await;
+                self.queue.uploaded(key).await;
             }
             Ok(false) => {
                 // Evicted locally before it could be uploaded.

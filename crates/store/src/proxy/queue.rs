@@ -9,6 +9,9 @@
 //! When `max_queued_uploads` entries are pending, new uploads are dropped
 //! (the blob stays in the local cache) and counted; the queue never blocks
 //! or fails a client's write because the backend is behind.
+//!
+//! The writer also keeps the in-memory [`Waits`] in step with the table, so
+//! an ActionResult can wait for the CAS blobs still queued (`ordering.rs`).
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -21,8 +24,9 @@ use redb::{
 };
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use crate::{StoreError, unix_now};
-use bazel_cache_digest::BlobKey;
+use super::waits::Waits;
+use crate::{StoreError, lock, unix_now};
+use bazel_cache_digest::{BlobKey, Hash};
 
 const PENDING: TableDefinition<&[u8], u64> = TableDefinition::new("pending");
 const MAX_BATCH: usize = 4096;
@@ -42,11 +46,15 @@ pub struct QueueStats {
     /// refusing it (4xx) after the allowed attempts.
     pub abandoned: AtomicU64,
     pub retries: AtomicU64,
+    /// Times an AC entry was set aside to wait for the upload of blobs it
+    /// references.
+    pub waited: AtomicU64,
 }
 
 enum Op {
     Add(BlobKey, oneshot::Sender<bool>),
-    Done(BlobKey),
+    /// Left the queue; `true`: uploaded.
+    Done(BlobKey, bool),
 }
 
 /// Handle to the persisted queue. Cheap to share behind an `Arc`.
@@ -55,6 +63,7 @@ pub(super) struct UploadQueue {
     writer: Option<std::thread::JoinHandle<()>>,
     work_tx: mpsc::UnboundedSender<BlobKey>,
     work_rx: Mutex<mpsc::UnboundedReceiver<BlobKey>>,
+    waits: Arc<std::sync::Mutex<Waits>>,
     pub stats: Arc<QueueStats>,
 }
 
@@ -67,6 +76,7 @@ impl UploadQueue {
             .map_err(err)?;
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(QueueStats::default());
+        let mut waits = Waits::default();
         {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(PENDING).map_err(err)?;
@@ -79,6 +89,7 @@ impl UploadQueue {
             for row in table.iter().map_err(err)? {
                 let (k, _) = row.map_err(err)?;
                 if let Some(key) = BlobKey::from_bytes(k.value()) {
+                    waits.queued(&key);
                     let _ = work_tx.send(key);
                 }
             }
@@ -88,11 +99,13 @@ impl UploadQueue {
             tracing::info!(pending, "resuming uploads queued by a previous run");
         }
         let (tx, rx) = mpsc::channel(8192);
+        let waits = Arc::new(std::sync::Mutex::new(waits));
         let writer = QueueWriter {
             db,
             max_queued: max_queued as u64,
             stats: stats.clone(),
             work_tx: work_tx.clone(),
+            waits: waits.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("upload-queue".into())
@@ -103,6 +116,7 @@ impl UploadQueue {
             writer: Some(writer),
             work_tx,
             work_rx: Mutex::new(work_rx),
+            waits,
             stats,
         })
     }
@@ -132,11 +146,37 @@ impl UploadQueue {
         let _ = self.work_tx.send(key);
     }
 
-    /// Removes `key`: uploaded, or abandoned for good.
+    /// Removes `key`, which the backend now holds.
+    pub(super) async fn uploaded(&self, key: BlobKey) {
+        self.remove(key, true).await
+    }
+
+    /// Removes `key`, abandoned for good.
     pub(super) async fn done(&self, key: BlobKey) {
+        self.remove(key, false).await
+    }
+
+    async fn remove(&self, key: BlobKey, uploaded: bool) {
         if let Ok(tx) = self.sender() {
-            let _ = tx.send(Op::Done(key)).await;
+            let _ = tx.send(Op::Done(key, uploaded)).await;
         }
+    }
+
+    /// Parks the ActionResult `ac` until those of `blobs` still queued
+    /// have left the queue; then it is scheduled again. `false` when none
+    /// is queued (nothing parked).
+    pub(super) fn park(&self, ac: BlobKey, blobs: &[Hash]) -> bool {
+        lock(&self.waits).park(ac, blobs)
+    }
+
+    /// Whether this queue uploaded the CAS blob `hash` lately.
+    pub(super) fn recently_uploaded(&self, hash: &Hash) -> bool {
+        lock(&self.waits).recently_uploaded(hash)
+    }
+
+    /// ActionResults waiting for their blobs' uploads.
+    pub(super) fn parked(&self) -> usize {
+        lock(&self.waits).parked()
     }
 }
 
@@ -151,11 +191,18 @@ impl Drop for UploadQueue {
     }
 }
 
+/// A row of the table added, or removed (`true`: uploaded).
+enum Change {
+    Queued(BlobKey),
+    Left(BlobKey, bool),
+}
+
 struct QueueWriter {
     db: Database,
     max_queued: u64,
     stats: Arc<QueueStats>,
     work_tx: mpsc::UnboundedSender<BlobKey>,
+    waits: Arc<std::sync::Mutex<Waits>>,
 }
 
 impl QueueWriter {
@@ -183,7 +230,8 @@ impl QueueWriter {
             txn.set_durability(Durability::None).map_err(err)?;
         }
         let mut replies = Vec::new();
-        let mut scheduled = Vec::new();
+        // Rows added and removed, in batch order (a key may do both).
+        let mut changes = Vec::new();
         let mut seen = HashSet::new();
         {
             let mut table = txn.open_table(PENDING).map_err(err)?;
@@ -201,18 +249,19 @@ impl QueueWriter {
                         } else {
                             table.insert(k.as_slice(), unix_now()).map_err(err)?;
                             len += 1;
-                            scheduled.push(key);
+                            changes.push(Change::Queued(key));
                             true
                         };
                         replies.push((reply, accepted));
                     }
-                    Op::Done(key) => {
+                    Op::Done(key, uploaded) => {
                         if table
                             .remove(key.to_bytes().as_slice())
                             .map_err(err)?
                             .is_some()
                         {
                             len -= 1;
+                            changes.push(Change::Left(key, uploaded));
                         }
                     }
                 }
@@ -220,6 +269,21 @@ impl QueueWriter {
             self.stats.pending.store(len, Ordering::Relaxed);
         }
         txn.commit().map_err(err)?;
+        // After the commit and before any reply: a client acknowledged for
+        // a blob finds it pending when its ActionResult is checked.
+        let mut scheduled = Vec::new();
+        {
+            let mut waits = lock(&self.waits);
+            for change in changes {
+                match change {
+                    Change::Queued(key) => {
+                        waits.queued(&key);
+                        scheduled.push(key);
+                    }
+                    Change::Left(key, uploaded) => scheduled.extend(waits.left(&key, uploaded)),
+                }
+            }
+        }
         for key in scheduled {
             let _ = self.work_tx.send(key);
         }
@@ -271,6 +335,34 @@ mod tests {
         let mut want = vec![keys[1], keys[2], keys[4]];
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_parked_entry_comes_back_when_its_blob_leaves_even_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = BlobKey::cas(Hash::of(b"output"));
+        let ac = BlobKey::ac(Hash::of(b"action"));
+        {
+            let q = UploadQueue::open(dir.path(), 10).unwrap();
+            assert!(q.add(blob).await.unwrap());
+            assert!(q.add(ac).await.unwrap());
+            assert_eq!(q.next().await, Some(blob));
+            assert_eq!(q.next().await, Some(ac));
+            assert!(q.park(ac, &[blob.hash]));
+            assert_eq!(q.parked(), 1);
+            // Dropped without removing anything: both rows stay.
+        }
+        let q = UploadQueue::open(dir.path(), 10).unwrap();
+        // Reloaded: AC keys first (key order), and the blob pending again.
+        assert_eq!(q.next().await, Some(ac));
+        assert_eq!(q.next().await, Some(blob));
+        assert!(q.park(ac, &[blob.hash]));
+        assert!(!q.recently_uploaded(&blob.hash));
+        q.uploaded(blob).await;
+        assert_eq!(q.next().await, Some(ac));
+        assert_eq!(q.parked(), 0);
+        assert!(q.recently_uploaded(&blob.hash));
+        assert!(!q.park(ac, &[blob.hash]));
     }
 
     #[test]
