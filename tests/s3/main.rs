@@ -1,8 +1,9 @@
 //! The `s3` test binary: everything that needs a real S3 server, `s3s-fs`
 //! (`cargo install s3s-fs@0.14.1 --locked --features binary`; scripts/test.sh
 //! installs it; see tests/support/s3.rs): the S3 client (`s3_client`), the
-//! proxy backend (`s3`), the S3 metrics and the design's alert rules
-//! (`metrics`), the deployment kit's probes, alerts and dashboard against a
+//! proxy backend (`s3`), replicas over one bucket (`presence`: the presence
+//! cache, timestamp refreshes, AC completeness across tiers), the S3
+//! metrics and the design's alert rules (`metrics`), the deployment kit's probes, alerts and dashboard against a
 //! server with S3 behind it (`deploy`), and the vm-s3 mirror
 //! (`nix_module`). The `sandbox` nextest profile (.config/nextest.toml)
 //! leaves this binary out: nixpkgs has no s3s-fs.
@@ -19,5 +20,6 @@ mod deploy {
 }
 mod metrics;
 mod nix_module;
+mod presence;
 mod s3;
 mod s3_client;
