@@ -372,36 +372,25 @@ fn presence_cache_and_refresh_interval_from_every_source() {
         "{err}"
     );
     assert!(err.ends_with("(set by --s3.presence_cache_ttl)"), "{err}");
-    let err = fx.error(
-        &[&s3[..], &["--s3.presence_cache_negative_ttl=48h"]].concat(),
-        &[],
-    );
-    assert!(
-        err.starts_with("s3_proxy.presence_cache_negative_ttl: must be less than"),
-        "{err}"
-    );
-    let err = fx.error(
-        &[&s3[..], &["--s3.update_timestamps_interval=0s"]].concat(),
-        &[],
-    );
-    assert!(
-        err.starts_with("s3_proxy.update_timestamps_interval: must be greater than 0"),
-        "{err}"
-    );
-    let err = fx.error(
-        &[&s3[..], &["--s3.update_timestamps_interval=30h"]].concat(),
-        &[],
-    );
-    assert!(
-        err.starts_with("s3_proxy.update_timestamps_interval: must be less than"),
-        "{err}"
-    );
-    let err = fx.error(
-        &[&s3[..], &["--s3.presence_cache_max_entries=-1"]].concat(),
-        &[],
-    );
-    assert!(
-        err.starts_with("s3_proxy.presence_cache_max_entries: must not be negative"),
-        "{err}"
-    );
+    for (flag, refusal) in [
+        (
+            "--s3.presence_cache_negative_ttl=48h",
+            "s3_proxy.presence_cache_negative_ttl: must be less than",
+        ),
+        (
+            "--s3.update_timestamps_interval=0s",
+            "s3_proxy.update_timestamps_interval: must be greater than 0",
+        ),
+        (
+            "--s3.update_timestamps_interval=30h",
+            "s3_proxy.update_timestamps_interval: must be less than",
+        ),
+        (
+            "--s3.presence_cache_max_entries=-1",
+            "s3_proxy.presence_cache_max_entries: must not be negative",
+        ),
+    ] {
+        let err = fx.error(&[&s3[..], &[flag]].concat(), &[]);
+        assert!(err.starts_with(refusal), "{flag}: {err}");
+    }
 }
