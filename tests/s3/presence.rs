@@ -222,15 +222,18 @@ async fn update_timestamps_refreshes_every_use_at_most_once_per_interval() {
     .await;
     drop(a);
 
-    // B holds `local` on its disk; `remote_only` is only in the bucket.
+    // B holds `local` on its disk (read through S3 by an earlier run of
+    // it); `remote_only` is only in the bucket.
     let dir = tempfile::tempdir().unwrap();
+    let earlier = replica(&s3, Some(dir.path()), &[]);
+    assert_eq!(earlier.get_async(&cas(&local)).await, (200, local.clone()));
+    earlier.stop();
     let hourly = [
         "--s3.update_timestamps",
         "--s3.update_timestamps_interval",
         "1h",
     ];
     let b = replica(&s3, Some(dir.path()), &hourly);
-    assert_eq!(put(&b, &cas(&local), &local).await, 200);
     let local_obj = cas_object(&s3, &local);
     let remote_obj = cas_object(&s3, &remote_only);
     age(&local_obj);
@@ -239,6 +242,7 @@ async fn update_timestamps_refreshes_every_use_at_most_once_per_interval() {
     // A local hit refreshes the object.
     assert_eq!(b.get_async(&cas(&local)).await, (200, local.clone()));
     wait_fresh(&[&local_obj], "local hit").await;
+    assert_eq!(s3_requests(&scrape(&b).await, "get"), 0, "a local hit");
     // FindMissingBlobs: a digest found in the bucket (a HEAD) is refreshed,
     // the one found locally was refreshed within the interval: skipped.
     let ch = b.channel().await;

@@ -291,7 +291,12 @@ impl ProxyStore {
             size,
             scratch: self.local.scratch_path(),
         };
-        self.backend.put(key, upload).await.map(|()| true)
+        self.backend.put(key, upload).await?;
+        // A fresh object: no refresh is due for an interval.
+        if let Some(refresh) = &self.refresh {
+            refresh.refreshed(*key);
+        }
+        Ok(true)
     }
 
     /// Whether the backend holds the blob with this size (HEAD only).

@@ -423,6 +423,21 @@ mod tests {
         assert_eq!(cache.stats.cached_absent.load(Ordering::SeqCst), 1);
     }
 
+    #[test]
+    fn packed_answers_round_trip_in_eight_bytes() {
+        assert_eq!(std::mem::size_of::<Packed>(), 8);
+        for p in [
+            Presence::Absent,
+            Presence::Present { size: None },
+            Presence::Present { size: Some(0) },
+            Presence::Present {
+                size: Some(1 << 40),
+            },
+        ] {
+            assert_eq!(Packed::pack(p).unpack(), p);
+        }
+    }
+
     #[tokio::test]
     async fn memory_stays_bounded() {
         let bucket = Arc::new(Bucket::default());

@@ -90,6 +90,12 @@ impl TimestampRefresh {
         }
     }
 
+    /// Notes that `key`'s object was just written (an upload): it is young,
+    /// so uses within the interval need no refresh.
+    pub fn refreshed(&self, key: BlobKey) {
+        self.recent.insert(&key, (), self.interval);
+    }
+
     /// Asks for `key`'s object to be refreshed, unless it was less than an
     /// interval ago. Never waits.
     pub fn request(&self, key: BlobKey) {
@@ -175,5 +181,15 @@ mod tests {
         settle(&backend, 3).await;
         assert_eq!(lock(&backend.0)[&a], 2);
         assert_eq!(lock(&backend.0)[&b], 1);
+
+        // A key just uploaded is young: no refresh for an interval.
+        let c = BlobKey::cas(Hash::of(b"c"));
+        refresh.refreshed(c);
+        refresh.request(c);
+        assert_eq!(refresh.stats.queued.load(Ordering::SeqCst), 3);
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        refresh.request(c);
+        settle(&backend, 4).await;
+        assert_eq!(lock(&backend.0)[&c], 1);
     }
 }
