@@ -22,7 +22,9 @@ use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
-use bazel_cache_store::proxy::{DEFAULT_AC_OUTPUT_CHECKS, ProxyConfig, ProxyStore};
+use bazel_cache_store::proxy::{
+    Backend, DEFAULT_AC_OUTPUT_CHECKS, PresenceCache, ProxyConfig, ProxyStore,
+};
 use bazel_cache_store::s3::{S3Backend, S3Client};
 use bazel_cache_store::{Encoding, Store, StoreError, unix_now};
 
@@ -146,6 +148,8 @@ pub struct Server {
     /// The S3 proxy and its backend, when configured (their counters feed
     /// `/status` and `/metrics`).
     s3: Option<(Arc<ProxyStore>, Arc<S3Backend>)>,
+    /// The presence cache between the proxy and S3, when enabled.
+    presence: Option<Arc<PresenceCache>>,
     http: Listener,
     grpc: Option<Listener>,
     auth: Arc<Authenticator>,
@@ -239,6 +243,7 @@ impl Server {
             None => None,
         };
         let store = Arc::new(store);
+        let mut presence = None;
         let s3 = match &config.s3_proxy {
             Some(s3cfg) => {
                 let client = S3Client::new(s3cfg).map_err(|e| ServerError::S3(e.to_string()))?;
@@ -249,12 +254,24 @@ impl Server {
                 ));
                 let proxy = ProxyConfig {
                     update_timestamps: s3cfg.update_timestamps,
+                    update_timestamps_interval: config.update_timestamps_interval,
                     num_uploaders: config.num_uploaders,
                     max_queued_uploads: config.max_queued_uploads,
                     max_proxy_blob_size: config.max_proxy_blob_size,
                     ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
                 };
-                let started = ProxyStore::start(store.clone(), backend.clone(), proxy, &config.dir)
+                // Existence answers are remembered between the proxy and S3
+                // (`presence_cache.rs`): every replica's FindMissingBlobs of
+                // the same digests reaches S3 once per TTL.
+                let remote: Arc<dyn Backend> = if config.presence_cache.enabled() {
+                    let cache =
+                        Arc::new(PresenceCache::new(backend.clone(), config.presence_cache));
+                    presence = Some(cache.clone());
+                    cache
+                } else {
+                    backend.clone()
+                };
+                let started = ProxyStore::start(store.clone(), remote, proxy, &config.dir)
                     .map_err(|source| ServerError::Store {
                         dir: config.dir.display().to_string(),
                         source,
@@ -279,6 +296,7 @@ impl Server {
             store,
             front,
             s3,
+            presence,
             http,
             grpc,
             auth,
@@ -329,7 +347,11 @@ impl Server {
                 &self.store,
                 self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
             )
-            .with_connections(ports),
+            .with_connections(ports)
+            .with_proxy_caches(
+                self.s3.as_ref().map(|(proxy, _)| proxy),
+                self.presence.as_ref(),
+            ),
         );
         tracing::info!(
             endpoint_metrics = self.config.enable_endpoint_metrics,

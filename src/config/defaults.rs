@@ -126,6 +126,22 @@ pub(crate) const S3_SIGNATURE_TYPE: &str = "v4";
 pub(crate) const S3_AWS_PROFILE: &str = "default";
 pub(crate) const S3_DISABLE_SSL: bool = false;
 pub(crate) const S3_UPDATE_TIMESTAMPS: bool = false;
+/// An hour: a lifecycle expiry is whole days, so an object in use is
+/// refreshed many times before it could expire, at one request per object
+/// per replica per hour.
+pub(crate) const S3_UPDATE_TIMESTAMPS_INTERVAL: Duration = Duration::from_secs(3600);
+/// Ten minutes: repeated FindMissingBlobs of one build reach S3 once, far
+/// below any lifecycle expiry (whole days).
+pub(crate) const S3_PRESENCE_CACHE_TTL: Duration = Duration::from_secs(600);
+/// Ten seconds: another replica's upload is seen that late at most.
+pub(crate) const S3_PRESENCE_CACHE_NEGATIVE_TTL: Duration = Duration::from_secs(10);
+/// A quarter of a million answers, about 20 MB when full: the digests of
+/// a few large builds' FindMissingBlobs. (A million would be 80 MB, most of
+/// the server's budget at a million stored entries.)
+pub(crate) const S3_PRESENCE_CACHE_MAX_ENTRIES: usize = 250_000;
+/// The shortest expiry an S3 lifecycle rule can have: the presence cache's
+/// TTLs must stay below it.
+pub(crate) const S3_LIFECYCLE_MIN_EXPIRY: Duration = Duration::from_secs(86_400);
 /// The only object key layout; bazel-remote's deprecated `key_version`.
 pub(crate) const S3_KEY_VERSION: i64 = 2;
 pub(crate) const S3_MAX_IDLE_CONNS: usize = 1024;

@@ -113,6 +113,10 @@ pub(super) struct S3Schema {
     pub key_version: Option<Int>,
     pub disable_ssl: Option<bool>,
     pub update_timestamps: Option<bool>,
+    pub update_timestamps_interval: Option<GoDuration>,
+    pub presence_cache_ttl: Option<GoDuration>,
+    pub presence_cache_negative_ttl: Option<GoDuration>,
+    pub presence_cache_max_entries: Option<Int>,
     pub bucket_lookup_type: Option<String>,
     pub max_idle_conns: Option<Int>,
 }

@@ -29,6 +29,7 @@ mod options;
 mod resolve;
 mod sources;
 
+pub use bazel_cache_store::proxy::PresenceCacheConfig;
 pub use bazel_cache_store::s3::{BucketLookupType, S3AuthMethod, S3Config, S3SignatureType};
 pub use error::{ConfigError, Location};
 
@@ -191,6 +192,12 @@ pub struct Config {
     pub allow_unauthenticated_reads: bool,
     pub tls: Option<TlsConfig>,
     pub s3_proxy: Option<S3Config>,
+    /// Our extension (`s3_proxy.presence_cache_*`): backend existence
+    /// answers remembered by each replica.
+    pub presence_cache: PresenceCacheConfig,
+    /// Our extension (`s3_proxy.update_timestamps_interval`): the least time
+    /// between two refreshes of one object.
+    pub update_timestamps_interval: Duration,
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     /// Our extension: fsync each blob (and its directory) before it becomes

@@ -576,7 +576,49 @@ pub(super) static OPTIONS: &[Opt] = &[
         env: &["BAZEL_REMOTE_S3_UPDATE_TIMESTAMPS"],
         kind: Kind::Bool,
         default: DefaultHelp::Value(|| defaults::S3_UPDATE_TIMESTAMPS.to_string()),
-        help: "Refresh an object's timestamp on cache hit (for bucket lifecycle rules).",
+        help: "Refresh an object's timestamp when a build uses it (for bucket lifecycle rules): a \
+               hit, local or through S3, a digest FindMissingBlobs finds, an AC entry \
+               GetActionResult serves and the blobs it names; in the background, at most once \
+               per object per --s3.update_timestamps_interval.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.update_timestamps_interval",
+        env: &["BAZEL_REMOTE_S3_UPDATE_TIMESTAMPS_INTERVAL"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::S3_UPDATE_TIMESTAMPS_INTERVAL)),
+        help: "With --s3.update_timestamps, the least time between two refreshes of one object \
+               by this replica; below a day (the shortest lifecycle expiry). A Go duration (1h) \
+               or seconds.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.presence_cache_ttl",
+        env: &["BAZEL_REMOTE_S3_PRESENCE_CACHE_TTL"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::S3_PRESENCE_CACHE_TTL)),
+        help: "How long an S3 answer \"present\" (a HEAD, an upload, a download) is believed \
+               before S3 is asked again; 0 = never cached. Must stay well below the bucket's \
+               lifecycle expiry (refused from a day): a cached \"present\" for an expired \
+               object makes FindMissingBlobs tell Bazel not to upload a blob that is gone.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.presence_cache_negative_ttl",
+        env: &["BAZEL_REMOTE_S3_PRESENCE_CACHE_NEGATIVE_TTL"],
+        kind: Kind::Duration,
+        default: DefaultHelp::Value(|| seconds(defaults::S3_PRESENCE_CACHE_NEGATIVE_TTL)),
+        help: "How long an S3 answer \"absent\" is believed (another replica's upload is seen \
+               this late); 0 = never cached.",
+        heading: S3,
+    },
+    Opt {
+        key: "s3.presence_cache_max_entries",
+        env: &["BAZEL_REMOTE_S3_PRESENCE_CACHE_MAX_ENTRIES"],
+        kind: Kind::Int,
+        default: DefaultHelp::Value(|| defaults::S3_PRESENCE_CACHE_MAX_ENTRIES.to_string()),
+        help: "Most S3 existence answers remembered (about 80 bytes each), the oldest dropped \
+               first; 0 turns the presence cache off.",
         heading: S3,
     },
     Opt {

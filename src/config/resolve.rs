@@ -13,8 +13,8 @@ use super::listen::{join_host_port, parse_listen_addr, tcp_port};
 use super::options::by_yaml_key;
 use super::sources::{Provenance, Sources};
 use super::{
-    AccessLogLevel, BucketLookupType, Config, ListenAddr, LogFormat, LogTimezone, S3AuthMethod,
-    S3Config, S3SignatureType, StorageMode, TlsConfig,
+    AccessLogLevel, BucketLookupType, Config, ListenAddr, LogFormat, LogTimezone,
+    PresenceCacheConfig, S3AuthMethod, S3Config, S3SignatureType, StorageMode, TlsConfig,
 };
 use bazel_cache_digest::GoDuration;
 
@@ -128,6 +128,8 @@ impl Resolver<'_> {
             ));
         }
 
+        let (presence_cache, update_timestamps_interval) =
+            self.proxy_tuning(s.s3_proxy.as_ref())?;
         let s3_proxy = s.s3_proxy.map(|s3| self.s3(s3)).transpose()?;
         let num_uploaders =
             self.count("num_uploaders", s.num_uploaders, defaults::NUM_UPLOADERS)?;
@@ -269,6 +271,8 @@ impl Resolver<'_> {
             allow_unauthenticated_reads,
             tls,
             s3_proxy,
+            presence_cache,
+            update_timestamps_interval,
             num_uploaders,
             max_queued_uploads,
             fsync: s.fsync.unwrap_or(defaults::FSYNC),
@@ -578,6 +582,64 @@ impl Resolver<'_> {
                 .update_timestamps
                 .unwrap_or(defaults::S3_UPDATE_TIMESTAMPS),
         })
+    }
+
+    /// The proxy's own keys in the `s3_proxy` block: the presence cache
+    /// and the timestamp refresh interval (defaults without the block).
+    fn proxy_tuning(&self, s3: Option<&S3Schema>) -> Result<(PresenceCacheConfig, Duration)> {
+        let lifecycle = defaults::S3_LIFECYCLE_MIN_EXPIRY;
+        let ttl = |key: &str, value: Option<GoDuration>, default: Duration, why: &str| {
+            let d = value.map_or(default, |GoDuration(d)| d);
+            if d >= lifecycle {
+                return Err(self.invalid(
+                    key,
+                    format!(
+                        "must be less than {} (the shortest S3 lifecycle expiry): {why}",
+                        defaults::seconds(lifecycle)
+                    ),
+                ));
+            }
+            Ok(d)
+        };
+        let positive_ttl = ttl(
+            "s3_proxy.presence_cache_ttl",
+            s3.and_then(|s| s.presence_cache_ttl),
+            defaults::S3_PRESENCE_CACHE_TTL,
+            "a cached \"present\" for an object the lifecycle rule deleted makes \
+             FindMissingBlobs tell Bazel not to upload a blob that is gone",
+        )?;
+        let negative_ttl = ttl(
+            "s3_proxy.presence_cache_negative_ttl",
+            s3.and_then(|s| s.presence_cache_negative_ttl),
+            defaults::S3_PRESENCE_CACHE_NEGATIVE_TTL,
+            "other replicas' uploads stay invisible this long",
+        )?;
+        let max_entries = self.count(
+            "s3_proxy.presence_cache_max_entries",
+            s3.and_then(|s| s.presence_cache_max_entries),
+            defaults::S3_PRESENCE_CACHE_MAX_ENTRIES,
+        )?;
+        let interval = self.bound(
+            "s3_proxy.update_timestamps_interval",
+            s3.and_then(|s| s.update_timestamps_interval),
+            defaults::S3_UPDATE_TIMESTAMPS_INTERVAL,
+        )?;
+        if interval >= lifecycle {
+            return Err(self.invalid(
+                "s3_proxy.update_timestamps_interval",
+                format!(
+                    "must be less than {} (the shortest S3 lifecycle expiry), or objects in \
+                     use expire between two refreshes",
+                    defaults::seconds(lifecycle)
+                ),
+            ));
+        }
+        let presence = PresenceCacheConfig {
+            positive_ttl,
+            negative_ttl,
+            max_entries,
+        };
+        Ok((presence, interval))
     }
 
     /// The cache directory: created if missing and proven writable now, so a

@@ -27,6 +27,8 @@
 //!   histogram, and the constructor of histogram families;
 //! - `store_collector.rs`: disk, S3 and upload-queue figures, read at scrape
 //!   time;
+//! - `proxy_caches.rs`: the S3 proxy's presence cache and timestamp
+//!   refresher, read at scrape time;
 //! - `connections.rs`: each port's connections (`bazel_cache_connections_*`),
 //!   read at scrape time;
 //! - `lookups.rs`: `bazel_remote_incoming_requests_total`;
@@ -44,6 +46,7 @@ mod histogram;
 mod http;
 mod lookups;
 mod process;
+mod proxy_caches;
 mod store_collector;
 
 use std::fmt::{self, Write as _};
@@ -56,7 +59,7 @@ use prometheus_client::registry::Registry;
 use crate::config::Config;
 use bazel_cache_store::disk::DiskStore;
 use bazel_cache_store::histogram::DEFAULT_BUCKETS;
-use bazel_cache_store::proxy::ProxyStore;
+use bazel_cache_store::proxy::{PresenceCache, ProxyStore};
 use bazel_cache_store::s3::S3Backend;
 
 pub(crate) use counting_store::CountingStore;
@@ -223,6 +226,23 @@ impl Metrics {
     ) -> Metrics {
         self.registry
             .register_collector(Box::new(connections::ConnectionCollector { ports }));
+        self
+    }
+
+    /// Adds the S3 proxy's presence cache and timestamp refresher figures
+    /// (held weakly, like the stores).
+    pub(crate) fn with_proxy_caches(
+        mut self,
+        proxy: Option<&Arc<ProxyStore>>,
+        presence: Option<&Arc<PresenceCache>>,
+    ) -> Metrics {
+        if proxy.is_some() || presence.is_some() {
+            self.registry
+                .register_collector(Box::new(proxy_caches::ProxyCacheCollector {
+                    proxy: proxy.map(Arc::downgrade),
+                    presence: presence.map(Arc::downgrade),
+                }));
+        }
         self
     }
 

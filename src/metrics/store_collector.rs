@@ -43,12 +43,22 @@ pub(super) struct StoreCollector {
     pub(super) oldest_access: Arc<AtomicU64>,
 }
 
-fn gauge(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+pub(super) fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
     let g = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
     g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)
 }
 
-fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, value: u64) -> fmt::Result {
+pub(super) fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> fmt::Result {
     let c = ConstCounter::new(value);
     c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
 }

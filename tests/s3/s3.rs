@@ -10,7 +10,7 @@ use crate::support::s3::S3Server;
 use crate::support::{Server, cas_path as cas};
 use bazel_cache_digest::Hash;
 
-fn start(
+pub(super) fn start(
     s3: &S3Server,
     dir: Option<&std::path::Path>,
     extra: &[&str],
@@ -25,7 +25,7 @@ fn start(
     }
 }
 
-async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
+pub(super) async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
     client()
         .put(format!("{}{path}", s.http_url))
         .body(body.to_vec())
@@ -37,7 +37,7 @@ async fn put(s: &Server, path: &str, body: &[u8]) -> u16 {
 }
 
 /// Polls `/status` until `done` holds for its `Backend` section.
-async fn wait_backend(
+pub(super) async fn wait_backend(
     s: &Server,
     what: &str,
     timeout: Duration,
@@ -57,7 +57,7 @@ async fn wait_backend(
     }
 }
 
-fn blob(len: usize, seed: u64) -> Vec<u8> {
+pub(super) fn blob(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     (0..len)
         .map(|i| {

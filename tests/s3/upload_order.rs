@@ -227,6 +227,7 @@ async fn an_ac_entry_whose_outputs_never_arrive_is_abandoned() {
         backend,
         ProxyConfig {
             update_timestamps: false,
+            update_timestamps_interval: std::time::Duration::from_secs(3600),
             num_uploaders: 2,
             max_queued_uploads: 100,
             max_proxy_blob_size: u64::MAX,

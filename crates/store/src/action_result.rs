@@ -131,7 +131,10 @@ pub fn tree_files(tree: &re::Tree) -> impl Iterator<Item = Digest> + '_ {
 /// references and, for output directories, every file inside their Trees.
 /// A Tree that is present but does not decode counts as missing. Presence is
 /// asked in batches (`find_missing`), so a proxy backend can answer with
-/// metadata requests instead of downloads.
+/// metadata requests instead of downloads: a blob missing locally is looked
+/// for in the backend (through its presence cache), so an entry whose blobs
+/// are gone from both tiers is a miss, and with `update_timestamps` the
+/// blobs found are refreshed there.
 pub async fn missing_blobs(
     store: &dyn Store,
     ar: &ActionResult,

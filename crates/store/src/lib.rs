@@ -29,7 +29,8 @@
 //! - `disk/`: files plus a redb index, LRU eviction, crash recovery; the
 //!   local tier of every configuration.
 //! - `proxy/`: read-through, durable write-behind queue and single-flight
-//!   downloads over any [`Backend`](proxy::Backend).
+//!   downloads over any [`Backend`](proxy::Backend); the presence cache (a
+//!   `Backend` decorator) and timestamp refreshes on every use.
 //! - `s3/`: the S3/MinIO backend (our own client on hyper, aws-sigv4).
 //!
 //! This crate knows nothing of the server's configuration or metrics: each

@@ -75,6 +75,7 @@ async fn an_abandoned_read_through_leaves_no_download_behind() {
         backend,
         ProxyConfig {
             update_timestamps: false,
+            update_timestamps_interval: Duration::from_secs(3600),
             num_uploaders: 1,
             max_queued_uploads: 100,
             max_proxy_blob_size: u64::MAX,

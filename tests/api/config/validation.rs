@@ -327,3 +327,70 @@ fn max_buffer_memory_from_every_source() {
             .starts_with("max_buffer_memory: must be greater than 0"),
     );
 }
+
+#[test]
+fn presence_cache_and_refresh_interval_from_every_source() {
+    use std::time::Duration;
+    let fx = Fixture::new();
+    let s3 = [
+        "--s3.endpoint=e:9000",
+        "--s3.bucket=b",
+        "--s3.auth_method=iam_role",
+    ];
+    let c = fx.config(&s3, &[]);
+    assert_eq!(c.presence_cache.positive_ttl, Duration::from_secs(600));
+    assert_eq!(c.presence_cache.negative_ttl, Duration::from_secs(10));
+    assert_eq!(c.presence_cache.max_entries, 250_000);
+    assert_eq!(c.update_timestamps_interval, Duration::from_secs(3600));
+
+    let file = fx.file(
+        "s3_proxy:\n  endpoint: e:9000\n  bucket: b\n  auth_method: iam_role\n  \
+         presence_cache_ttl: 5m\n  presence_cache_negative_ttl: 0s\n  \
+         presence_cache_max_entries: 1000\n  update_timestamps_interval: 2h\n",
+    );
+    let c = fx.config(
+        &["--config_file", &file, "--s3.presence_cache_max_entries=0"],
+        &[("BAZEL_REMOTE_S3_PRESENCE_CACHE_TTL", "90")],
+    );
+    assert_eq!(
+        c.presence_cache.positive_ttl,
+        Duration::from_secs(90),
+        "env over file"
+    );
+    assert_eq!(c.presence_cache.negative_ttl, Duration::ZERO);
+    assert_eq!(c.presence_cache.max_entries, 0, "flag over file");
+    assert!(!c.presence_cache.enabled());
+    assert_eq!(c.update_timestamps_interval, Duration::from_secs(7200));
+
+    // A day or more is refused: lifecycle expiries are whole days.
+    let err = fx.error(&[&s3[..], &["--s3.presence_cache_ttl=24h"]].concat(), &[]);
+    assert!(
+        err.starts_with(
+            "s3_proxy.presence_cache_ttl: must be less than 86400s (the shortest S3 lifecycle \
+             expiry): a cached \"present\" for an object the lifecycle rule deleted"
+        ),
+        "{err}"
+    );
+    assert!(err.ends_with("(set by --s3.presence_cache_ttl)"), "{err}");
+    for (flag, refusal) in [
+        (
+            "--s3.presence_cache_negative_ttl=48h",
+            "s3_proxy.presence_cache_negative_ttl: must be less than",
+        ),
+        (
+            "--s3.update_timestamps_interval=0s",
+            "s3_proxy.update_timestamps_interval: must be greater than 0",
+        ),
+        (
+            "--s3.update_timestamps_interval=30h",
+            "s3_proxy.update_timestamps_interval: must be less than",
+        ),
+        (
+            "--s3.presence_cache_max_entries=-1",
+            "s3_proxy.presence_cache_max_entries: must not be negative",
+        ),
+    ] {
+        let err = fx.error(&[&s3[..], &[flag]].concat(), &[]);
+        assert!(err.starts_with(refusal), "{flag}: {err}");
+    }
+}

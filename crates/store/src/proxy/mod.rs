@@ -12,17 +12,25 @@
 //! - Backend trouble never fails a client request: errors and timeouts make
 //!   a read a miss and leave writes queued.
 //! - Local eviction never deletes from the backend.
+//! - Existence answers may be cached (`presence_cache.rs`, a `Backend`
+//!   decorator the server applies); with `update_timestamps`, every use of a
+//!   blob refreshes its object's age in the background, at most once per
+//!   interval (`timestamp_refresh.rs`).
 
 mod backend;
+mod expiring_map;
 mod local;
 mod ordering;
+mod presence_cache;
 mod queue;
 mod single_flight;
+mod timestamp_refresh;
 mod waits;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bazel_cache_digest::{BlobKey, Digest};
@@ -32,9 +40,11 @@ pub use backend::{Backend, BackendError, Download, Presence, Upload};
 pub use local::{LocalTier, Written};
 pub use ordering::DEFAULT_AC_OUTPUT_CHECKS;
 use ordering::UploadOrder;
+pub use presence_cache::{PresenceCache, PresenceCacheConfig, PresenceStats};
 use queue::UploadQueue;
 pub use queue::{QueueStats, backoff};
 use single_flight::SingleFlight;
+pub use timestamp_refresh::{RefreshStats, TimestampRefresh};
 
 use crate::{Blob, Encoding, PutRequest, Store, StoreError, StoreStats, lock};
 
@@ -48,6 +58,8 @@ const MAX_CLIENT_ERROR_ATTEMPTS: u32 = 3;
 #[derive(Debug, Clone)]
 pub struct ProxyConfig {
     pub update_timestamps: bool,
+    /// The least time between two refreshes of one object's timestamp.
+    pub update_timestamps_interval: Duration,
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     pub max_proxy_blob_size: u64,
@@ -80,6 +92,8 @@ pub struct ProxyStore {
     reported: Mutex<HashSet<String>>,
     attempts: Mutex<HashMap<BlobKey, u32>>,
     order: UploadOrder,
+    /// `update_timestamps`: refreshes the objects of blobs in use.
+    refresh: Option<TimestampRefresh>,
 }
 
 impl ProxyStore {
@@ -92,6 +106,9 @@ impl ProxyStore {
         dir: &std::path::Path,
     ) -> Result<Arc<Self>, StoreError> {
         let queue = Arc::new(UploadQueue::open(dir, cfg.max_queued_uploads)?);
+        let refresh = cfg
+            .update_timestamps
+            .then(|| TimestampRefresh::start(backend.clone(), cfg.update_timestamps_interval));
         let store = Arc::new(ProxyStore {
             local,
             backend,
@@ -102,6 +119,7 @@ impl ProxyStore {
             reported: Mutex::default(),
             attempts: Mutex::default(),
             order: UploadOrder::default(),
+            refresh,
         });
         for _ in 0..store.cfg.num_uploaders.max(1) {
             let weak = Arc::downgrade(&store);
@@ -151,6 +169,19 @@ impl ProxyStore {
     /// `max_queued_uploads`: the queue length at which uploads are dropped.
     pub fn max_queued_uploads(&self) -> usize {
         self.cfg.max_queued_uploads
+    }
+
+    /// The timestamp refresher's counters (with `update_timestamps`).
+    pub fn refresh_stats(&self) -> Option<&RefreshStats> {
+        self.refresh.as_ref().map(|r| &*r.stats)
+    }
+
+    /// A use of `key`: refresh its object's age (with `update_timestamps`),
+    /// in the background, at most once per interval.
+    fn used(&self, key: BlobKey) {
+        if let Some(refresh) = &self.refresh {
+            refresh.request(key);
+        }
     }
 
     /// Downloads from the backend in progress (one per key).
@@ -228,14 +259,7 @@ impl ProxyStore {
         };
         match self.local.put(put).await {
             Ok(()) => {
-                if self.cfg.update_timestamps {
-                    let backend = self.backend.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = backend.touch(&key).await {
-                            tracing::debug!(object, error = %e, "refreshing the object's timestamp failed");
-                        }
-                    });
-                }
+                self.used(key);
                 true
             }
             Err(e) if e.is_client_error() => {
@@ -305,7 +329,12 @@ impl ProxyStore {
             size,
             scratch: self.local.scratch_path(),
         };
-        self.backend.put(key, upload).await.map(|()| true)
+        self.backend.put(key, upload).await?;
+        // A fresh object: no refresh is due for an interval.
+        if let Some(refresh) = &self.refresh {
+            refresh.refreshed(*key);
+        }
+        Ok(true)
     }
 
     /// Whether the backend holds the blob with this size (HEAD only).
@@ -332,6 +361,7 @@ impl ProxyStore {
 impl Store for ProxyStore {
     async fn get(&self, key: &BlobKey, accept_zstd: bool) -> Result<Option<Blob>, StoreError> {
         if let Some(blob) = self.local.get(key, accept_zstd).await? {
+            self.used(*key);
             return Ok(Some(blob));
         }
         if !self.fetch(*key).await {
@@ -345,6 +375,7 @@ impl Store for ProxyStore {
     /// without reading.
     async fn contains(&self, key: &BlobKey) -> Result<Option<u64>, StoreError> {
         if let Some(size) = self.local.contains(key).await? {
+            self.used(*key);
             return Ok(Some(size));
         }
         if !self.fetch(*key).await {
@@ -353,13 +384,26 @@ impl Store for ProxyStore {
         self.local.contains(key).await
     }
 
+    /// Digests found (locally or in the backend) are uses: their objects'
+    /// ages are refreshed.
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
         let locally_missing = self.local.find_missing(digests).await?;
+        if self.refresh.is_some() {
+            let missing: HashSet<&Digest> = locally_missing.iter().collect();
+            for d in digests.iter().filter(|d| !missing.contains(d)) {
+                self.used(BlobKey::cas(d.hash));
+            }
+        }
         let checks = futures_util::stream::iter(locally_missing)
             .map(|d| async move { (d, self.in_backend(&d).await) })
             .buffered(HEAD_CONCURRENCY);
         Ok(checks
-            .filter_map(|(d, found)| async move { (!found).then_some(d) })
+            .filter_map(|(d, found)| async move {
+                if found {
+                    self.used(BlobKey::cas(d.hash));
+                }
+                (!found).then_some(d)
+            })
             .collect()
             .await)
     }

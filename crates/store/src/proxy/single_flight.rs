@@ -1,5 +1,6 @@
-//! Single-flight downloads: concurrent misses for one key share one
-//! download, and a caller that goes away leaves nothing behind.
+//! Single-flight backend requests: concurrent misses for one key share one
+//! download (and concurrent existence checks one HEAD, `presence_cache.rs`),
+//! and a caller that goes away leaves nothing behind.
 //!
 //! Why a guard: the caller is a request future, and a client that
 //! disconnects drops it at any `.await`. Before, the map entry was removed
@@ -18,20 +19,29 @@ use tokio::sync::OnceCell;
 
 use crate::lock;
 
-type Cell = Arc<OnceCell<bool>>;
+type Cell<T> = Arc<OnceCell<T>>;
 
-#[derive(Default)]
-pub(crate) struct SingleFlight {
-    inflight: Mutex<HashMap<BlobKey, Cell>>,
+/// One request per key at a time; `T` is what its callers share (whether
+/// a download succeeded, a HEAD's answer).
+pub(crate) struct SingleFlight<T = bool> {
+    inflight: Mutex<HashMap<BlobKey, Cell<T>>>,
 }
 
-impl SingleFlight {
+impl<T> Default for SingleFlight<T> {
+    fn default() -> Self {
+        SingleFlight {
+            inflight: Mutex::default(),
+        }
+    }
+}
+
+impl<T: Clone> SingleFlight<T> {
     /// Runs `download` for `key` unless one is running, then shares its
     /// outcome.
-    pub(crate) async fn run<F, Fut>(&self, key: BlobKey, download: F) -> bool
+    pub(crate) async fn run<F, Fut>(&self, key: BlobKey, download: F) -> T
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = bool>,
+        Fut: Future<Output = T>,
     {
         let cell = lock(&self.inflight).entry(key).or_default().clone();
         let guard = Leave {
@@ -39,7 +49,7 @@ impl SingleFlight {
             key,
             cell,
         };
-        *guard.cell.get_or_init(download).await
+        guard.cell.get_or_init(download).await.clone()
     }
 
     /// Keys being downloaded.
@@ -49,13 +59,13 @@ impl SingleFlight {
 }
 
 /// Removes the key's entry when its last interested caller leaves.
-struct Leave<'a> {
-    flights: &'a SingleFlight,
+struct Leave<'a, T> {
+    flights: &'a SingleFlight<T>,
     key: BlobKey,
-    cell: Cell,
+    cell: Cell<T>,
 }
 
-impl Drop for Leave<'_> {
+impl<T> Drop for Leave<'_, T> {
     fn drop(&mut self) {
         let mut map = lock(&self.flights.inflight);
         let Some(current) = map.get(&self.key) else {
@@ -84,7 +94,7 @@ mod tests {
 
     #[tokio::test]
     async fn concurrent_callers_share_one_download() {
-        let flights = Arc::new(SingleFlight::default());
+        let flights = Arc::new(SingleFlight::<bool>::default());
         let key = BlobKey::cas(Hash::of(b"k"));
         let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut tasks = Vec::new();
@@ -109,7 +119,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_caller_that_goes_away_leaves_no_entry() {
-        let flights = SingleFlight::default();
+        let flights = SingleFlight::<bool>::default();
         let key = BlobKey::cas(Hash::of(b"k"));
         let hung = tokio::time::timeout(
             Duration::from_millis(20),
