@@ -36,7 +36,7 @@ pub(super) const MAGIC: u32 = 0x184D_2A50;
 pub(super) const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
 /// Where the offsets start: magic, frame size, uncompressed size,
 /// compression, chunk size and number of offsets (`chunkTableOffset`).
-pub(super) const CHUNK_TABLE_OFFSET: u64 = 4 + 4 + 8 + 1 + 4 + 8;
+pub(crate) const CHUNK_TABLE_OFFSET: u64 = 4 + 4 + 8 + 1 + 4 + 8;
 /// Bytes of the skippable frame's payload besides the offsets: uncompressed
 /// size, compression, chunk size, number of offsets.
 const FIXED_METADATA: u64 = 8 + 1 + 4 + 8;
@@ -51,7 +51,7 @@ const INPUT_BUFFER: usize = 64 * 1024;
 /// How the chunks are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(super) enum Compression {
+pub(crate) enum Compression {
     /// The blob's bytes follow the header as they are (one "chunk").
     Identity = 0,
     /// Independently compressed zstd frames of `chunk_size` bytes each.
@@ -61,7 +61,7 @@ pub(super) enum Compression {
 /// A validated casblob header, as [`parse_header`] returns it (the methods
 /// assume its invariants: at least two offsets, counted as the size implies).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     pub uncompressed_size: u64,
     pub compression: Compression,
     pub chunk_size: u32,
@@ -97,7 +97,7 @@ impl Header {
 
     /// The length of the whole file, as the header records it.
     #[allow(dead_code)] // see SeekPoint
-    pub(super) fn file_len(&self) -> u64 {
+    pub(crate) fn file_len(&self) -> u64 {
         self.chunk_offsets[self.chunk_offsets.len() - 1]
     }
 
@@ -303,7 +303,7 @@ fn parse_table(fixed: Fixed, table: &[u8]) -> io::Result<Header> {
 /// [`header_len_of`]); InvalidData when it is not a valid
 /// casblob header or is cut short. The end of the file is not checked: that
 /// needs the whole file.
-pub(super) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
+pub(crate) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
     let fixed = parse_fixed(prefix)?;
     let len = fixed.header_len() as usize;
     if prefix.len() < len {
@@ -317,7 +317,7 @@ pub(super) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
 
 /// The length of the whole header, from its first [`CHUNK_TABLE_OFFSET`]
 /// bytes (validated as in [`parse_header`]).
-pub(super) fn header_len_of(prefix: &[u8]) -> io::Result<u64> {
+pub(crate) fn header_len_of(prefix: &[u8]) -> io::Result<u64> {
     parse_fixed(prefix).map(|f| f.header_len())
 }
 

@@ -1,0 +1,389 @@
+//! Adopting a bazel-remote `dir` in place: a team replacing bazel-remote
+//! keeps its warm disk cache. When `dir` holds bazel-remote's trees
+//! (`ac.v2/`, `cas.v2/`, `raw.v2/`; names in adopt/names.rs), the store
+//! serves at once and a background thread takes the files over:
+//!
+//! 1. it lists them (one `stat` each) and sorts them by last use, the
+//!    later of atime and mtime — bazel-remote's start-up scan orders its
+//!    LRU by atime; mtime covers file systems mounted `noatime`;
+//! 2. it reserves that many LRU positions from the index writer, above
+//!    every entry so far: adopted files keep their relative order and rank
+//!    below whatever this server stores from now on;
+//! 3. oldest first, it verifies each file (adopt/verify.rs) before the
+//!    index knows it, so nothing is served unverified, and hands it to the
+//!    writer, which *renames* it into our layout (no copy: a casblob's
+//!    header is a zstd skippable frame, so the file already is our zstd
+//!    storage form; plain files are our plain form) and indexes it with
+//!    its size on disk, counted against `max_size` and evictable like any
+//!    other entry.
+//!
+//! Decisions:
+//! - A key already stored (written since start, or a second bazel-remote
+//!   file of the key) wins: the adopted copy is deleted. For CAS the bytes
+//!   are the same; for the AC, ours is the newer result.
+//! - A file whose content fails (hash, size, casblob header, an `ac.v2`
+//!   entry that is no ActionResult) is deleted, counted and logged.
+//! - A file whose name bazel-remote would not have written, a `raw.v2`
+//!   entry that is no ActionResult (kept unvalidated by bazel-remote's
+//!   `disable_http_ac_validation`), or an unreadable file is left where it
+//!   is, counted and logged. `raw.v2` entries that are ActionResults become
+//!   AC entries (our AC serves both front ends), unless `ac.v2` has the key.
+//! - Files move as they are adopted, so a later start finds them indexed
+//!   and scans only what is left (emptied shard directories are removed).
+//!   An interrupted adoption resumes there.
+
+mod names;
+mod verify;
+
+use std::collections::{HashSet, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+
+use self::names::{Form, TREES, Tree};
+use self::verify::{Refused, verify};
+use super::index::{Insert, Op, Origin, Reader};
+use crate::StoreError;
+use bazel_cache_digest::{BlobKey, Hash};
+
+/// Test hook: while the file this names exists, the adoption waits before
+/// its next file, so a test can watch the server serve mid-adoption
+/// without depending on timing. Unset in production.
+pub(super) const ADOPT_HOLD_ENV: &str = "BAZEL_CACHE_FAULT_ADOPT_HOLD_FILE";
+/// How often a held adoption looks at the hold file.
+const HOLD_POLL: Duration = Duration::from_millis(50);
+
+/// Inserts handed to the writer whose outcome is not yet read; bounds what
+/// the adoption holds and how far it runs ahead of the writer.
+const IN_FLIGHT: usize = 256;
+
+/// What the adoption has done so far; read without locks (`/status`, metrics).
+#[derive(Debug, Default)]
+pub struct AdoptProgress {
+    running: AtomicBool,
+    found: AtomicU64,
+    adopted: AtomicU64,
+    adopted_bytes: AtomicU64,
+    duplicates: AtomicU64,
+    corrupt: AtomicU64,
+    left_alone: AtomicU64,
+}
+
+/// A snapshot of [`AdoptProgress`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AdoptionStatus {
+    /// The background adoption is still going: files not yet adopted are
+    /// misses until it reaches them.
+    pub running: bool,
+    /// bazel-remote files found (with a name it writes) at this start.
+    pub found: u64,
+    /// Verified and indexed, and their bytes on disk.
+    pub adopted: u64,
+    pub adopted_bytes: u64,
+    /// Deleted because the key was stored already.
+    pub duplicates: u64,
+    /// Deleted because their content failed verification.
+    pub corrupt: u64,
+    /// Left where they are: names bazel-remote does not write, raw entries
+    /// that are no ActionResult, files that could not be read or moved.
+    pub left_alone: u64,
+}
+
+impl AdoptProgress {
+    pub fn status(&self) -> AdoptionStatus {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AdoptionStatus {
+            running: self.running.load(Ordering::Relaxed),
+            found: get(&self.found),
+            adopted: get(&self.adopted),
+            adopted_bytes: get(&self.adopted_bytes),
+            duplicates: get(&self.duplicates),
+            corrupt: get(&self.corrupt),
+            left_alone: get(&self.left_alone),
+        }
+    }
+
+    pub(super) fn start(&self) {
+        self.running.store(true, Ordering::Relaxed);
+    }
+
+    fn count(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether `dir` holds any of bazel-remote's trees.
+pub(super) fn present(dir: &Path) -> bool {
+    TREES.iter().any(|(name, _)| dir.join(name).is_dir())
+}
+
+/// A bazel-remote file to adopt.
+struct Candidate {
+    path: PathBuf,
+    tree: Tree,
+    hash: Hash,
+    form: Form,
+    /// Last use, seconds since the Unix epoch.
+    used: u64,
+}
+
+impl Candidate {
+    fn key(&self) -> BlobKey {
+        match self.tree {
+            Tree::Cas => BlobKey::cas(self.hash),
+            Tree::Ac | Tree::Raw => BlobKey::ac(self.hash),
+        }
+    }
+}
+
+/// The adoption, run on its own thread; stops early (resuming at the next
+/// start) when `cancel` is set.
+pub(super) struct Adopter {
+    pub dir: PathBuf,
+    pub index: Reader,
+    pub tx: mpsc::Sender<Op>,
+    pub cancel: Arc<AtomicBool>,
+    pub progress: Arc<AdoptProgress>,
+}
+
+impl Adopter {
+    pub(super) fn run(self) {
+        let progress = &self.progress;
+        progress.start();
+        let result = self.adopt();
+        progress.running.store(false, Ordering::Relaxed);
+        let s = progress.status();
+        match result {
+            Ok(()) if self.cancel.load(Ordering::Relaxed) => {
+                tracing::info!(
+                    ?s,
+                    "adopting the bazel-remote directory stopped; the next start resumes it"
+                )
+            }
+            Ok(()) => tracing::info!(
+                found = s.found,
+                adopted = s.adopted,
+                adopted_bytes = s.adopted_bytes,
+                duplicates = s.duplicates,
+                corrupt = s.corrupt,
+                left_alone = s.left_alone,
+                "adopted the bazel-remote directory"
+            ),
+            Err(e) => tracing::error!(error = %e, ?s, "adopting the bazel-remote directory failed"),
+        }
+    }
+
+    fn adopt(&self) -> Result<(), StoreError> {
+        let Adopter {
+            dir,
+            index,
+            tx,
+            cancel,
+            progress,
+        } = self;
+        let mut files = list(dir, progress)?;
+        // Oldest first; ac.v2 before raw.v2 for one key (listed first, stable sort).
+        files.sort_by_key(|c| c.used);
+        let ac_keys: HashSet<Hash> = files
+            .iter()
+            .filter(|c| c.tree == Tree::Ac)
+            .map(|c| c.hash)
+            .collect();
+        files.retain(|c| {
+            let shadowed = c.tree == Tree::Raw && ac_keys.contains(&c.hash);
+            if shadowed {
+                tracing::info!(path = %c.path.display(), "leaving a raw.v2 entry alone: ac.v2 has its key");
+                AdoptProgress::count(&progress.left_alone);
+            }
+            !shadowed
+        });
+        progress.found.store(files.len() as u64, Ordering::Relaxed);
+        tracing::info!(
+            files = files.len(),
+            dir = %dir.display(),
+            "adopting a bazel-remote directory in the background"
+        );
+        let (reply, base) = oneshot::channel();
+        tx.blocking_send(Op::ReserveSeqs(files.len() as u64, reply))
+            .map_err(|_| StoreError::Closed)?;
+        let base = base.blocking_recv().map_err(|_| StoreError::Closed)?;
+        let hold = std::env::var_os(ADOPT_HOLD_ENV).map(PathBuf::from);
+
+        let mut waiting = VecDeque::new();
+        for (i, file) in files.into_iter().enumerate() {
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            if let Some(hold) = &hold {
+                while hold.exists() && !cancel.load(Ordering::Relaxed) {
+                    std::thread::sleep(HOLD_POLL);
+                }
+            }
+            if cancel.load(Ordering::Relaxed) {
+                break;
+            }
+            let key = file.key();
+            if index.get(&key)?.is_some() {
+                remove_duplicate(&file.path, progress);
+                continue;
+            }
+            let verified = match verify(&file.path, file.tree, &file.hash, file.form) {
+                Ok(v) => v,
+                Err(Refused::Corrupt(reason)) => {
+                    tracing::warn!(path = %file.path.display(), %reason, "deleting a bazel-remote file that fails verification");
+                    if let Err(e) = std::fs::remove_file(&file.path) {
+                        tracing::warn!(path = %file.path.display(), error = %e, "deleting it failed");
+                    }
+                    AdoptProgress::count(&progress.corrupt);
+                    continue;
+                }
+                Err(reason) => {
+                    tracing::warn!(path = %file.path.display(), %reason, "leaving a bazel-remote file alone");
+                    AdoptProgress::count(&progress.left_alone);
+                    continue;
+                }
+            };
+            let stored = std::fs::metadata(&file.path)?.len();
+            let (done, outcome) = oneshot::channel();
+            let insert = Insert {
+                key,
+                from: file.path.clone(),
+                size: verified.size,
+                stored,
+                encoding: verified.encoding,
+                origin: Origin::Foreign {
+                    seq: base + i as u64,
+                    atime: file.used,
+                },
+                reservation: None,
+            };
+            tx.blocking_send(Op::Insert(insert, done))
+                .map_err(|_| StoreError::Closed)?;
+            waiting.push_back((file.path, stored, outcome));
+            while waiting.len() > IN_FLIGHT {
+                let (path, stored, outcome) = waiting.pop_front().expect("not empty");
+                settle(&path, stored, outcome, progress);
+            }
+        }
+        for (path, stored, outcome) in waiting {
+            settle(&path, stored, outcome, progress);
+        }
+        // Durable before the trees shrink: the moved files are in the index.
+        let (done, flushed) = oneshot::channel();
+        tx.blocking_send(Op::Flush(done))
+            .map_err(|_| StoreError::Closed)?;
+        let _ = flushed.blocking_recv();
+        remove_empty_trees(dir);
+        Ok(())
+    }
+}
+
+/// Counts the writer's answer to an adopted file.
+fn settle(
+    path: &Path,
+    stored: u64,
+    outcome: oneshot::Receiver<Result<(), StoreError>>,
+    progress: &AdoptProgress,
+) {
+    match outcome.blocking_recv() {
+        Ok(Ok(())) => {
+            AdoptProgress::count(&progress.adopted);
+            progress.adopted_bytes.fetch_add(stored, Ordering::Relaxed);
+        }
+        Ok(Err(StoreError::Io(e))) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            AdoptProgress::count(&progress.duplicates);
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(path = %path.display(), error = %e, "leaving a bazel-remote file alone: moving it into place failed");
+            AdoptProgress::count(&progress.left_alone);
+        }
+        Err(_) => {
+            AdoptProgress::count(&progress.left_alone);
+        }
+    }
+}
+
+fn remove_duplicate(path: &Path, progress: &AdoptProgress) {
+    tracing::debug!(path = %path.display(), "deleting a bazel-remote file whose key is stored already");
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, "deleting it failed");
+    }
+    AdoptProgress::count(&progress.duplicates);
+}
+
+/// Every file of bazel-remote's trees with a name it writes; the others
+/// are logged and counted, and stay.
+fn list(dir: &Path, progress: &AdoptProgress) -> Result<Vec<Candidate>, StoreError> {
+    let mut found = Vec::new();
+    let strange = |path: &Path| {
+        tracing::warn!(path = %path.display(), "leaving alone a file bazel-remote would not have written");
+        AdoptProgress::count(&progress.left_alone);
+    };
+    for (tree_name, tree) in TREES {
+        let root = dir.join(tree_name);
+        let shards = match std::fs::read_dir(&root) {
+            Ok(shards) => shards,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e.into()),
+        };
+        for shard in shards {
+            let shard = shard?;
+            let name = shard.file_name();
+            if !shard.file_type()?.is_dir() || !name.to_str().is_some_and(names::is_shard) {
+                if name != "lost+found" {
+                    strange(&shard.path());
+                }
+                continue;
+            }
+            for file in std::fs::read_dir(shard.path())? {
+                let file = file?;
+                let path = file.path();
+                let parsed = file
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| names::parse(tree, n));
+                let meta = file.metadata()?;
+                let Some((hash, form)) = parsed.filter(|_| meta.is_file()) else {
+                    strange(&path);
+                    continue;
+                };
+                found.push(Candidate {
+                    path,
+                    tree,
+                    hash,
+                    form,
+                    used: last_use(&meta),
+                });
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// The later of atime and mtime, in seconds since the Unix epoch.
+fn last_use(meta: &std::fs::Metadata) -> u64 {
+    let secs = |t: std::io::Result<SystemTime>| {
+        t.ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs())
+    };
+    secs(meta.accessed()).max(secs(meta.modified()))
+}
+
+/// Removes shard directories the adoption emptied, and trees left empty;
+/// directories still holding files left alone stay.
+fn remove_empty_trees(dir: &Path) {
+    for (tree_name, _) in TREES {
+        let root = dir.join(tree_name);
+        let Ok(shards) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        for shard in shards.flatten() {
+            let _ = std::fs::remove_dir(shard.path());
+        }
+        let _ = std::fs::remove_dir(&root);
+    }
+}
