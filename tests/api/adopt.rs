@@ -24,6 +24,8 @@ use crate::support::{Server, async_client, bytestream_client, hex, noise, text};
 use bazel_remote_apis::google::bytestream::ReadRequest;
 
 const HOLD_ENV: &str = "BAZEL_CACHE_FAULT_ADOPT_HOLD_FILE";
+/// The fixture blob a client writes before the adoption reaches it.
+const WRITTEN_FIRST: &str = "small plain";
 
 /// Polls `/status` until the adoption has finished; its `Adoption` object.
 async fn adoption_done(s: &Server) -> serde_json::Value {
@@ -121,7 +123,9 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
             br.plain(data, t)
         };
         let meta = std::fs::metadata(&path).unwrap();
-        adopted_bytes += meta.len();
+        if *what != WRITTEN_FIRST {
+            adopted_bytes += meta.len();
+        }
         sources.insert(*what, (path, meta.ino()));
     }
     // Action-cache entries: validated ones, a raw one that is an
@@ -136,7 +140,9 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
         ("raw.v2", &k2, ar2.clone(), 201),
     ] {
         let path = br.ac(tree, key, &body, day_plus(t));
-        adopted_bytes += std::fs::metadata(path).unwrap().len();
+        if *key != k1 {
+            adopted_bytes += std::fs::metadata(path).unwrap().len();
+        }
     }
     let raw_garbage = br.ac(
         "raw.v2",
@@ -193,15 +199,28 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
         s.get_async(&format!("/cas/{hf}")).await,
         (200, fresh.clone())
     );
+    // Collisions: keys written before their adoption. The writes stand.
+    let written = &good.iter().find(|(w, _)| *w == WRITTEN_FIRST).unwrap().1;
+    let path = format!("/cas/{}", hex(written));
+    assert_eq!(
+        crate::support::request(&s, "PUT", &path, Some(written)).await,
+        200
+    );
+    let ar_new = action_result(&fresh);
+    let path = format!("/ac/{k1}");
+    assert_eq!(
+        crate::support::request(&s, "PUT", &path, Some(&ar_new)).await,
+        200
+    );
 
     std::fs::remove_file(&hold).unwrap();
     let a = adoption_done(&s).await;
     assert_eq!(n(&a, "Found"), 10, "{a}");
-    assert_eq!(n(&a, "Adopted"), 7, "{a}");
+    assert_eq!(n(&a, "Adopted"), 5, "{a}");
     assert_eq!(n(&a, "AdoptedBytes"), adopted_bytes, "{a}");
     assert_eq!(n(&a, "Corrupt"), 2, "{a}");
     assert_eq!(n(&a, "LeftAlone"), 3, "{a}");
-    assert_eq!(n(&a, "Duplicates"), 0, "{a}");
+    assert_eq!(n(&a, "Duplicates"), 2, "{a}");
     let status = s.status_async().await;
     assert_eq!(n(&status, "NumFiles"), 8, "{status}");
     assert!(n(&status, "CurrSize") > adopted_bytes, "{status}");
@@ -230,16 +249,21 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
             *data,
             "{what} as zstd"
         );
-        // Moved, not copied: the same inode, now in our layout.
+        // Moved, not copied: the same inode, now in our layout (the
+        // one written first is ours; its bazel-remote copy is deleted).
         let (source, ino) = &sources[what];
         assert!(!source.exists(), "{what}: {} still there", source.display());
         let now_at = files_named(&dir.join("cas"), &h);
         assert_eq!(now_at.len(), 1, "{what}: {now_at:?}");
-        assert_eq!(std::fs::metadata(&now_at[0]).unwrap().ino(), *ino, "{what}");
+        let now_ino = std::fs::metadata(&now_at[0]).unwrap().ino();
+        assert_eq!(now_ino == *ino, *what != WRITTEN_FIRST, "{what}");
     }
 
     // The action cache, validated against the adopted CAS, both ways.
-    assert_eq!(s.get_async(&format!("/ac/{k1}")).await, (200, ar1.clone()));
+    assert_eq!(
+        s.get_async(&format!("/ac/{k1}")).await,
+        (200, ar_new.clone())
+    );
     assert_eq!(s.get_async(&format!("/ac/{k2}")).await, (200, ar2.clone()));
     assert_eq!(s.get_async(&format!("/ac/{k3}")).await.0, 404);
     let mut ac = ActionCacheClient::new(s.channel().await);
@@ -254,7 +278,7 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(got.encode_to_vec(), ar1);
+    assert_eq!(got.encode_to_vec(), ar_new);
 
     // Corrupt files: never served, gone from disk.
     for (what, data, path) in [
@@ -276,7 +300,7 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
     }
     let metrics = String::from_utf8(s.get_async("/metrics").await.1).unwrap();
     assert!(
-        metrics.contains("bazel_cache_adopt_files_total{outcome=\"adopted\"} 7"),
+        metrics.contains("bazel_cache_adopt_files_total{outcome=\"adopted\"} 5"),
         "{metrics}"
     );
 
@@ -297,7 +321,7 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
             "{what} after restart"
         );
     }
-    assert_eq!(s.get_async(&format!("/ac/{k1}")).await, (200, ar1));
+    assert_eq!(s.get_async(&format!("/ac/{k1}")).await, (200, ar_new));
 }
 
 /// With a small `max_size`, adopted files are evicted like any others,

@@ -72,8 +72,8 @@ pub(crate) struct Header {
 
 /// Where a read from an uncompressed offset starts in a casblob file.
 // Ranged reads (ByteStream `read_offset`) straight from a `cas.v2` file:
-// tested against the format now, served once bazel-remote directories are
-// adopted in place (their CAS files are casblobs).
+// tested against the format. Adopted bazel-remote directories do not need
+// it: their casblobs are served as the zstd streams they are (disk/adopt.rs).
 #[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct SeekPoint {
@@ -96,7 +96,6 @@ impl Header {
     }
 
     /// The length of the whole file, as the header records it.
-    #[allow(dead_code)] // see SeekPoint
     pub(crate) fn file_len(&self) -> u64 {
         self.chunk_offsets[self.chunk_offsets.len() - 1]
     }
