@@ -356,6 +356,7 @@ fn status(state: &HttpState) -> Response<Body> {
             "Duplicates": adoption.duplicates,
             "Corrupt": adoption.corrupt,
             "LeftAlone": adoption.left_alone,
+            "TooOld": adoption.too_old,
         });
     }
     if let Some(extra) = &state.backend_status {

@@ -64,7 +64,8 @@ fn adoption(enc: &mut DescriptorEncoder, a: &AdoptionStatus) -> fmt::Result {
         "bazel_cache_adopt_files",
         "bazel-remote files taken care of, by outcome: adopted (verified, indexed), \
          duplicate (key stored already: deleted), corrupt (failed verification: deleted), \
-         left_alone (unknown name, unsupported, unreadable)",
+         left_alone (unknown name, unsupported, unreadable), too_old (older than the \
+         newest files that fill max_size: deleted unread)",
         None,
         MetricType::Counter,
     )?;
@@ -73,6 +74,7 @@ fn adoption(enc: &mut DescriptorEncoder, a: &AdoptionStatus) -> fmt::Result {
         ("duplicate", a.duplicates),
         ("corrupt", a.corrupt),
         ("left_alone", a.left_alone),
+        ("too_old", a.too_old),
     ] {
         ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
     }

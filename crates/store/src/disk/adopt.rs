@@ -9,7 +9,8 @@
 //! 2. it reserves that many LRU positions from the index writer, above
 //!    every entry so far: adopted files keep their relative order and rank
 //!    below whatever this server stores from now on;
-//! 3. oldest first, it verifies each file (adopt/verify.rs) before the
+//! 3. newest first (the files most likely to be asked for are served
+//!    soonest), it verifies each file (adopt/verify.rs) before the
 //!    index knows it, so nothing is served unverified, and hands it to the
 //!    writer, which *renames* it into our layout (no copy: a casblob's
 //!    header is a zstd skippable frame, so the file already is our zstd
@@ -18,6 +19,9 @@
 //!    other entry.
 //!
 //! Decisions:
+//! - Once the newest files fill `max_size`, the older ones are deleted
+//!   unread, as eviction would (bazel-remote evicts them at its start
+//!   when `max_size` shrank): no time is spent verifying what would go.
 //! - A key already stored (written since start, or a second bazel-remote
 //!   file of the key) wins: the adopted copy is deleted. For CAS the bytes
 //!   are the same; for the AC, ours is the newer result.
@@ -70,6 +74,7 @@ pub struct AdoptProgress {
     duplicates: AtomicU64,
     corrupt: AtomicU64,
     left_alone: AtomicU64,
+    too_old: AtomicU64,
 }
 
 /// A snapshot of [`AdoptProgress`].
@@ -90,6 +95,9 @@ pub struct AdoptionStatus {
     /// Left where they are: names bazel-remote does not write, raw entries
     /// that are no ActionResult, files that could not be read or moved.
     pub left_alone: u64,
+    /// Deleted without being read: older than the newest files that fill
+    /// `max_size`, as eviction would have deleted them.
+    pub too_old: u64,
 }
 
 impl AdoptProgress {
@@ -103,6 +111,7 @@ impl AdoptProgress {
             duplicates: get(&self.duplicates),
             corrupt: get(&self.corrupt),
             left_alone: get(&self.left_alone),
+            too_old: get(&self.too_old),
         }
     }
 
@@ -128,6 +137,8 @@ struct Candidate {
     form: Form,
     /// Last use, seconds since the Unix epoch.
     used: u64,
+    /// Bytes on disk.
+    len: u64,
 }
 
 impl Candidate {
@@ -147,6 +158,8 @@ pub(super) struct Adopter {
     pub tx: mpsc::Sender<Op>,
     pub cancel: Arc<AtomicBool>,
     pub progress: Arc<AdoptProgress>,
+    /// `max_size`: only the newest files that fit are adopted.
+    pub max_size: u64,
 }
 
 impl Adopter {
@@ -170,6 +183,7 @@ impl Adopter {
                 duplicates = s.duplicates,
                 corrupt = s.corrupt,
                 left_alone = s.left_alone,
+                too_old = s.too_old,
                 "adopted the bazel-remote directory"
             ),
             Err(e) => tracing::error!(error = %e, ?s, "adopting the bazel-remote directory failed"),
@@ -183,9 +197,10 @@ impl Adopter {
             tx,
             cancel,
             progress,
+            max_size,
         } = self;
         let mut files = list(dir, progress)?;
-        // Oldest first; ac.v2 before raw.v2 for one key (listed first, stable sort).
+        // In LRU order, oldest first.
         files.sort_by_key(|c| c.used);
         let ac_keys: HashSet<Hash> = files
             .iter()
@@ -213,7 +228,13 @@ impl Adopter {
         let hold = std::env::var_os(ADOPT_HOLD_ENV).map(PathBuf::from);
 
         let mut waiting = VecDeque::new();
-        for (i, file) in files.into_iter().enumerate() {
+        // Newest first: the files most likely to be asked for are served
+        // soonest, and once `max_size` is full the older ones are deleted
+        // unread, as eviction would delete them (bazel-remote evicts them
+        // at its start when max_size shrank). LRU positions still follow
+        // the files' age.
+        let mut kept = 0u64;
+        for (i, file) in files.into_iter().enumerate().rev() {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
@@ -225,6 +246,12 @@ impl Adopter {
             if cancel.load(Ordering::Relaxed) {
                 break;
             }
+            if kept.saturating_add(file.len) > *max_size {
+                kept = u64::MAX;
+                remove(&file.path, "older than what max_size holds");
+                AdoptProgress::count(&progress.too_old);
+                continue;
+            }
             let key = file.key();
             if index.get(&key)?.is_some() {
                 remove_duplicate(&file.path, progress);
@@ -233,10 +260,8 @@ impl Adopter {
             let verified = match verify(&file.path, file.tree, &file.hash, file.form) {
                 Ok(v) => v,
                 Err(Refused::Corrupt(reason)) => {
-                    tracing::warn!(path = %file.path.display(), %reason, "deleting a bazel-remote file that fails verification");
-                    if let Err(e) = std::fs::remove_file(&file.path) {
-                        tracing::warn!(path = %file.path.display(), error = %e, "deleting it failed");
-                    }
+                    tracing::warn!(path = %file.path.display(), %reason, "a bazel-remote file fails verification");
+                    remove(&file.path, "failed verification");
                     AdoptProgress::count(&progress.corrupt);
                     continue;
                 }
@@ -246,7 +271,8 @@ impl Adopter {
                     continue;
                 }
             };
-            let stored = std::fs::metadata(&file.path)?.len();
+            let stored = file.len;
+            kept += stored;
             let (done, outcome) = oneshot::channel();
             let insert = Insert {
                 key,
@@ -307,11 +333,16 @@ fn settle(
 }
 
 fn remove_duplicate(path: &Path, progress: &AdoptProgress) {
-    tracing::debug!(path = %path.display(), "deleting a bazel-remote file whose key is stored already");
-    if let Err(e) = std::fs::remove_file(path) {
-        tracing::warn!(path = %path.display(), error = %e, "deleting it failed");
-    }
+    remove(path, "its key is stored already");
     AdoptProgress::count(&progress.duplicates);
+}
+
+/// Deletes a bazel-remote file the adoption does not take, saying why.
+fn remove(path: &Path, why: &str) {
+    tracing::debug!(path = %path.display(), why, "deleting a bazel-remote file");
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::warn!(path = %path.display(), error = %e, why, "deleting a bazel-remote file failed");
+    }
 }
 
 /// Every file of bazel-remote's trees with a name it writes; the others
@@ -356,6 +387,7 @@ fn list(dir: &Path, progress: &AdoptProgress) -> Result<Vec<Candidate>, StoreErr
                     hash,
                     form,
                     used: last_use(&meta),
+                    len: meta.len(),
                 });
             }
         }

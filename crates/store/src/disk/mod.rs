@@ -204,6 +204,7 @@ impl DiskStore {
                 tx: tx.clone(),
                 cancel: cancel_background.clone(),
                 progress: adoption.clone(),
+                max_size: cfg.max_size_bytes,
             };
             adopt_thread = Some(
                 std::thread::Builder::new()
