@@ -35,23 +35,33 @@
 //! - Files move as they are adopted, so a later start finds them indexed
 //!   and scans only what is left (emptied shard directories are removed).
 //!   An interrupted adoption resumes there.
+//!
+//! # Layout
+//! - `adopt.rs`: the [`Adopter`] thread: order, budget, hand-off to the writer.
+//! - `adopt/listing.rs`: finding the files; `adopt/names.rs`: bazel-remote's
+//!   names; `adopt/verify.rs`: checking a file's content.
+//! - `adopt/progress.rs`: the counters `/status` and metrics read.
 
+mod listing;
 mod names;
+mod progress;
 mod verify;
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-use self::names::{Form, TREES, Tree};
+use self::listing::{list, remove_empty_trees};
+use self::names::{TREES, Tree};
+pub use self::progress::{AdoptProgress, AdoptionStatus};
 use self::verify::{Refused, verify};
 use super::index::{Insert, Op, Origin, Reader};
 use crate::StoreError;
-use bazel_cache_digest::{BlobKey, Hash};
+use bazel_cache_digest::Hash;
 
 /// Test hook: while the file this names exists, the adoption waits before
 /// its next file, so a test can watch the server serve mid-adoption
@@ -64,90 +74,9 @@ const HOLD_POLL: Duration = Duration::from_millis(50);
 /// the adoption holds and how far it runs ahead of the writer.
 const IN_FLIGHT: usize = 256;
 
-/// What the adoption has done so far; read without locks (`/status`, metrics).
-#[derive(Debug, Default)]
-pub struct AdoptProgress {
-    running: AtomicBool,
-    found: AtomicU64,
-    adopted: AtomicU64,
-    adopted_bytes: AtomicU64,
-    duplicates: AtomicU64,
-    corrupt: AtomicU64,
-    left_alone: AtomicU64,
-    too_old: AtomicU64,
-}
-
-/// A snapshot of [`AdoptProgress`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct AdoptionStatus {
-    /// The background adoption is still going: files not yet adopted are
-    /// misses until it reaches them.
-    pub running: bool,
-    /// bazel-remote files found (with a name it writes) at this start.
-    pub found: u64,
-    /// Verified and indexed, and their bytes on disk.
-    pub adopted: u64,
-    pub adopted_bytes: u64,
-    /// Deleted because the key was stored already.
-    pub duplicates: u64,
-    /// Deleted because their content failed verification.
-    pub corrupt: u64,
-    /// Left where they are: names bazel-remote does not write, raw entries
-    /// that are no ActionResult, files that could not be read or moved.
-    pub left_alone: u64,
-    /// Deleted without being read: older than the newest files that fill
-    /// `max_size`, as eviction would have deleted them.
-    pub too_old: u64,
-}
-
-impl AdoptProgress {
-    pub fn status(&self) -> AdoptionStatus {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        AdoptionStatus {
-            running: self.running.load(Ordering::Relaxed),
-            found: get(&self.found),
-            adopted: get(&self.adopted),
-            adopted_bytes: get(&self.adopted_bytes),
-            duplicates: get(&self.duplicates),
-            corrupt: get(&self.corrupt),
-            left_alone: get(&self.left_alone),
-            too_old: get(&self.too_old),
-        }
-    }
-
-    pub(super) fn start(&self) {
-        self.running.store(true, Ordering::Relaxed);
-    }
-
-    fn count(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// Whether `dir` holds any of bazel-remote's trees.
 pub(super) fn present(dir: &Path) -> bool {
     TREES.iter().any(|(name, _)| dir.join(name).is_dir())
-}
-
-/// A bazel-remote file to adopt.
-struct Candidate {
-    path: PathBuf,
-    tree: Tree,
-    hash: Hash,
-    form: Form,
-    /// Last use, seconds since the Unix epoch.
-    used: u64,
-    /// Bytes on disk.
-    len: u64,
-}
-
-impl Candidate {
-    fn key(&self) -> BlobKey {
-        match self.tree {
-            Tree::Cas => BlobKey::cas(self.hash),
-            Tree::Ac | Tree::Raw => BlobKey::ac(self.hash),
-        }
-    }
 }
 
 /// The adoption, run on its own thread; stops early (resuming at the next
@@ -342,80 +271,5 @@ fn remove(path: &Path, why: &str) {
     tracing::debug!(path = %path.display(), why, "deleting a bazel-remote file");
     if let Err(e) = std::fs::remove_file(path) {
         tracing::warn!(path = %path.display(), error = %e, why, "deleting a bazel-remote file failed");
-    }
-}
-
-/// Every file of bazel-remote's trees with a name it writes; the others
-/// are logged and counted, and stay.
-fn list(dir: &Path, progress: &AdoptProgress) -> Result<Vec<Candidate>, StoreError> {
-    let mut found = Vec::new();
-    let strange = |path: &Path| {
-        tracing::warn!(path = %path.display(), "leaving alone a file bazel-remote would not have written");
-        AdoptProgress::count(&progress.left_alone);
-    };
-    for (tree_name, tree) in TREES {
-        let root = dir.join(tree_name);
-        let shards = match std::fs::read_dir(&root) {
-            Ok(shards) => shards,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(e.into()),
-        };
-        for shard in shards {
-            let shard = shard?;
-            let name = shard.file_name();
-            if !shard.file_type()?.is_dir() || !name.to_str().is_some_and(names::is_shard) {
-                if name != "lost+found" {
-                    strange(&shard.path());
-                }
-                continue;
-            }
-            for file in std::fs::read_dir(shard.path())? {
-                let file = file?;
-                let path = file.path();
-                let parsed = file
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| names::parse(tree, n));
-                let meta = file.metadata()?;
-                let Some((hash, form)) = parsed.filter(|_| meta.is_file()) else {
-                    strange(&path);
-                    continue;
-                };
-                found.push(Candidate {
-                    path,
-                    tree,
-                    hash,
-                    form,
-                    used: last_use(&meta),
-                    len: meta.len(),
-                });
-            }
-        }
-    }
-    Ok(found)
-}
-
-/// The later of atime and mtime, in seconds since the Unix epoch.
-fn last_use(meta: &std::fs::Metadata) -> u64 {
-    let secs = |t: std::io::Result<SystemTime>| {
-        t.ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_secs())
-    };
-    secs(meta.accessed()).max(secs(meta.modified()))
-}
-
-/// Removes shard directories the adoption emptied, and trees left empty;
-/// directories still holding files left alone stay.
-fn remove_empty_trees(dir: &Path) {
-    for (tree_name, _) in TREES {
-        let root = dir.join(tree_name);
-        let Ok(shards) = std::fs::read_dir(&root) else {
-            continue;
-        };
-        for shard in shards.flatten() {
-            let _ = std::fs::remove_dir(shard.path());
-        }
-        let _ = std::fs::remove_dir(&root);
     }
 }
