@@ -83,11 +83,19 @@ async fn get_zstd(s: &Server, path: &str) -> (u16, Option<String>, Vec<u8>) {
 }
 
 async fn bytestream_read(s: &Server, name: &str) -> Result<Vec<u8>, tonic::Status> {
+    bytestream_read_from(s, name, 0).await
+}
+
+async fn bytestream_read_from(
+    s: &Server,
+    name: &str,
+    offset: usize,
+) -> Result<Vec<u8>, tonic::Status> {
     let mut c = bytestream_client(s.channel().await);
     let mut stream = c
         .read(ReadRequest {
             resource_name: name.to_string(),
-            read_offset: 0,
+            read_offset: offset as i64,
             read_limit: 0,
         })
         .await?
@@ -243,6 +251,9 @@ async fn adopts_a_bazel_remote_dir_while_serving() {
         assert_eq!(plain, *data, "{what} with Accept-Encoding: zstd");
         let blobs = format!("blobs/{h}/{}", data.len());
         assert_eq!(bytestream_read(&s, &blobs).await.unwrap(), *data, "{what}");
+        let from = data.len() * 3 / 5;
+        let tail = bytestream_read_from(&s, &blobs, from).await.unwrap();
+        assert_eq!(tail, data[from..], "{what} from {from}");
         let z = format!("compressed-blobs/zstd/{h}/{}", data.len());
         let frames = bytestream_read(&s, &z).await.unwrap();
         assert_eq!(

@@ -140,7 +140,7 @@ impl Header {
     }
 
     /// The header's bytes, as bazel-remote's `header.write` lays them out.
-    pub(super) fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let n = self.chunk_offsets.len() as u64;
         let mut b = Vec::with_capacity(header_len(n) as usize);
         b.extend_from_slice(&MAGIC.to_le_bytes());
@@ -342,7 +342,7 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// is left positioned at the end. InvalidData when `input` holds fewer or
 /// more than `size` bytes. An empty blob (which bazel-remote never stores)
 /// becomes one chunk holding an empty zstd frame.
-pub(super) fn encode(input: &mut dyn Read, size: u64, out: &mut File) -> io::Result<u64> {
+pub(crate) fn encode(input: &mut dyn Read, size: u64, out: &mut File) -> io::Result<u64> {
     if size > i64::MAX as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

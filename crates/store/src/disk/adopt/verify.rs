@@ -163,3 +163,139 @@ fn hashes_to(mut input: impl Read, hash: &Hash, size: u64, decoding: bool) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+    use crate::s3::casblob::Header;
+
+    fn data(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    /// `bytes` as a file in `dir`.
+    fn file(dir: &tempfile::TempDir, name: &str, bytes: &[u8]) -> std::path::PathBuf {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path
+    }
+
+    /// A casblob of `blob` as the S3 side writes it (bazel-remote's layout).
+    fn casblob(dir: &tempfile::TempDir, blob: &[u8]) -> Vec<u8> {
+        let path = dir.path().join("encoding");
+        let mut out = File::create(&path).unwrap();
+        casblob::encode(&mut &blob[..], blob.len() as u64, &mut out).unwrap();
+        out.flush().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    fn corrupt(r: Result<Verified, Refused>) -> String {
+        match r {
+            Err(Refused::Corrupt(why)) => why,
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn casblobs_must_decode_to_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = data(2_500_000);
+        let hash = Hash::of(&blob);
+        let size = blob.len() as u64;
+        let good = casblob(&dir, &blob);
+        let form = Form::CasBlob { size };
+        let path = file(&dir, "good", &good);
+        let ok = verify(&path, Tree::Cas, &hash, form).unwrap();
+        assert_eq!(
+            ok,
+            Verified {
+                size,
+                encoding: Encoding::Zstd
+            }
+        );
+
+        // Named with another size or hash.
+        let other = Form::CasBlob { size: size + 1 };
+        assert!(corrupt(verify(&path, Tree::Cas, &hash, other)).contains("header says"));
+        let wrong = Hash::of(b"other");
+        assert!(corrupt(verify(&path, Tree::Cas, &wrong, form)).contains("hashes to"));
+        // Cut short, a chunk damaged, no header at all.
+        let cut = file(&dir, "cut", &good[..good.len() - 100]);
+        corrupt(verify(&cut, Tree::Cas, &hash, form));
+        let mut damaged = good.clone();
+        let last = damaged.len() - 50;
+        damaged[last] ^= 0xff;
+        let damaged = file(&dir, "damaged", &damaged);
+        corrupt(verify(&damaged, Tree::Cas, &hash, form));
+        let bare = file(&dir, "bare", &zstd::encode_all(&blob[..], 1).unwrap());
+        corrupt(verify(&bare, Tree::Cas, &hash, form));
+        let tiny = file(&dir, "tiny", b"abc");
+        corrupt(verify(&tiny, Tree::Cas, &hash, form));
+    }
+
+    #[test]
+    fn an_uncompressed_casblob_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = data(1000);
+        // Two offsets: the header is the fixed part and 16 bytes.
+        let len = CHUNK_TABLE_OFFSET + 16;
+        let header = Header {
+            uncompressed_size: 1000,
+            compression: Compression::Identity,
+            chunk_size: 1 << 20,
+            chunk_offsets: vec![len, len + 1000],
+        };
+        let mut bytes = header.to_bytes();
+        bytes.extend_from_slice(&blob);
+        let path = file(&dir, "identity", &bytes);
+        let form = Form::CasBlob { size: 1000 };
+        match verify(&path, Tree::Cas, &Hash::of(&blob), form) {
+            Err(Refused::Unsupported(_)) => {}
+            other => panic!("expected Unsupported, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn plain_blobs_and_action_results() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = data(5000);
+        let hash = Hash::of(&blob);
+        let path = file(&dir, "plain", &blob);
+        for size in [None, Some(5000)] {
+            let ok = verify(&path, Tree::Cas, &hash, Form::PlainCas { size }).unwrap();
+            assert_eq!(
+                ok,
+                Verified {
+                    size: 5000,
+                    encoding: Encoding::Identity
+                }
+            );
+        }
+        let sized = Form::PlainCas { size: Some(4999) };
+        corrupt(verify(&path, Tree::Cas, &hash, sized));
+        let unsized_ = Form::PlainCas { size: None };
+        corrupt(verify(&path, Tree::Cas, &Hash::of(b"x"), unsized_));
+
+        // An empty ActionResult is a valid one; garbage is not.
+        let ar = file(&dir, "ar", b"");
+        let key = Hash::of(b"action");
+        for tree in [Tree::Ac, Tree::Raw] {
+            let ok = verify(&ar, tree, &key, Form::Ac).unwrap();
+            assert_eq!(
+                ok,
+                Verified {
+                    size: 0,
+                    encoding: Encoding::Identity
+                }
+            );
+        }
+        let garbage = file(&dir, "garbage", b"\xff\xff\xff not a proto");
+        corrupt(verify(&garbage, Tree::Ac, &key, Form::Ac));
+        match verify(&garbage, Tree::Raw, &key, Form::Ac) {
+            Err(Refused::Unsupported(_)) => {}
+            other => panic!("raw garbage: expected Unsupported, got {other:?}"),
+        }
+    }
+}
