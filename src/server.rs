@@ -372,6 +372,10 @@ impl Server {
                     .unwrap_or(defaults::HEADER_READ_TIMEOUT),
             },
             on_request: Box::new(move || touched.store(unix_now(), Ordering::Relaxed)),
+            adoption: {
+                let store = self.store.clone();
+                Box::new(move || store.adoption())
+            },
             backend_status: self.s3.clone().map(|(proxy, _)| {
                 Box::new(move || proxy.status_json())
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>

@@ -29,6 +29,7 @@ use crate::metrics::{self, Endpoint, Metrics, access_log};
 use bazel_cache_store::BlobReader;
 use bazel_cache_store::Store;
 use bazel_cache_store::budget::MemoryBudget;
+use bazel_cache_store::disk::AdoptionStatus;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -66,6 +67,8 @@ pub struct HttpState {
     pub options: HttpOptions,
     /// Called at the start of every request (idle-timeout bookkeeping).
     pub on_request: Box<dyn Fn() + Send + Sync>,
+    /// How adopting a bazel-remote `dir` goes (the disk store's), for `/status`.
+    pub adoption: Box<dyn Fn() -> AdoptionStatus + Send + Sync>,
     /// Extra `/status` fields from a proxy backend (upload queue, S3 counters).
     pub backend_status: Option<Box<dyn Fn() -> serde_json::Value + Send + Sync>>,
     /// Every request is counted here; `/metrics` renders it.
@@ -342,6 +345,20 @@ fn status(state: &HttpState) -> Response<Body> {
         "Version": env!("CARGO_PKG_VERSION"),
     });
     let mut body = body;
+    let adoption = (state.adoption)();
+    if adoption != AdoptionStatus::default() {
+        // Ours, only while or after a bazel-remote `dir` is adopted.
+        body["Adoption"] = serde_json::json!({
+            "Running": adoption.running,
+            "Found": adoption.found,
+            "Adopted": adoption.adopted,
+            "AdoptedBytes": adoption.adopted_bytes,
+            "Duplicates": adoption.duplicates,
+            "Corrupt": adoption.corrupt,
+            "LeftAlone": adoption.left_alone,
+            "TooOld": adoption.too_old,
+        });
+    }
     if let Some(extra) = &state.backend_status {
         body["Backend"] = extra();
     }

@@ -14,7 +14,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 
 use super::histogram::AtomicHistogram;
 use bazel_cache_store::budget::MemoryUse;
-use bazel_cache_store::disk::DiskStore;
+use bazel_cache_store::disk::{AdoptionStatus, DiskStore};
 use bazel_cache_store::proxy::ProxyStore;
 use bazel_cache_store::s3::S3Backend;
 use bazel_cache_store::{CutReason, Store, StoreStats, unix_now};
@@ -41,6 +41,49 @@ pub(super) struct StoreCollector {
     /// Last use of the least recently used entry (Unix seconds; 0 = empty),
     /// kept up to date by [`super::Metrics::render`].
     pub(super) oldest_access: Arc<AtomicU64>,
+}
+
+/// Ours: adopting a bazel-remote `dir` (disk/adopt.rs), once there was one.
+fn adoption(enc: &mut DescriptorEncoder, a: &AdoptionStatus) -> fmt::Result {
+    if *a == AdoptionStatus::default() {
+        return Ok(());
+    }
+    gauge(
+        enc,
+        "bazel_cache_adopt_running",
+        "1 while a bazel-remote directory is being adopted in the background",
+        u64::from(a.running),
+    )?;
+    gauge(
+        enc,
+        "bazel_cache_adopt_found_files",
+        "bazel-remote files found to adopt at this start",
+        a.found,
+    )?;
+    let mut family = enc.encode_descriptor(
+        "bazel_cache_adopt_files",
+        "bazel-remote files taken care of, by outcome: adopted (verified, indexed), \
+         duplicate (key stored already: deleted), corrupt (failed verification: deleted), \
+         left_alone (unknown name, unsupported, unreadable), too_old (older than the \
+         newest files that fill max_size: deleted unread)",
+        None,
+        MetricType::Counter,
+    )?;
+    for (outcome, value) in [
+        ("adopted", a.adopted),
+        ("duplicate", a.duplicates),
+        ("corrupt", a.corrupt),
+        ("left_alone", a.left_alone),
+        ("too_old", a.too_old),
+    ] {
+        ConstCounter::new(value).encode(family.encode_family(&[("outcome", outcome)])?)?;
+    }
+    counter(
+        enc,
+        "bazel_cache_adopt_bytes",
+        "Bytes on disk of the adopted bazel-remote files",
+        a.adopted_bytes,
+    )
 }
 
 pub(super) fn gauge(
@@ -174,6 +217,7 @@ impl Collector for StoreCollector {
                 ConstCounter::new(memory.refused(what))
                     .encode(family.encode_family(&[("what", what.label())])?)?;
             }
+            adoption(&mut enc, &disk.adoption())?;
         }
         let Some((proxy, backend)) = self.s3.as_ref().and_then(S3Refs::upgrade) else {
             return Ok(());

@@ -11,6 +11,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod adopt;
 mod auth;
 mod auth_flood;
 mod cli;

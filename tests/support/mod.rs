@@ -728,6 +728,7 @@ impl Server {
     }
 }
 
+pub(crate) mod bazel_remote;
 pub(crate) mod deploy;
 pub(crate) mod pki;
 pub(crate) mod prometheus;

@@ -26,8 +26,9 @@
 //! - `zstd_frame.rs`, `zstd_decode.rs`: zstd frame headers read ahead of
 //!   the decoder; the one decoder, its window capped, its memory reserved.
 //! - `secret.rs`: [`Secret`], credentials that never print.
-//! - `disk/`: files plus a redb index, LRU eviction, crash recovery; the
-//!   local tier of every configuration.
+//! - `disk/`: files plus a redb index, LRU eviction, crash recovery,
+//!   adopting a bazel-remote `dir` in place; the local tier of every
+//!   configuration.
 //! - `proxy/`: read-through, durable write-behind queue and single-flight
 //!   downloads over any [`Backend`](proxy::Backend); the presence cache (a
 //!   `Backend` decorator) and timestamp refreshes on every use.

@@ -10,14 +10,15 @@
 //! either: `openat2(RESOLVE_CACHED)` (5.12+) fails with `EAGAIN` instead
 //! of reading a directory from disk, and `preadv2(RWF_NOWAIT)` (4.14+)
 //! instead of reading a page. `O_NOATIME` keeps a read from dirtying the
-//! inode (an atime update can wait on the file system's journal); the
-//! store owns its files, which the flag requires. An open file's `fstat`
-//! and `close` do no I/O.
+//! inode (an atime update can wait on the file system's journal); it
+//! needs the file's owner, so a file we do not own (one adopted from a
+//! bazel-remote `dir` that ran as another user) is opened again without
+//! it. An open file's `fstat` and `close` do no I/O.
 //!
 //! Each function answers `Ok(None)` when the kernel would have to block,
 //! or does not support the call (older kernel, a file system without
-//! `RWF_NOWAIT`, a file we do not own): the caller then takes the blocking
-//! path. A call the kernel lacks is not tried again.
+//! `RWF_NOWAIT`, a sandbox refusing `openat2`): the caller then takes the
+//! blocking path. A call the kernel lacks is not tried again.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -60,8 +61,33 @@ pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
     }
     let c_path = CString::new(path.as_os_str().as_bytes())
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a blob path"))?;
+    open_with_noatime_if_owned(|flags| openat2_cached(&c_path, flags))
+}
+
+/// Tries `attempt` with `O_NOATIME`, then without it when that is refused
+/// with `EPERM`: the flag needs the caller to own the file (or
+/// `CAP_FOWNER`), and files adopted from a bazel-remote `dir` may belong
+/// to the user it ran as. Without the retry every read of such a file took
+/// the blocking path. `Ok(None)` as [`open`] answers it.
+fn open_with_noatime_if_owned(
+    mut attempt: impl FnMut(u64) -> io::Result<File>,
+) -> io::Result<Option<File>> {
+    let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+    let opened = match attempt(flags | libc::O_NOATIME as u64) {
+        Err(e) if e.raw_os_error() == Some(libc::EPERM) => attempt(flags),
+        other => other,
+    };
+    match opened {
+        Ok(file) => Ok(Some(file)),
+        Err(e) if would_block_or_unsupported(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `openat2(path, flags, RESOLVE_CACHED)`.
+fn openat2_cached(c_path: &CString, flags: u64) -> io::Result<File> {
     let how = OpenHow {
-        flags: (libc::O_RDONLY | libc::O_CLOEXEC | libc::O_NOATIME) as u64,
+        flags,
         mode: 0,
         resolve: libc::RESOLVE_CACHED,
     };
@@ -79,17 +105,12 @@ pub(crate) fn open(path: &Path) -> io::Result<Option<File>> {
         )
     };
     if fd < 0 {
-        let e = io::Error::last_os_error();
-        return if would_block_or_unsupported(&e) {
-            Ok(None)
-        } else {
-            Err(e)
-        };
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: the kernel just returned this descriptor to us; nothing else
     // owns it, so the `File` may close it.
     #[allow(unsafe_code)]
-    Ok(Some(unsafe { File::from_raw_fd(fd as libc::c_int) }))
+    Ok(unsafe { File::from_raw_fd(fd as libc::c_int) })
 }
 
 /// Reads `n` bytes from the start of `file` if every page of them is in
@@ -183,6 +204,64 @@ mod tests {
         let absent = dir.path().join("absent");
         assert!(!absent.exists());
         let missing = open(&absent).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    /// Root may set O_NOATIME on any file, so the tests (run as root)
+    /// cannot meet the EPERM a server running as another user gets on an
+    /// adopted file: the retry is checked on the attempts it makes.
+    #[test]
+    fn o_noatime_refused_is_retried_without_it_and_nothing_else_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"adopted").unwrap();
+        let noatime = libc::O_NOATIME as u64;
+        let err = |code| Err(io::Error::from_raw_os_error(code));
+
+        // Not the owner: refused with the flag, opened without it.
+        let mut tried = Vec::new();
+        let file = open_with_noatime_if_owned(|flags| {
+            tried.push(flags);
+            if flags & noatime != 0 {
+                err(libc::EPERM)
+            } else {
+                File::open(&path)
+            }
+        })
+        .unwrap();
+        assert!(file.is_some(), "opened on the second attempt");
+        assert_eq!(tried.len(), 2);
+        assert_ne!(tried[0] & noatime, 0);
+        assert_eq!(tried[1] & noatime, 0);
+        assert_eq!(tried[0] & !noatime, tried[1], "only O_NOATIME dropped");
+
+        // The owner: one attempt, with the flag.
+        let mut tried = Vec::new();
+        let file = open_with_noatime_if_owned(|flags| {
+            tried.push(flags);
+            File::open(&path)
+        })
+        .unwrap();
+        assert!(file.is_some());
+        assert_eq!(tried, vec![tried[0]]);
+        assert_ne!(tried[0] & noatime, 0);
+
+        // "Would block" is not retried: the blocking path takes it.
+        let mut attempts = 0;
+        let got = open_with_noatime_if_owned(|_| {
+            attempts += 1;
+            err(libc::EAGAIN)
+        })
+        .unwrap();
+        assert!(got.is_none());
+        assert_eq!(attempts, 1);
+
+        // Refused both ways (a sandbox forbidding openat2): blocking path.
+        let got = open_with_noatime_if_owned(|_| err(libc::EPERM)).unwrap();
+        assert!(got.is_none());
+
+        // And a real error is the caller's.
+        let missing = open_with_noatime_if_owned(|_| err(libc::ENOENT)).unwrap_err();
         assert_eq!(missing.kind(), io::ErrorKind::NotFound);
     }
 }

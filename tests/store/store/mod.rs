@@ -11,6 +11,7 @@
 //! One module per concern; what they share (store set-up, blob generators,
 //! assertions against the files on disk, test bodies) is in `helpers`.
 
+mod adopt;
 mod concurrency;
 mod eviction;
 mod find_missing;

@@ -39,7 +39,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 pub(super) use self::accounting::{Reservation, SharedStats};
 use self::pending::Pending;
 pub(super) use self::reader::Reader;
-pub(super) use self::writer::{Insert, Op, Writer};
+pub(super) use self::writer::{Insert, Op, Origin, Writer};
 use super::group_sync::GroupSync;
 use super::layout::Layout;
 use super::presence::Presence;

@@ -18,7 +18,9 @@
 //! - `group_sync.rs`: one flush for a batch of new files (group commit).
 //! - `presence.rs`: the in-memory set FindMissingBlobs answers from.
 //! - `layout.rs`: paths on disk; `recovery.rs`: the start-up scan.
+//! - `adopt.rs` (and `adopt/`): taking over a bazel-remote `dir` in place.
 
+mod adopt;
 mod config;
 mod group_sync;
 mod index;
@@ -45,6 +47,7 @@ use crate::proxy::{LocalTier, Written};
 use crate::{Blob, BlobReader, Encoding, PutBody, PutRequest, Store, StoreError, StoreStats};
 use bazel_cache_digest::{BlobKey, Digest, Kind};
 
+pub use self::adopt::{AdoptProgress, AdoptionStatus};
 use self::config::ZSTD_LEVEL;
 pub use self::config::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_RATE_WINDOW, DEFAULT_BODY_STALL_TIMEOUT,
@@ -89,7 +92,12 @@ pub struct DiskStore {
     /// already open" while a cancelled recovery was still winding down.
     recovery_thread: Option<std::thread::JoinHandle<()>>,
     recovery: watch::Receiver<Option<RecoveryReport>>,
-    cancel_recovery: Arc<AtomicBool>,
+    /// Adopting a bazel-remote `dir` (adopt.rs), when there is one; joined
+    /// like `recovery_thread`.
+    adopt_thread: Option<std::thread::JoinHandle<()>>,
+    adoption: Arc<AdoptProgress>,
+    /// Stops recovery and adoption at their next file (close, drop).
+    cancel_background: Arc<AtomicBool>,
     /// Index and files are known to agree: the previous stop was clean, or
     /// recovery ran to its end. Only then may close() mark the index clean.
     recovery_complete: Arc<AtomicBool>,
@@ -153,7 +161,7 @@ impl DiskStore {
         });
 
         let reader = index::Reader::new(opened.db);
-        let cancel_recovery = Arc::new(AtomicBool::new(false));
+        let cancel_background = Arc::new(AtomicBool::new(false));
         let (done_tx, recovery) = watch::channel(None);
         let mut recovery_thread = None;
         let recovery_complete = Arc::new(AtomicBool::new(opened.was_clean));
@@ -165,7 +173,7 @@ impl DiskStore {
                 layout.clone(),
                 reader.clone(),
                 tx.clone(),
-                cancel_recovery.clone(),
+                cancel_background.clone(),
             );
             let complete = recovery_complete.clone();
             let thread = std::thread::Builder::new()
@@ -185,7 +193,29 @@ impl DiskStore {
             recovery_thread = Some(thread);
         }
 
+        let adoption = Arc::new(AdoptProgress::default());
+        let mut adopt_thread = None;
+        if adopt::present(&cfg.dir) {
+            // Shown as running from the first request on.
+            adoption.start();
+            let adopter = adopt::Adopter {
+                dir: cfg.dir.clone(),
+                index: reader.clone(),
+                tx: tx.clone(),
+                cancel: cancel_background.clone(),
+                progress: adoption.clone(),
+                max_size: cfg.max_size_bytes,
+            };
+            adopt_thread = Some(
+                std::thread::Builder::new()
+                    .name("adopt".into())
+                    .spawn(move || adopter.run())?,
+            );
+        }
+
         Ok(DiskStore {
+            adopt_thread,
+            adoption,
             presence,
             write_slots: tokio::sync::Semaphore::new(cfg.max_concurrent_writes.max(1)),
             cuts: Arc::default(),
@@ -197,7 +227,7 @@ impl DiskStore {
             writer: Some(writer),
             recovery_thread,
             recovery,
-            cancel_recovery,
+            cancel_background,
             recovery_complete,
         })
     }
@@ -233,9 +263,12 @@ impl DiskStore {
     /// index clean after a cancelled recovery left the files it had not yet
     /// adopted on disk for good: never served, counted or evicted.)
     pub async fn close(mut self) {
-        self.cancel_recovery.store(true, Ordering::Relaxed);
-        // It stops at its next file; the writer keeps serving it until then.
-        if let Some(thread) = self.recovery_thread.take() {
+        self.cancel_background.store(true, Ordering::Relaxed);
+        // They stop at their next file; the writer keeps serving them until then.
+        for thread in [self.recovery_thread.take(), self.adopt_thread.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
         let clean = self.recovery_complete.load(Ordering::Relaxed);
@@ -306,6 +339,12 @@ impl DiskStore {
     /// (tests and diagnostics).
     pub fn presence_loaded(&self) -> bool {
         self.presence.is_loaded()
+    }
+
+    /// How adopting a bazel-remote `dir` goes (`/status`, metrics); all
+    /// zero when there was none.
+    pub fn adoption(&self) -> AdoptionStatus {
+        self.adoption.status()
     }
 
     /// Keys from least to most recently used (tests and diagnostics).
@@ -468,13 +507,17 @@ impl Drop for DiskStore {
     /// Without [`DiskStore::close`], the index stays marked unclean and the
     /// next start runs recovery — the same path a crash takes.
     fn drop(&mut self) {
-        self.cancel_recovery.store(true, Ordering::Relaxed);
+        self.cancel_background.store(true, Ordering::Relaxed);
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.tx, closed));
         // The writer stops once recovery (cancelled above) drops its sender.
-        for thread in [self.writer.take(), self.recovery_thread.take()]
-            .into_iter()
-            .flatten()
+        for thread in [
+            self.writer.take(),
+            self.recovery_thread.take(),
+            self.adopt_thread.take(),
+        ]
+        .into_iter()
+        .flatten()
         {
             let _ = thread.join();
         }

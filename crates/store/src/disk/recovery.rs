@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::index::{Insert, Op, Reader};
+use super::index::{Insert, Op, Origin, Reader};
 use super::layout::Layout;
 use crate::{Encoding, StoreError};
 use bazel_cache_digest::{BlobKey, Hasher, Kind};
@@ -76,7 +76,7 @@ pub(super) fn reconcile(
                             size,
                             stored,
                             encoding,
-                            adopt: true,
+                            origin: Origin::Recovered,
                             reservation: None,
                         };
                         tx.blocking_send(Op::Insert(adopt, done))

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
 
 use super::DiskStore;
-use super::index::{Insert, Op};
+use super::index::{Insert, Op, Origin};
 use super::sink::{FileSink, TempFile};
 use crate::budget::{MemoryUse, ZSTD_ENCODER_BYTES};
 use crate::proxy::Written;
@@ -71,7 +71,7 @@ impl DiskStore {
             size: received.size,
             stored,
             encoding,
-            adopt: false,
+            origin: Origin::Write,
             // The writer releases it when it counts the blob as stored.
             reservation,
         };

@@ -36,7 +36,7 @@ pub(super) const MAGIC: u32 = 0x184D_2A50;
 pub(super) const DEFAULT_CHUNK_SIZE: u32 = 1024 * 1024;
 /// Where the offsets start: magic, frame size, uncompressed size,
 /// compression, chunk size and number of offsets (`chunkTableOffset`).
-pub(super) const CHUNK_TABLE_OFFSET: u64 = 4 + 4 + 8 + 1 + 4 + 8;
+pub(crate) const CHUNK_TABLE_OFFSET: u64 = 4 + 4 + 8 + 1 + 4 + 8;
 /// Bytes of the skippable frame's payload besides the offsets: uncompressed
 /// size, compression, chunk size, number of offsets.
 const FIXED_METADATA: u64 = 8 + 1 + 4 + 8;
@@ -51,7 +51,7 @@ const INPUT_BUFFER: usize = 64 * 1024;
 /// How the chunks are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
-pub(super) enum Compression {
+pub(crate) enum Compression {
     /// The blob's bytes follow the header as they are (one "chunk").
     Identity = 0,
     /// Independently compressed zstd frames of `chunk_size` bytes each.
@@ -61,7 +61,7 @@ pub(super) enum Compression {
 /// A validated casblob header, as [`parse_header`] returns it (the methods
 /// assume its invariants: at least two offsets, counted as the size implies).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Header {
+pub(crate) struct Header {
     pub uncompressed_size: u64,
     pub compression: Compression,
     pub chunk_size: u32,
@@ -72,8 +72,8 @@ pub(super) struct Header {
 
 /// Where a read from an uncompressed offset starts in a casblob file.
 // Ranged reads (ByteStream `read_offset`) straight from a `cas.v2` file:
-// tested against the format now, served once bazel-remote directories are
-// adopted in place (their CAS files are casblobs).
+// tested against the format. Adopted bazel-remote directories do not need
+// it: their casblobs are served as the zstd streams they are (disk/adopt.rs).
 #[allow(dead_code)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct SeekPoint {
@@ -96,8 +96,7 @@ impl Header {
     }
 
     /// The length of the whole file, as the header records it.
-    #[allow(dead_code)] // see SeekPoint
-    pub(super) fn file_len(&self) -> u64 {
+    pub(crate) fn file_len(&self) -> u64 {
         self.chunk_offsets[self.chunk_offsets.len() - 1]
     }
 
@@ -141,7 +140,7 @@ impl Header {
     }
 
     /// The header's bytes, as bazel-remote's `header.write` lays them out.
-    pub(super) fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         let n = self.chunk_offsets.len() as u64;
         let mut b = Vec::with_capacity(header_len(n) as usize);
         b.extend_from_slice(&MAGIC.to_le_bytes());
@@ -303,7 +302,7 @@ fn parse_table(fixed: Fixed, table: &[u8]) -> io::Result<Header> {
 /// [`header_len_of`]); InvalidData when it is not a valid
 /// casblob header or is cut short. The end of the file is not checked: that
 /// needs the whole file.
-pub(super) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
+pub(crate) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
     let fixed = parse_fixed(prefix)?;
     let len = fixed.header_len() as usize;
     if prefix.len() < len {
@@ -317,7 +316,7 @@ pub(super) fn parse_header(prefix: &[u8]) -> io::Result<Header> {
 
 /// The length of the whole header, from its first [`CHUNK_TABLE_OFFSET`]
 /// bytes (validated as in [`parse_header`]).
-pub(super) fn header_len_of(prefix: &[u8]) -> io::Result<u64> {
+pub(crate) fn header_len_of(prefix: &[u8]) -> io::Result<u64> {
     parse_fixed(prefix).map(|f| f.header_len())
 }
 
@@ -343,7 +342,7 @@ fn read_full(input: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
 /// is left positioned at the end. InvalidData when `input` holds fewer or
 /// more than `size` bytes. An empty blob (which bazel-remote never stores)
 /// becomes one chunk holding an empty zstd frame.
-pub(super) fn encode(input: &mut dyn Read, size: u64, out: &mut File) -> io::Result<u64> {
+pub(crate) fn encode(input: &mut dyn Read, size: u64, out: &mut File) -> io::Result<u64> {
     if size > i64::MAX as u64 {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,

@@ -20,7 +20,7 @@
 mod addressing;
 mod backend;
 mod body;
-mod casblob;
+pub(crate) mod casblob;
 pub mod client;
 mod config;
 mod credentials;

@@ -26,14 +26,32 @@ pub(in crate::disk) struct Insert {
     pub size: u64,
     pub stored: u64,
     pub encoding: Encoding,
-    /// Recovery adopts a file that is already in place: keep an existing entry.
-    pub adopt: bool,
+    /// Where the file comes from, which decides what the writer does with it.
+    pub origin: Origin,
     /// The write's reservation (none for recovery). The writer releases it
     /// just before the commit that counts the blob in `stored`; held until
     /// after, the blob's bytes counted twice (reserved + stored) and eviction
     /// removed blobs that fit, even the new blob itself when it was larger
     /// than half of max_size.
     pub reservation: Option<Reservation>,
+}
+
+/// Where an [`Insert`]'s file comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(in crate::disk) enum Origin {
+    /// A write: `from` is a temp file, flushed with its batch and renamed
+    /// into place; it replaces an existing entry.
+    Write,
+    /// Recovery: the file is already in place; an entry that matches it is
+    /// kept as it is.
+    Recovered,
+    /// A file of a bazel-remote `dir` (adopt.rs), verified: `from` is its
+    /// path in bazel-remote's tree. It is renamed into place only if the
+    /// key is not stored (what this server stored wins; the file is then
+    /// deleted), and it takes the LRU position and last use given, so
+    /// adopted files keep their relative order and rank below new writes.
+    /// On failure the file stays where it was, for the next start.
+    Foreign { seq: u64, atime: u64 },
 }
 
 /// Renames a finished temp file to its final name, re-creating the shard
@@ -50,6 +68,20 @@ fn rename_into_shard(from: &std::path::Path, dest: &std::path::Path) -> std::io:
     }
 }
 
+/// Undoes the placement of a file whose batch failed: a write's file is
+/// deleted, an adopted one goes back where it was found.
+fn unplace(ins: &Insert, dest: &std::path::Path) {
+    match ins.origin {
+        Origin::Write => {
+            let _ = std::fs::remove_file(dest);
+        }
+        Origin::Foreign { .. } => {
+            let _ = std::fs::rename(dest, &ins.from);
+        }
+        Origin::Recovered => {}
+    }
+}
+
 /// Where the writer reports the outcome of an insert.
 pub(in crate::disk) type Reply = oneshot::Sender<Result<(), StoreError>>;
 
@@ -63,6 +95,9 @@ pub(in crate::disk) enum Op {
     Flush(oneshot::Sender<()>),
     /// Lets the writer make a periodic durable commit while idle.
     Tick,
+    /// Reserves this many LRU positions for adopted files (adopt.rs),
+    /// above every entry so far; answers the first.
+    ReserveSeqs(u64, oneshot::Sender<u64>),
     /// A write reserved space that takes stored + in-flight bytes over
     /// max_size: evict now, so the disk holds at most max_size plus what is
     /// being written at this moment.
@@ -276,6 +311,17 @@ impl Writer {
         }
     }
 
+    /// Whether `key` has an entry, as the decisions so far make the index
+    /// (this thread prunes the pending set, so none is missed in between).
+    fn is_stored(&self, key: &BlobKey) -> Result<bool, StoreError> {
+        if let Some(decided) = self.index.pending.get(key) {
+            return Ok(decided.is_some());
+        }
+        let txn = self.index.db.begin_read().map_err(index_err)?;
+        let entries = txn.open_table(ENTRIES).map_err(index_err)?;
+        Ok(lookup(&entries, key)?.is_some())
+    }
+
     fn send(&self, msg: ToCommitter) {
         // A committer that died drops what it is sent: flush and shutdown
         // waiters learn of it by their sender dropping.
@@ -379,6 +425,10 @@ impl Writer {
                 Op::Forget(k) => forgets.push(k),
                 Op::Flush(done) => flushes.push(done),
                 Op::MakeRoom => make_room = true,
+                Op::ReserveSeqs(n, done) => {
+                    let _ = done.send(self.next_seq);
+                    self.next_seq += n;
+                }
                 Op::Tick | Op::Shutdown { .. } => {}
             }
         }
@@ -415,7 +465,7 @@ impl Writer {
                 self.refusals_reported = Some(Instant::now());
             }
             for (ins, done) in inserts {
-                if !ins.adopt {
+                if ins.origin == Origin::Write {
                     let _ = std::fs::remove_file(&ins.from);
                 }
                 let _ = done.send(Err(StoreError::Index(format!(
@@ -427,17 +477,17 @@ impl Writer {
         // Group commit: the bytes of every new blob in this batch reach
         // stable storage in one flush, before any of them is renamed into
         // place (a file under its final name is always whole)...
-        if self.fsync && inserts.iter().any(|(ins, _)| !ins.adopt) {
+        if self.fsync && inserts.iter().any(|(ins, _)| ins.origin == Origin::Write) {
             let sources: Vec<&std::path::Path> = inserts
                 .iter()
-                .filter(|(ins, _)| !ins.adopt)
+                .filter(|(ins, _)| ins.origin == Origin::Write)
                 .map(|(ins, _)| ins.from.as_path())
                 .collect();
             if let Err(e) = self.durable.sync_files(&sources) {
                 tracing::error!(error = %e, "flushing new blobs to stable storage failed");
                 let reason = e.to_string();
                 for (ins, done) in inserts {
-                    if !ins.adopt {
+                    if ins.origin == Origin::Write {
                         let _ = std::fs::remove_file(&ins.from);
                         let _ =
                             done.send(Err(StoreError::Io(std::io::Error::other(reason.clone()))));
@@ -450,20 +500,51 @@ impl Writer {
         // writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
+        let mut keys = std::collections::HashSet::new();
         for (mut ins, done) in inserts {
             // From here on the blob is accounted by `decide` (or failed).
             drop(ins.reservation.take());
             let dest = self.layout.blob_path(&ins.key, ins.encoding);
-            if !ins.adopt {
-                if let Err(e) = rename_into_shard(&ins.from, &dest) {
-                    let _ = std::fs::remove_file(&ins.from);
-                    let _ = done.send(Err(e.into()));
-                    continue;
+            match ins.origin {
+                Origin::Recovered => {}
+                Origin::Write => {
+                    if let Err(e) = rename_into_shard(&ins.from, &dest) {
+                        let _ = std::fs::remove_file(&ins.from);
+                        let _ = done.send(Err(e.into()));
+                        continue;
+                    }
                 }
-                if let Some(parent) = dest.parent() {
-                    dirs.insert(parent.to_path_buf());
+                Origin::Foreign { .. } => {
+                    match self.is_stored(&ins.key) {
+                        Ok(false) if !keys.contains(&ins.key) => {}
+                        Ok(_) => {
+                            // Stored already (a write since start, or a
+                            // second bazel-remote file of the key): the
+                            // entry stands and this copy goes.
+                            let _ = std::fs::remove_file(&ins.from);
+                            let _ = done.send(Err(StoreError::Io(std::io::Error::new(
+                                std::io::ErrorKind::AlreadyExists,
+                                "stored already",
+                            ))));
+                            continue;
+                        }
+                        Err(e) => {
+                            let _ = done.send(Err(e));
+                            continue;
+                        }
+                    }
+                    if let Err(e) = rename_into_shard(&ins.from, &dest) {
+                        let _ = done.send(Err(e.into()));
+                        continue;
+                    }
                 }
             }
+            if ins.origin != Origin::Recovered
+                && let Some(parent) = dest.parent()
+            {
+                dirs.insert(parent.to_path_buf());
+            }
+            keys.insert(ins.key);
             placed.push((ins, dest, done));
         }
         if let Some(pause) = self.pause_in_group_commit
@@ -483,8 +564,8 @@ impl Writer {
             && let Err(e) = self.durable.sync_dirs(&dirs)
         {
             tracing::error!(error = %e, "flushing renamed blobs to stable storage failed");
-            for (_, dest, done) in placed {
-                let _ = std::fs::remove_file(&dest);
+            for (ins, dest, done) in placed {
+                unplace(&ins, &dest);
                 let _ = done.send(Err(StoreError::Io(std::io::Error::other(e.to_string()))));
             }
             return;
@@ -498,9 +579,7 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, "reading the index failed");
                 for (ins, dest, done) in placed {
-                    if !ins.adopt {
-                        let _ = std::fs::remove_file(&dest);
-                    }
+                    unplace(&ins, &dest);
                     let _ = done.send(Err(StoreError::Index(e.to_string())));
                 }
             }
@@ -564,7 +643,10 @@ impl Writer {
         for (ins, dest, _) in placed {
             let old = view.current(&d, &ins.key)?;
             if let Some(old) = old {
-                if ins.adopt && old.encoding == ins.encoding && old.stored == ins.stored {
+                if ins.origin == Origin::Recovered
+                    && old.encoding == ins.encoding
+                    && old.stored == ins.stored
+                {
                     continue;
                 }
                 d.totals.remove(&old);
@@ -574,14 +656,24 @@ impl Writer {
                     d.unlink.push(old_path);
                 }
             }
+            let (seq, atime) = match ins.origin {
+                Origin::Foreign { seq, atime } => {
+                    // Below rows the eviction scan has passed: look again.
+                    d.evict_from = d.evict_from.min(seq);
+                    (seq, atime)
+                }
+                Origin::Write | Origin::Recovered => {
+                    d.next_seq += 1;
+                    (d.next_seq - 1, now)
+                }
+            };
             let entry = Entry {
                 size: ins.size,
                 stored: ins.stored,
-                seq: d.next_seq,
-                atime: now,
+                seq,
+                atime,
                 encoding: ins.encoding,
             };
-            d.next_seq += 1;
             d.put(ins.key, entry, old.map(|o| o.seq));
             d.totals.add(&entry);
         }
