@@ -21,7 +21,9 @@ use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
-use bazel_cache_store::proxy::{ProxyConfig, ProxyStore};
+use bazel_cache_store::grpc_proxy::GrpcBackend;
+use bazel_cache_store::http_proxy::HttpBackend;
+use bazel_cache_store::proxy::{Backend, ProxyConfig, ProxyStore};
 use bazel_cache_store::s3::{S3Backend, S3Client};
 use bazel_cache_store::{Encoding, Store, StoreError, unix_now};
 
@@ -126,10 +128,35 @@ pub enum ServerError {
     },
     #[error("s3_proxy: {0}")]
     S3(String),
+    /// `http_proxy` or `grpc_proxy`: the message names the key.
+    #[error("{0}")]
+    UrlProxy(String),
     #[error("{0}")]
     Auth(#[from] HtpasswdError),
     #[error("{0}")]
     Tls(#[from] TlsError),
+}
+
+/// The proxy layer over `backend` in front of the disk store: read-through,
+/// durable write-behind (its queue in the cache directory).
+fn start_proxy(
+    config: &Config,
+    store: &Arc<DiskStore>,
+    backend: Arc<dyn Backend>,
+    update_timestamps: bool,
+) -> Result<Arc<ProxyStore>, ServerError> {
+    let proxy = ProxyConfig {
+        update_timestamps,
+        num_uploaders: config.num_uploaders,
+        max_queued_uploads: config.max_queued_uploads,
+        max_proxy_blob_size: config.max_proxy_blob_size,
+    };
+    ProxyStore::start(store.clone(), backend, proxy, &config.dir).map_err(|source| {
+        ServerError::Store {
+            dir: config.dir.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -141,6 +168,8 @@ pub struct Server {
     /// The S3 proxy and its backend, when configured (their counters feed
     /// `/status` and `/metrics`).
     s3: Option<(Arc<ProxyStore>, Arc<S3Backend>)>,
+    /// The proxy over whichever backend is configured (`/status`).
+    proxy: Option<Arc<ProxyStore>>,
     http: Listener,
     grpc: Option<Listener>,
     auth: Arc<Authenticator>,
@@ -242,24 +271,30 @@ impl Server {
                     s3cfg.prefix.clone(),
                     config.storage_mode == StorageMode::Zstd,
                 ));
-                let proxy = ProxyConfig {
-                    update_timestamps: s3cfg.update_timestamps,
-                    num_uploaders: config.num_uploaders,
-                    max_queued_uploads: config.max_queued_uploads,
-                    max_proxy_blob_size: config.max_proxy_blob_size,
-                };
-                let started = ProxyStore::start(store.clone(), backend.clone(), proxy, &config.dir)
-                    .map_err(|source| ServerError::Store {
-                        dir: config.dir.display().to_string(),
-                        source,
-                    })?;
+                let started =
+                    start_proxy(&config, &store, backend.clone(), s3cfg.update_timestamps)?;
                 tracing::info!(endpoint = %s3cfg.endpoint, bucket = %s3cfg.bucket, prefix = %s3cfg.prefix, "S3 proxy enabled");
                 Some((started, backend))
             }
             None => None,
         };
-        let tiers: Arc<dyn Store> = match &s3 {
-            Some((proxy, _)) => proxy.clone(),
+        // Another cache as the backend (migrating from bazel-remote).
+        let url_proxy = match (&config.http_proxy, &config.grpc_proxy) {
+            (Some(cfg), _) => {
+                let backend = HttpBackend::new(cfg).map_err(ServerError::UrlProxy)?;
+                tracing::info!(url = %cfg.display_url(), "HTTP proxy enabled");
+                Some(start_proxy(&config, &store, Arc::new(backend), false)?)
+            }
+            (None, Some(cfg)) => {
+                let backend = GrpcBackend::new(cfg).map_err(ServerError::UrlProxy)?;
+                tracing::info!(url = %cfg.display_url(), "gRPC proxy enabled");
+                Some(start_proxy(&config, &store, Arc::new(backend), false)?)
+            }
+            (None, None) => None,
+        };
+        let proxy = s3.as_ref().map(|(p, _)| p.clone()).or(url_proxy);
+        let tiers: Arc<dyn Store> = match &proxy {
+            Some(proxy) => proxy.clone(),
             None => store.clone(),
         };
         // The empty-blob rule sits above every tier: no file, no index
@@ -273,6 +308,7 @@ impl Server {
             store,
             front,
             s3,
+            proxy,
             http,
             grpc,
             auth,
@@ -344,7 +380,7 @@ impl Server {
                     .unwrap_or(defaults::HEADER_READ_TIMEOUT),
             },
             on_request: Box::new(move || touched.store(unix_now(), Ordering::Relaxed)),
-            backend_status: self.s3.clone().map(|(proxy, _)| {
+            backend_status: self.proxy.clone().map(|proxy| {
                 Box::new(move || proxy.status_json())
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>
             }),
@@ -423,6 +459,7 @@ impl Server {
         // The proxy holds the disk store; let it go so the store can close.
         drop(self.front);
         drop(self.s3);
+        drop(self.proxy);
         close_when_released(self.store).await;
     }
 }

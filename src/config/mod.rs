@@ -29,6 +29,7 @@ mod options;
 mod resolve;
 mod sources;
 
+pub use bazel_cache_store::backend_url::{UrlBackendConfig, UrlProtocol};
 pub use bazel_cache_store::s3::{BucketLookupType, S3AuthMethod, S3Config, S3SignatureType};
 pub use error::{ConfigError, Location};
 
@@ -191,6 +192,10 @@ pub struct Config {
     pub allow_unauthenticated_reads: bool,
     pub tls: Option<TlsConfig>,
     pub s3_proxy: Option<S3Config>,
+    /// Another HTTP cache as the backend (at most one backend is set).
+    pub http_proxy: Option<UrlBackendConfig>,
+    /// Another REAPI cache as the backend.
+    pub grpc_proxy: Option<UrlBackendConfig>,
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     /// Our extension: fsync each blob (and its directory) before it becomes

@@ -23,3 +23,4 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod url_proxies;

@@ -1,5 +1,6 @@
-//! [`Backend`]: the small interface a remote tier satisfies (S3 today;
-//! another HTTP or gRPC cache is a new file, not a copy of the proxy).
+//! [`Backend`]: the small interface a remote tier satisfies (S3, another
+//! HTTP cache, another REAPI cache: each a new module, not a copy of the
+//! proxy).
 //!
 //! Four operations, all in terms of blob keys and identity bytes: the
 //! backend owns its object naming and on-the-wire encoding (bazel-remote's
@@ -10,7 +11,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use bazel_cache_digest::BlobKey;
+use bazel_cache_digest::{BlobKey, Digest};
 
 use crate::{BlobReader, Encoding};
 
@@ -76,6 +77,13 @@ pub trait Backend: Send + Sync + 'static {
     fn locate(&self, key: &BlobKey) -> String;
 
     async fn head(&self, key: &BlobKey) -> Result<Presence, BackendError>;
+
+    /// Like [`Backend::head`] for a CAS blob whose size the caller knows
+    /// (FindMissingBlobs). A backend that names blobs by hash and size
+    /// (REAPI) needs it; the others ask by hash.
+    async fn head_digest(&self, d: &Digest) -> Result<Presence, BackendError> {
+        self.head(&BlobKey::cas(d.hash)).await
+    }
 
     /// Opens an object for download; `None` when absent. The proxy verifies
     /// the bytes (through the local store's write path) before serving them.
