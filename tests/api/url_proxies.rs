@@ -340,3 +340,104 @@ async fn the_old_cache_down_means_misses_not_errors() {
         assert_eq!(status["Backend"]["CorruptObjects"], 0, "{status}");
     }
 }
+
+/// B reads through A for one filled entry (the ActionResult by key over
+/// HTTP, then its output and a blob by FindMissingBlobs and ByteStream).
+async fn reads_through(b: &Server, f: &Filled) -> bool {
+    let (code, body) = b.get_async(&format!("/ac/{}", f.action.hash)).await;
+    if code != 200 {
+        return false;
+    }
+    assert_eq!(re::ActionResult::decode(body.as_slice()).unwrap(), f.ar);
+    assert!(b.get_async(&support::cas_path(&f.output)).await.1 == f.output);
+    assert!(missing(b, &[&f.loose]).await.is_empty());
+    assert!(bytestream_read(b, &f.loose).await.unwrap() == f.loose);
+    true
+}
+
+/// A, filled, then restarted on its directory with `args` (TLS, auth).
+async fn filled_then_restarted(seed: u64, args: &[&str]) -> (Server, Filled, tempfile::TempDir) {
+    let a = Server::start_grpc(&[]);
+    let f = fill(&a, seed).await;
+    let dir = a.stop().expect("Server::start owns its dir");
+    let mut all = vec!["--grpc_address", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    (Server::start_with_dir(dir.path(), &all), f, dir)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_to_the_old_cache_with_its_ca_and_a_client_certificate() {
+    let pki_dir = tempfile::tempdir().unwrap();
+    let ca = support::pki::Ca::new(pki_dir.path(), "ca");
+    let server = ca.server("a");
+    let client = ca.client("b");
+    let ca_pem = ca.pem().display().to_string();
+    let (cert, key) = (
+        client.cert.display().to_string(),
+        client.key.display().to_string(),
+    );
+    let (a, f, _dir) = filled_then_restarted(
+        51,
+        &[
+            "--tls_cert_file",
+            server.cert.to_str().unwrap(),
+            "--tls_key_file",
+            server.key.to_str().unwrap(),
+            "--tls_ca_file",
+            &ca_pem,
+        ],
+    )
+    .await;
+    assert!(a.http_url.starts_with("https://"), "{}", a.http_url);
+    let a_grpc = a.grpc_url().unwrap();
+    assert!(a_grpc.starts_with("grpcs://"), "{a_grpc}");
+
+    for (flag, url) in [("http_proxy", &a.http_url), ("grpc_proxy", &a_grpc)] {
+        let b = Server::start_grpc(&[
+            &format!("--{flag}.url={url}"),
+            &format!("--{flag}.ca_file={ca_pem}"),
+            &format!("--{flag}.cert_file={cert}"),
+            &format!("--{flag}.key_file={key}"),
+        ]);
+        assert!(
+            reads_through(&b, &f).await,
+            "{flag} over TLS with a client certificate"
+        );
+        // Without the client certificate A refuses the handshake: misses.
+        let b = Server::start_grpc(&[
+            &format!("--{flag}.url={url}"),
+            &format!("--{flag}.ca_file={ca_pem}"),
+        ]);
+        assert!(
+            !reads_through(&b, &f).await,
+            "{flag} without a client certificate"
+        );
+        assert_eq!(b.get_async(&support::cas_path(&f.loose)).await.0, 404);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_from_the_url_user_info() {
+    let secrets = tempfile::tempdir().unwrap();
+    let htpasswd = support::sha_htpasswd(secrets.path(), "ci", "p@ss:word");
+    let (a, f, _dir) =
+        filled_then_restarted(61, &["--htpasswd_file", htpasswd.to_str().unwrap()]).await;
+    assert_eq!(a.get_async(&support::cas_path(&f.loose)).await.0, 401);
+    let with = |user_info: &str, url: &str| url.replacen("://", &format!("://{user_info}@"), 1);
+    let a_grpc = a.grpc_url().unwrap();
+    for (flag, url) in [("http_proxy", &a.http_url), ("grpc_proxy", &a_grpc)] {
+        // Percent-encoded in the URL, decoded before it is sent.
+        let b = Server::start_grpc(&[&format!("--{flag}.url={}", with("ci:p%40ss%3Aword", url))]);
+        assert!(
+            reads_through(&b, &f).await,
+            "{flag} with the right password"
+        );
+        let (_, stderr) = b.output();
+        assert!(
+            !stderr.contains("p@ss:word") && !stderr.contains("p%40ss"),
+            "{stderr}"
+        );
+        let b = Server::start_grpc(&[&format!("--{flag}.url={}", with("ci:wrong", url))]);
+        assert!(!reads_through(&b, &f).await, "{flag} with a wrong password");
+    }
+}
