@@ -170,6 +170,9 @@ pub struct Server {
     s3: Option<(Arc<ProxyStore>, Arc<S3Backend>)>,
     /// The proxy over whichever backend is configured (`/status`).
     proxy: Option<Arc<ProxyStore>>,
+    /// The proxy over `http_proxy` or `grpc_proxy` and its backend's name
+    /// (`/metrics`).
+    url_proxy: Option<(Arc<ProxyStore>, &'static str)>,
     http: Listener,
     grpc: Option<Listener>,
     auth: Arc<Authenticator>,
@@ -283,16 +286,25 @@ impl Server {
             (Some(cfg), _) => {
                 let backend = HttpBackend::new(cfg).map_err(ServerError::UrlProxy)?;
                 tracing::info!(url = %cfg.display_url(), "HTTP proxy enabled");
-                Some(start_proxy(&config, &store, Arc::new(backend), false)?)
+                Some((
+                    start_proxy(&config, &store, Arc::new(backend), false)?,
+                    "http",
+                ))
             }
             (None, Some(cfg)) => {
                 let backend = GrpcBackend::new(cfg).map_err(ServerError::UrlProxy)?;
                 tracing::info!(url = %cfg.display_url(), "gRPC proxy enabled");
-                Some(start_proxy(&config, &store, Arc::new(backend), false)?)
+                Some((
+                    start_proxy(&config, &store, Arc::new(backend), false)?,
+                    "grpc",
+                ))
             }
             (None, None) => None,
         };
-        let proxy = s3.as_ref().map(|(p, _)| p.clone()).or(url_proxy);
+        let proxy = s3
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .or_else(|| url_proxy.as_ref().map(|(p, _)| p.clone()));
         let tiers: Arc<dyn Store> = match &proxy {
             Some(proxy) => proxy.clone(),
             None => store.clone(),
@@ -309,6 +321,7 @@ impl Server {
             front,
             s3,
             proxy,
+            url_proxy,
             http,
             grpc,
             auth,
@@ -353,14 +366,16 @@ impl Server {
         if self.grpc.is_some() {
             ports.push(grpc_port.stats.clone());
         }
-        let metrics = Arc::new(
-            Metrics::new(
-                &MetricsOptions::from_config(&self.config),
-                &self.store,
-                self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
-            )
-            .with_connections(ports),
-        );
+        let mut metrics = Metrics::new(
+            &MetricsOptions::from_config(&self.config),
+            &self.store,
+            self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
+        )
+        .with_connections(ports);
+        if let Some((proxy, backend)) = &self.url_proxy {
+            metrics = metrics.with_url_proxy(proxy, backend);
+        }
+        let metrics = Arc::new(metrics);
         tracing::info!(
             endpoint_metrics = self.config.enable_endpoint_metrics,
             "Prometheus metrics on /metrics"
@@ -460,6 +475,7 @@ impl Server {
         drop(self.front);
         drop(self.s3);
         drop(self.proxy);
+        drop(self.url_proxy);
         close_when_released(self.store).await;
     }
 }

@@ -99,6 +99,13 @@ async fn missing(server: &Server, blobs: &[&[u8]]) -> Vec<re::Digest> {
     .missing_blob_digests
 }
 
+/// `/metrics` of `server`, parsed.
+async fn scrape(server: &Server) -> support::prometheus::Scrape {
+    let (code, body) = server.get_async("/metrics").await;
+    assert_eq!(code, 200);
+    support::prometheus::Scrape::new(String::from_utf8(body).unwrap())
+}
+
 /// Waits until `GET path` on `server` answers 200 and returns the body.
 async fn eventually_get(server: &Server, path: &str) -> Vec<u8> {
     let start = Instant::now();
@@ -190,6 +197,14 @@ async fn http_proxy_reads_through_and_writes_behind_to_the_old_cache() {
     let status = b.status_async().await;
     assert_eq!(status["Backend"]["Type"], "http", "{status}");
     assert_eq!(status["Backend"]["CorruptObjects"], 0, "{status}");
+    // bazel-remote's http_proxy counters.
+    let m = scrape(&b).await;
+    assert!(m.value("bazel_remote_http_cache_hits", &[]) >= 4.0);
+    assert!(m.value("bazel_remote_http_cache_misses", &[]) >= 1.0);
+    assert_eq!(
+        m.value("bazel_cache_http_proxy_upload_queue_length", &[]),
+        0.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -227,6 +242,9 @@ async fn grpc_proxy_reads_through_and_writes_behind_to_the_old_cache() {
 
     let status = b.status_async().await;
     assert_eq!(status["Backend"]["Type"], "grpc", "{status}");
+    let m = scrape(&b).await;
+    assert!(m.value("bazel_remote_grpc_cache_hits", &[]) >= 4.0);
+    assert!(m.value("bazel_remote_grpc_cache_misses", &[]) >= 1.0);
 }
 
 /// An HTTP "cache" that answers every HEAD and GET with 200 and `body`,
