@@ -124,9 +124,11 @@ async fn eventually_get(server: &Server, path: &str) -> Vec<u8> {
 }
 
 /// Puts a blob of `size` bytes, a small one and an ActionResult naming
-/// both into `b`; all of them must reach `a` (write-behind).
+/// both into `b`; all of them must reach `a` (write-behind). The large
+/// blob compresses, so B stores it zstd-compressed and decodes it as it
+/// uploads.
 async fn writes_reach_the_backend(b: &Server, a: &Server, size: usize, seed: u64) {
-    let output = noise(size, seed);
+    let output = support::text(size, seed);
     let stdout = noise(25, seed + 1);
     put(b, &support::cas_path(&output), &output).await;
     put(b, &support::cas_path(&stdout), &stdout).await;
@@ -192,7 +194,7 @@ async fn http_proxy_reads_through_and_writes_behind_to_the_old_cache() {
     assert_eq!(b.get_async(&support::cas_path(&absent)).await.0, 404);
 
     // Write-behind: a blob and an ActionResult put into B reach A.
-    writes_reach_the_backend(&b, &a, 200_000, 7).await;
+    writes_reach_the_backend(&b, &a, 700_000, 7).await;
 
     let status = b.status_async().await;
     assert_eq!(status["Backend"]["Type"], "http", "{status}");

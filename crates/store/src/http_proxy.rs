@@ -33,7 +33,6 @@ use crate::backend_url::UrlBackendConfig;
 use crate::http_transport::{PoolOptions, PooledClient, pooled_client};
 use crate::progress::ProgressGuard;
 use crate::proxy::{Backend, BackendError, Download, Presence, Upload};
-use crate::{BlobReader, Encoding};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Upload bodies stream from a file (and a decoder): `Send`, not `Sync`.
@@ -224,13 +223,7 @@ fn content_length(resp: &http::Response<hyper::body::Incoming>) -> Option<u64> {
 
 /// The identity bytes of a local blob as a request body.
 fn upload_body(upload: Upload) -> ReqBody {
-    let file = tokio::fs::File::from_std(upload.file);
-    let reader: BlobReader = match upload.encoding {
-        Encoding::Identity => Box::pin(file),
-        Encoding::Zstd => Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(
-            tokio::io::BufReader::new(file),
-        )),
-    };
+    let reader = upload.into_identity_reader();
     let stream = tokio_util::io::ReaderStream::with_capacity(reader, UPLOAD_CHUNK)
         .map_ok(Frame::data)
         .map_err(|e: io::Error| -> BoxError { Box::new(e) });

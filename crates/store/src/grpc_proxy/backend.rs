@@ -27,11 +27,11 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use tonic::{Code, Status};
 
 use super::sizes::KnownSizes;
+use crate::BlobReader;
 use crate::action_result::{self, MAX_ACTION_RESULT_BYTES};
 use crate::backend_url::{PemFiles, UrlBackendConfig};
 use crate::progress::ProgressGuard;
 use crate::proxy::{Backend, BackendError, Download, Presence, Upload};
-use crate::{BlobReader, Encoding};
 
 use bs::byte_stream_client::ByteStreamClient;
 use re::action_cache_client::ActionCacheClient;
@@ -225,14 +225,7 @@ impl GrpcBackend {
     async fn write(&self, hash: Hash, upload: Upload) -> Result<(), Status> {
         let size = upload.size;
         let resource_name = format!("uploads/{}/blobs/{hash}/{size}", self.upload_id(&hash));
-        let file = tokio::fs::File::from_std(upload.file);
-        let reader: BlobReader = match upload.encoding {
-            Encoding::Identity => Box::pin(file),
-            Encoding::Zstd => Box::pin(async_compression::tokio::bufread::ZstdDecoder::new(
-                tokio::io::BufReader::new(file),
-            )),
-        };
-        let requests = WriteRequests::new(reader, size, resource_name);
+        let requests = WriteRequests::new(upload.into_identity_reader(), size, resource_name);
         let mib = u32::try_from(size >> 20).unwrap_or(u32::MAX);
         let timeout = REQUEST_TIMEOUT.saturating_add(WRITE_TIME_PER_MIB.saturating_mul(mib));
         let mut client = self.bytestream();

@@ -44,6 +44,25 @@ pub struct Upload {
     pub scratch: PathBuf,
 }
 
+impl Upload {
+    /// The blob's identity bytes as a stream: the file, or the file decoded
+    /// when stored zstd-compressed (every frame of it: the disk store writes
+    /// one per chunk). For backends that send identity bytes.
+    pub fn into_identity_reader(self) -> BlobReader {
+        let file = tokio::fs::File::from_std(self.file);
+        match self.encoding {
+            Encoding::Identity => Box::pin(file),
+            Encoding::Zstd => {
+                let mut decoder = async_compression::tokio::bufread::ZstdDecoder::new(
+                    tokio::io::BufReader::new(file),
+                );
+                decoder.multiple_members(true);
+                Box::pin(decoder)
+            }
+        }
+    }
+}
+
 /// A backend failure, with what the proxy needs to decide: retry or give
 /// up, and a stable code so one bad credential is logged once, not once per
 /// upload.
