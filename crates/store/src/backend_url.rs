@@ -173,6 +173,9 @@ impl UrlBackendConfig {
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?;
         let builder = match &self.ca_file {
+            // Never used for http:// URLs: no CA store needed (nor required
+            // to be installed).
+            _ if !self.tls => builder.with_root_certificates(rustls::RootCertStore::empty()),
             Some(ca) => {
                 let mut roots = rustls::RootCertStore::empty();
                 for cert in read_certs(ca, "ca_file", self.protocol)? {
