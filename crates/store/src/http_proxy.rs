@@ -21,7 +21,7 @@ use std::io;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bazel_cache_digest::BlobKey;
+use bazel_cache_digest::{BlobKey, Kind};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderValue, Method, Request, StatusCode, header};
@@ -300,10 +300,12 @@ impl Backend for HttpBackend {
         }))
     }
 
-    /// Like bazel-remote: a HEAD first, so a blob the other cache holds is
-    /// not sent again.
+    /// Like bazel-remote: a HEAD first, so a CAS blob the other cache holds
+    /// is not sent again. ActionResults are small and a key's entry may
+    /// change: always sent.
     async fn put(&self, key: &BlobKey, blob: Upload) -> Result<(), BackendError> {
-        if let Ok(Presence::Present { size }) = self.head(key).await
+        if key.kind == Kind::Cas
+            && let Ok(Presence::Present { size }) = self.head(key).await
             && size.is_none_or(|s| s == blob.size)
         {
             return Ok(());

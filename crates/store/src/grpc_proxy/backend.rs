@@ -44,9 +44,13 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const WRITE_TIME_PER_MIB: Duration = Duration::from_secs(1);
 /// Bytes per ByteStream WriteRequest (well under gRPC's 4 MiB default).
 const WRITE_CHUNK: usize = 256 * 1024;
-/// Largest message accepted from the other cache (an ActionResult can be
-/// large; Read chunks are small).
+/// Largest ActionCache message accepted from the other cache (an
+/// ActionResult can be large).
 const MAX_MESSAGE: usize = MAX_ACTION_RESULT_BYTES as usize + 1024;
+/// Largest ByteStream Read message: chunks are small (bazel-remote sends
+/// 2 MiB at most, gRPC peers expect 4 MiB), so a download holds little
+/// memory at a time.
+const MAX_READ_MESSAGE: usize = 16 << 20;
 /// Blob sizes remembered (see `sizes.rs`): about 64 bytes each.
 const KNOWN_SIZES: usize = 1 << 20;
 
@@ -120,7 +124,7 @@ impl GrpcBackend {
     }
 
     fn bytestream(&self) -> ByteStreamClient<Channel> {
-        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_MESSAGE)
+        ByteStreamClient::new(self.channel.clone()).max_decoding_message_size(MAX_READ_MESSAGE)
     }
 
     fn action_cache(&self) -> ActionCacheClient<Channel> {
