@@ -92,24 +92,27 @@ impl UrlBackendConfig {
         ca_file: Option<PathBuf>,
     ) -> Result<UrlBackendConfig, String> {
         let p = protocol.scheme();
-        let parsed = url::Url::parse(url).map_err(|e| format!("not a URL ({e})"))?;
-        let tls = match parsed.scheme() {
+        // http::Uri takes any scheme and keeps the user info in the
+        // authority; its errors never quote the URL (it may hold a password).
+        let parsed: http::Uri = url.parse().map_err(|e| format!("not a URL ({e})"))?;
+        let (Some(scheme), Some(authority)) = (parsed.scheme_str(), parsed.authority()) else {
+            return Err(format!("not a URL of the form {p}[s]://host:port"));
+        };
+        let tls = match scheme {
             s if s == p => false,
             s if s == format!("{p}s") => true,
             _ => {
                 return Err(format!(
-                    "the {p} proxy backend protocol must be either {p} or {p}s, not {:?}",
-                    parsed.scheme()
+                    "the {p} proxy backend protocol must be either {p} or {p}s, not {scheme:?}"
                 ));
             }
         };
-        let host = match parsed.host() {
-            Some(url::Host::Ipv6(addr)) => format!("[{addr}]"),
-            Some(host) => host.to_string(),
-            None => return Err("the URL has no host".to_owned()),
-        };
-        if parsed.query().is_some() || parsed.fragment().is_some() {
-            return Err("the URL must not have a query or fragment".to_owned());
+        let host = authority.host();
+        if host.is_empty() {
+            return Err("the URL has no host".to_owned());
+        }
+        if parsed.query().is_some() {
+            return Err("the URL must not have a query".to_owned());
         }
         let default_port = match (protocol, tls) {
             (UrlProtocol::Http, false) => 80,
@@ -117,13 +120,29 @@ impl UrlBackendConfig {
             // gRPC has no registered port; bazel-remote's default gRPC port.
             (UrlProtocol::Grpc, _) => 9092,
         };
-        let port = parsed.port().unwrap_or(default_port);
-        let basic_auth = match (parsed.username(), parsed.password()) {
-            ("", None) => None,
-            (user, password) => Some(BasicAuth {
-                username: percent_decode(user)?,
-                password: Secret::new(percent_decode(password.unwrap_or(""))?),
-            }),
+        let (user_info, host_port) = match authority.as_str().rsplit_once('@') {
+            Some((user_info, host_port)) => (Some(user_info), host_port),
+            None => (None, authority.as_str()),
+        };
+        // Read here: http::Uri reports a port that is no u16 as absent.
+        let port = match host_port
+            .strip_prefix(host)
+            .and_then(|r| r.strip_prefix(':'))
+        {
+            None | Some("") => default_port,
+            Some(port) => port
+                .parse::<u16>()
+                .map_err(|_| "not a URL (invalid port)".to_owned())?,
+        };
+        let basic_auth = match user_info {
+            None => None,
+            Some(user_info) => {
+                let (user, password) = user_info.split_once(':').unwrap_or((user_info, ""));
+                Some(BasicAuth {
+                    username: percent_decode(user)?,
+                    password: Secret::new(percent_decode(password)?),
+                })
+            }
         };
         if cert_file.is_some() != key_file.is_some() {
             return Err(format!(
@@ -145,7 +164,10 @@ impl UrlBackendConfig {
             protocol,
             tls,
             authority: format!("{host}:{port}"),
-            host: parsed.host_str().unwrap_or_default().to_owned(),
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
             path: parsed.path().trim_end_matches('/').to_owned(),
             basic_auth,
             cert_file,
@@ -288,6 +310,7 @@ mod tests {
         let c = parse(UrlProtocol::Grpc, "grpcs://[::1]").unwrap();
         assert!(c.tls);
         assert_eq!(c.authority, "[::1]:9092");
+        assert_eq!(c.host, "::1");
         assert_eq!(c.path, "");
         assert_eq!(
             parse(UrlProtocol::Http, "https://h").unwrap().authority,
@@ -303,6 +326,8 @@ mod tests {
         assert!(e.contains("must be either grpc or grpcs"), "{e}");
         assert!(parse(UrlProtocol::Http, "h:1").is_err());
         assert!(parse(UrlProtocol::Http, "http://h/?q=1").is_err());
+        assert!(parse(UrlProtocol::Http, "http://h:70000").is_err());
+        assert!(parse(UrlProtocol::Http, "http:///x").is_err());
         let f = || Some(PathBuf::from("/f"));
         let e =
             UrlBackendConfig::parse(UrlProtocol::Http, "https://h", f(), None, None).unwrap_err();
