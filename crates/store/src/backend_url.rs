@@ -114,6 +114,12 @@ impl UrlBackendConfig {
         if parsed.query().is_some() {
             return Err("the URL must not have a query".to_owned());
         }
+        let path = parsed.path().trim_end_matches('/');
+        if protocol == UrlProtocol::Grpc && !path.is_empty() {
+            return Err(format!(
+                "a gRPC URL names no path (got {path:?}); use grpc[s]://host:port"
+            ));
+        }
         let default_port = match (protocol, tls) {
             (UrlProtocol::Http, false) => 80,
             (UrlProtocol::Http, true) => 443,
@@ -168,7 +174,7 @@ impl UrlBackendConfig {
                 .trim_start_matches('[')
                 .trim_end_matches(']')
                 .to_owned(),
-            path: parsed.path().trim_end_matches('/').to_owned(),
+            path: path.to_owned(),
             basic_auth,
             cert_file,
             key_file,
@@ -328,6 +334,9 @@ mod tests {
         assert!(parse(UrlProtocol::Http, "http://h/?q=1").is_err());
         assert!(parse(UrlProtocol::Http, "http://h:70000").is_err());
         assert!(parse(UrlProtocol::Http, "http:///x").is_err());
+        let e = parse(UrlProtocol::Grpc, "grpc://h:1/instance").unwrap_err();
+        assert!(e.contains("names no path"), "{e}");
+        assert!(parse(UrlProtocol::Grpc, "grpc://h:1/").is_ok());
         let f = || Some(PathBuf::from("/f"));
         let e =
             UrlBackendConfig::parse(UrlProtocol::Http, "https://h", f(), None, None).unwrap_err();

@@ -69,12 +69,6 @@ impl GrpcBackend {
     /// start. Connects lazily: the other cache may come up later, and while
     /// it is down every read is a miss.
     pub fn new(cfg: &UrlBackendConfig) -> Result<GrpcBackend, String> {
-        if !cfg.path.is_empty() {
-            return Err(format!(
-                "grpc_proxy.url: a gRPC URL names no path (got {:?}); use grpc[s]://host:port",
-                cfg.path
-            ));
-        }
         let scheme = if cfg.tls { "https" } else { "http" };
         let mut endpoint = Endpoint::from_shared(format!("{scheme}://{}", cfg.authority))
             .map_err(|e| format!("grpc_proxy.url: {e}"))?
