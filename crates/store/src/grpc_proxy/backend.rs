@@ -51,8 +51,10 @@ const MAX_MESSAGE: usize = MAX_ACTION_RESULT_BYTES as usize + 1024;
 /// 2 MiB at most, gRPC peers expect 4 MiB), so a download holds little
 /// memory at a time.
 const MAX_READ_MESSAGE: usize = 16 << 20;
-/// Blob sizes remembered (see `sizes.rs`): about 64 bytes each.
-const KNOWN_SIZES: usize = 1 << 20;
+/// Blob sizes remembered (see `sizes.rs`), about 64 bytes each: 16 MiB at
+/// most. A size is needed only between the ActionResult (or
+/// FindMissingBlobs) that names a blob and the read that follows.
+const KNOWN_SIZES: usize = 1 << 18;
 
 pub struct GrpcBackend {
     channel: Channel,
