@@ -22,6 +22,8 @@ use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
+use bazel_cache_store::grpc_proxy::GrpcBackend;
+use bazel_cache_store::http_proxy::HttpBackend;
 use bazel_cache_store::proxy::{
     Backend, DEFAULT_AC_OUTPUT_CHECKS, PresenceCache, ProxyConfig, ProxyStore,
 };
@@ -133,10 +135,37 @@ pub enum ServerError {
     },
     #[error("s3_proxy: {0}")]
     S3(String),
+    /// `http_proxy` or `grpc_proxy`: the message names the key.
+    #[error("{0}")]
+    UrlProxy(String),
     #[error("{0}")]
     Auth(#[from] HtpasswdError),
     #[error("{0}")]
     Tls(#[from] TlsError),
+}
+
+/// The proxy layer over `backend` in front of the disk store: read-through,
+/// durable write-behind (its queue in the cache directory).
+fn start_proxy(
+    config: &Config,
+    store: &Arc<DiskStore>,
+    backend: Arc<dyn Backend>,
+    update_timestamps: bool,
+) -> Result<Arc<ProxyStore>, ServerError> {
+    let proxy = ProxyConfig {
+        update_timestamps,
+        update_timestamps_interval: config.update_timestamps_interval,
+        ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
+        num_uploaders: config.num_uploaders,
+        max_queued_uploads: config.max_queued_uploads,
+        max_proxy_blob_size: config.max_proxy_blob_size,
+    };
+    ProxyStore::start(store.clone(), backend, proxy, &config.dir).map_err(|source| {
+        ServerError::Store {
+            dir: config.dir.display().to_string(),
+            source,
+        }
+    })
 }
 
 /// A server whose store is open and whose listeners are bound, not yet serving.
@@ -150,6 +179,11 @@ pub struct Server {
     s3: Option<(Arc<ProxyStore>, Arc<S3Backend>)>,
     /// The presence cache between the proxy and S3, when enabled.
     presence: Option<Arc<PresenceCache>>,
+    /// The proxy over whichever backend is configured (`/status`).
+    proxy: Option<Arc<ProxyStore>>,
+    /// The proxy over `http_proxy` or `grpc_proxy` and its backend's name
+    /// (`/metrics`).
+    url_proxy: Option<(Arc<ProxyStore>, &'static str)>,
     http: Listener,
     grpc: Option<Listener>,
     auth: Arc<Authenticator>,
@@ -252,14 +286,6 @@ impl Server {
                     s3cfg.prefix.clone(),
                     config.storage_mode == StorageMode::Zstd,
                 ));
-                let proxy = ProxyConfig {
-                    update_timestamps: s3cfg.update_timestamps,
-                    update_timestamps_interval: config.update_timestamps_interval,
-                    num_uploaders: config.num_uploaders,
-                    max_queued_uploads: config.max_queued_uploads,
-                    max_proxy_blob_size: config.max_proxy_blob_size,
-                    ac_output_checks: DEFAULT_AC_OUTPUT_CHECKS,
-                };
                 // Existence answers are remembered between the proxy and S3
                 // (`presence_cache.rs`): every replica's FindMissingBlobs of
                 // the same digests reaches S3 once per TTL.
@@ -271,18 +297,38 @@ impl Server {
                 } else {
                     backend.clone()
                 };
-                let started = ProxyStore::start(store.clone(), remote, proxy, &config.dir)
-                    .map_err(|source| ServerError::Store {
-                        dir: config.dir.display().to_string(),
-                        source,
-                    })?;
+                let started = start_proxy(&config, &store, remote, s3cfg.update_timestamps)?;
                 tracing::info!(endpoint = %s3cfg.endpoint, bucket = %s3cfg.bucket, prefix = %s3cfg.prefix, "S3 proxy enabled");
                 Some((started, backend))
             }
             None => None,
         };
-        let tiers: Arc<dyn Store> = match &s3 {
-            Some((proxy, _)) => proxy.clone(),
+        // Another cache as the backend (migrating from bazel-remote).
+        let url_proxy = match (&config.http_proxy, &config.grpc_proxy) {
+            (Some(cfg), _) => {
+                let backend = HttpBackend::new(cfg).map_err(ServerError::UrlProxy)?;
+                tracing::info!(url = %cfg.display_url(), "HTTP proxy enabled");
+                Some((
+                    start_proxy(&config, &store, Arc::new(backend), false)?,
+                    "http",
+                ))
+            }
+            (None, Some(cfg)) => {
+                let backend = GrpcBackend::new(cfg).map_err(ServerError::UrlProxy)?;
+                tracing::info!(url = %cfg.display_url(), "gRPC proxy enabled");
+                Some((
+                    start_proxy(&config, &store, Arc::new(backend), false)?,
+                    "grpc",
+                ))
+            }
+            (None, None) => None,
+        };
+        let proxy = s3
+            .as_ref()
+            .map(|(p, _)| p.clone())
+            .or_else(|| url_proxy.as_ref().map(|(p, _)| p.clone()));
+        let tiers: Arc<dyn Store> = match &proxy {
+            Some(proxy) => proxy.clone(),
             None => store.clone(),
         };
         // The empty-blob rule sits above every tier: no file, no index
@@ -297,6 +343,8 @@ impl Server {
             front,
             s3,
             presence,
+            proxy,
+            url_proxy,
             http,
             grpc,
             auth,
@@ -341,18 +389,20 @@ impl Server {
         if self.grpc.is_some() {
             ports.push(grpc_port.stats.clone());
         }
-        let metrics = Arc::new(
-            Metrics::new(
-                &MetricsOptions::from_config(&self.config),
-                &self.store,
-                self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
-            )
-            .with_connections(ports)
-            .with_proxy_caches(
-                self.s3.as_ref().map(|(proxy, _)| proxy),
-                self.presence.as_ref(),
-            ),
+        let mut metrics = Metrics::new(
+            &MetricsOptions::from_config(&self.config),
+            &self.store,
+            self.s3.as_ref().map(|(proxy, backend)| (proxy, backend)),
+        )
+        .with_connections(ports)
+        .with_proxy_caches(
+            self.s3.as_ref().map(|(proxy, _)| proxy),
+            self.presence.as_ref(),
         );
+        if let Some((proxy, backend)) = &self.url_proxy {
+            metrics = metrics.with_url_proxy(proxy, backend);
+        }
+        let metrics = Arc::new(metrics);
         tracing::info!(
             endpoint_metrics = self.config.enable_endpoint_metrics,
             "Prometheus metrics on /metrics"
@@ -376,7 +426,7 @@ impl Server {
                 let store = self.store.clone();
                 Box::new(move || store.adoption())
             },
-            backend_status: self.s3.clone().map(|(proxy, _)| {
+            backend_status: self.proxy.clone().map(|proxy| {
                 Box::new(move || proxy.status_json())
                     as Box<dyn Fn() -> serde_json::Value + Send + Sync>
             }),
@@ -464,6 +514,8 @@ impl Server {
         // The proxy holds the disk store; let it go so the store can close.
         drop(self.front);
         drop(self.s3);
+        drop(self.proxy);
+        drop(self.url_proxy);
         close_when_released(self.store).await;
     }
 }

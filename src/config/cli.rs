@@ -17,7 +17,7 @@ use clap::{Arg, ArgAction, ArgMatches, Command};
 
 use super::Mode;
 use super::error::ConfigError;
-use super::options::{CONFIG_FILE_ENV, Kind, OPTIONS, Opt, UNSUPPORTED, UNSUPPORTED_MESSAGE};
+use super::options::{CONFIG_FILE_ENV, Kind, OPTIONS, Opt, UNSUPPORTED};
 
 const CONFIG_FILE: &str = "config_file";
 const CHECK_CONFIG: &str = "check-config";
@@ -151,7 +151,7 @@ where
             let block = unsupported.block;
             return Err(ConfigError::Invalid {
                 key: block.to_owned(),
-                message: UNSUPPORTED_MESSAGE.to_owned(),
+                message: unsupported.message.to_owned(),
                 origin: Some(format!("--{}", unsupported.flag)),
             });
         }
@@ -272,9 +272,16 @@ mod tests {
         let err = parse(["bazel-cache", "--gcs_proxy.bucket", "b"])
             .err()
             .unwrap();
-        assert_eq!(
-            err.to_string(),
-            format!("gcs_proxy: {UNSUPPORTED_MESSAGE} (set by --gcs_proxy.bucket)")
+        let text = err.to_string();
+        assert!(
+            text.starts_with("gcs_proxy: not supported by bazel-cache; use s3_proxy"),
+            "{text}"
         );
+        assert!(text.contains("storage.googleapis.com"), "{text}");
+        assert!(text.ends_with("(set by --gcs_proxy.bucket)"), "{text}");
+        let err = parse(["bazel-cache", "--azblob.tenant_id", "t"])
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("S3 gateway"), "{err}");
     }
 }

@@ -15,7 +15,7 @@ use serde::de::{self, Deserializer, Visitor};
 use serde_yaml_ng::{Mapping, Value};
 
 use super::error::{ConfigError, Location};
-use super::options::UNSUPPORTED_MESSAGE;
+use super::options::{UNSUPPORTED_MESSAGE, unsupported_message};
 use bazel_cache_digest::GoDuration;
 
 /// The top level of the config file.
@@ -65,6 +65,8 @@ pub(super) struct Schema {
     pub http_metrics_prefix: Option<bool>,
 
     pub s3_proxy: Option<S3Schema>,
+    pub http_proxy: Option<UrlProxySchema>,
+    pub grpc_proxy: Option<UrlProxySchema>,
     pub num_uploaders: Option<Int>,
     pub max_queued_uploads: Option<Int>,
 
@@ -80,12 +82,6 @@ pub(super) struct Schema {
     #[serde(default)]
     #[expect(dead_code, reason = "deserializing it is the error")]
     pub gcs_proxy: Unsupported,
-    #[serde(default)]
-    #[expect(dead_code, reason = "deserializing it is the error")]
-    pub http_proxy: Unsupported,
-    #[serde(default)]
-    #[expect(dead_code, reason = "deserializing it is the error")]
-    pub grpc_proxy: Unsupported,
     #[serde(default)]
     #[expect(dead_code, reason = "deserializing it is the error")]
     pub azblob_proxy: Unsupported,
@@ -119,6 +115,20 @@ pub(super) struct S3Schema {
     pub presence_cache_max_entries: Option<Int>,
     pub bucket_lookup_type: Option<String>,
     pub max_idle_conns: Option<Int>,
+}
+
+/// The `http_proxy:` and `grpc_proxy:` blocks (bazel-remote's
+/// `URLBackendConfig`). Not `Debug`: the URL may hold a password.
+#[derive(Deserialize, Default)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a mapping of url, cert_file, key_file, ca_file"
+)]
+pub(super) struct UrlProxySchema {
+    pub url: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 /// An integer. Range checks (non-negative, positive) happen in `resolve.rs`
@@ -317,12 +327,17 @@ fn yaml_error(path: &Path, err: &serde_path_to_error::Error<serde_yaml_ng::Error
         message = "unknown key (see `bazel-cache --help` for the supported keys)".to_owned();
     }
 
+    // Our own text, whole: what to use instead of an unsupported block.
+    let message = match &key {
+        Some(block) if message == UNSUPPORTED_MESSAGE => unsupported_message(block).to_owned(),
+        _ => printable(&message),
+    };
     ConfigError::File {
         path: path.to_owned(),
         location,
         // The key is the file's own text: keep the error on one line and short.
         key: key.map(|k| printable(&k)),
-        message: printable(&message),
+        message,
     }
 }
 
@@ -424,12 +439,10 @@ mod tests {
 
     #[test]
     fn unsupported_blocks_are_rejected_even_when_empty() {
-        for block in [
-            "gcs_proxy",
-            "http_proxy",
-            "grpc_proxy",
-            "azblob_proxy",
-            "ldap",
+        for (block, alternative) in [
+            ("gcs_proxy", "storage.googleapis.com"),
+            ("azblob_proxy", "S3 gateway"),
+            ("ldap", "htpasswd_file"),
         ] {
             for body in [":\n  url: x\n", ":\n"] {
                 let text = error_text(&format!("dir: /x\n{block}{body}"));
@@ -437,8 +450,12 @@ mod tests {
                     text.contains(&format!("{block}: not supported by bazel-cache")),
                     "{text}"
                 );
+                assert!(text.contains(alternative), "{text}");
             }
         }
+        // The URL proxies are blocks of their own, checked key by key.
+        let text = error_text("grpc_proxy:\n  url: grpc://h:1\n  crt_file: x\n");
+        assert!(text.contains("grpc_proxy.crt_file: unknown key"), "{text}");
     }
 
     #[test]

@@ -29,6 +29,7 @@ mod options;
 mod resolve;
 mod sources;
 
+pub use bazel_cache_store::backend_url::{UrlBackendConfig, UrlProtocol};
 pub use bazel_cache_store::proxy::PresenceCacheConfig;
 pub use bazel_cache_store::s3::{BucketLookupType, S3AuthMethod, S3Config, S3SignatureType};
 pub use error::{ConfigError, Location};
@@ -198,6 +199,10 @@ pub struct Config {
     /// Our extension (`s3_proxy.update_timestamps_interval`): the least time
     /// between two refreshes of one object.
     pub update_timestamps_interval: Duration,
+    /// Another HTTP cache as the backend (at most one backend is set).
+    pub http_proxy: Option<UrlBackendConfig>,
+    /// Another REAPI cache as the backend.
+    pub grpc_proxy: Option<UrlBackendConfig>,
     pub num_uploaders: usize,
     pub max_queued_uploads: usize,
     /// Our extension: fsync each blob (and its directory) before it becomes

@@ -2,8 +2,9 @@
 //!
 //! A key has three spellings that must stay in step: the YAML key, the
 //! command-line flag and the environment variable(s). bazel-remote spells
-//! them so that a flag is the YAML key (`max_size` ↔ `--max_size`), except
-//! that the `s3_proxy:` block's keys become `--s3.<key>` flags. This table
+//! them so that a flag is the YAML key (`max_size` ↔ `--max_size`,
+//! `http_proxy.url` ↔ `--http_proxy.url`), except that the `s3_proxy:`
+//! block's keys become `--s3.<key>` flags. This table
 //! names each key once by its flag spelling; the CLI, the environment reader
 //! and `--help` are all generated from it, so they cannot drift apart.
 //! Defaults are rendered from the constants of `defaults.rs` that
@@ -93,12 +94,23 @@ impl Opt {
 /// The flags of the `s3_proxy:` block start with this.
 pub(super) const S3_FLAG_PREFIX: &str = "s3.";
 pub(super) const S3_BLOCK: &str = "s3_proxy";
+pub(super) const HTTP_PROXY_BLOCK: &str = "http_proxy";
+pub(super) const GRPC_PROXY_BLOCK: &str = "grpc_proxy";
+
+/// The YAML blocks, each with the prefix of its flags and the keys that
+/// switch it on when set by a flag or variable (credentials or TLS files
+/// alone, from a shared secret say, do not).
+pub(super) const BLOCKS: &[(&str, &str, &[&str])] = &[
+    (S3_FLAG_PREFIX, S3_BLOCK, &["endpoint", "bucket"]),
+    ("http_proxy.", HTTP_PROXY_BLOCK, &["url"]),
+    ("grpc_proxy.", GRPC_PROXY_BLOCK, &["url"]),
+];
 
 pub(super) fn yaml_path(flag_key: &'static str) -> (Option<&'static str>, &'static str) {
-    match flag_key.strip_prefix(S3_FLAG_PREFIX) {
-        Some(key) => (Some(S3_BLOCK), key),
-        None => (None, flag_key),
-    }
+    BLOCKS
+        .iter()
+        .find_map(|(prefix, block, _)| flag_key.strip_prefix(prefix).map(|key| (Some(*block), key)))
+        .unwrap_or((None, flag_key))
 }
 
 /// The inverse of [`Opt::yaml_key`]: finds the option for `s3_proxy.endpoint`
@@ -113,6 +125,7 @@ const AUTH: &str = "Authentication and TLS";
 const BEHAVIOUR: &str = "Cache behaviour";
 const LOGS: &str = "Logging and metrics";
 const S3: &str = "S3 proxy";
+const URL_PROXY: &str = "HTTP and gRPC proxy (another cache as the backend)";
 const DEPRECATED: &str = "Deprecated (accepted for compatibility)";
 
 /// The environment variable that names the YAML file. Not part of [`OPTIONS`]
@@ -638,6 +651,74 @@ pub(super) static OPTIONS: &[Opt] = &[
         heading: S3,
     },
     Opt {
+        key: "http_proxy.url",
+        env: &["BAZEL_REMOTE_HTTP_PROXY_URL"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "HTTP cache to use as the proxy backend, http[s]://[user:password@]host:port[/path] \
+               (user:password: basic authentication). Setting it enables the HTTP proxy.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "http_proxy.cert_file",
+        env: &["BAZEL_REMOTE_HTTP_PROXY_CERT_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "PEM client certificate for mTLS to the HTTP proxy backend; needs \
+               --http_proxy.key_file and a https URL.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "http_proxy.key_file",
+        env: &["BAZEL_REMOTE_HTTP_PROXY_KEY_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "PEM private key for mTLS to the HTTP proxy backend; needs --http_proxy.cert_file.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "http_proxy.ca_file",
+        env: &["BAZEL_REMOTE_HTTP_PROXY_CA_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("the system CA store"),
+        help: "PEM CA that signs the HTTP proxy backend's certificate (https URLs).",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "grpc_proxy.url",
+        env: &["BAZEL_REMOTE_GRPC_PROXY_URL"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "gRPC cache to use as the proxy backend, grpc[s]://[user:password@]host:port \
+               (user:password: basic authentication). Setting it enables the gRPC proxy.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "grpc_proxy.cert_file",
+        env: &["BAZEL_REMOTE_GRPC_PROXY_CERT_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "PEM client certificate for mTLS to the gRPC proxy backend; needs \
+               --grpc_proxy.key_file and a grpcs URL.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "grpc_proxy.key_file",
+        env: &["BAZEL_REMOTE_GRPC_PROXY_KEY_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("none"),
+        help: "PEM private key for mTLS to the gRPC proxy backend; needs --grpc_proxy.cert_file.",
+        heading: URL_PROXY,
+    },
+    Opt {
+        key: "grpc_proxy.ca_file",
+        env: &["BAZEL_REMOTE_GRPC_PROXY_CA_FILE"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("the system CA store"),
+        help: "PEM CA that signs the gRPC proxy backend's certificate (grpcs URLs).",
+        heading: URL_PROXY,
+    },
+    Opt {
         key: "num_uploaders",
         env: &["BAZEL_REMOTE_NUM_UPLOADERS"],
         kind: Kind::Int,
@@ -700,11 +781,13 @@ pub(super) static OPTIONS: &[Opt] = &[
 /// bazel-remote features bazel-cache does not implement. Each is named by the
 /// YAML block, the flag and the environment variable that switch it on in
 /// bazel-remote, so that a configuration relying on one fails loudly instead
-/// of starting a server that silently behaves differently.
+/// of starting a server that silently behaves differently, with what to use
+/// instead.
 pub(super) struct Unsupported {
     pub block: &'static str,
     pub flag: &'static str,
     pub env: &'static str,
+    pub message: &'static str,
 }
 
 pub(super) static UNSUPPORTED: &[Unsupported] = &[
@@ -712,31 +795,37 @@ pub(super) static UNSUPPORTED: &[Unsupported] = &[
         block: "gcs_proxy",
         flag: "gcs_proxy.bucket",
         env: "BAZEL_REMOTE_GCS_BUCKET",
-    },
-    Unsupported {
-        block: "http_proxy",
-        flag: "http_proxy.url",
-        env: "BAZEL_REMOTE_HTTP_PROXY_URL",
-    },
-    Unsupported {
-        block: "grpc_proxy",
-        flag: "grpc_proxy.url",
-        env: "BAZEL_REMOTE_GRPC_PROXY_URL",
+        message: "not supported by bazel-cache; use s3_proxy with GCS's S3-compatible XML API: \
+                  endpoint storage.googleapis.com, the bucket, auth_method access_key with an \
+                  HMAC key of a service account as access_key_id/secret_access_key",
     },
     Unsupported {
         block: "azblob_proxy",
         flag: "azblob.tenant_id",
         env: "BAZEL_REMOTE_AZBLOB_TENANT_ID",
+        message: "not supported by bazel-cache; Azure Blob Storage has no S3-compatible API: \
+                  put an S3 gateway in front of the container and use s3_proxy, or keep a \
+                  bazel-remote with azblob_proxy and point grpc_proxy or http_proxy at it",
     },
     Unsupported {
         block: "ldap",
         flag: "ldap.url",
         env: "BAZEL_REMOTE_LDAP_URL",
+        message: "not supported by bazel-cache (authentication: htpasswd_file or tls_ca_file)",
     },
 ];
 
-/// The message for every unsupported feature, wherever it was set.
-pub(super) const UNSUPPORTED_MESSAGE: &str = "not supported by bazel-cache (proxy backend: only s3_proxy; authentication: htpasswd_file or tls_ca_file)";
+/// What the config file says for an unsupported block: the schema only
+/// knows that it is unsupported; `file.rs` swaps in the block's message.
+pub(super) const UNSUPPORTED_MESSAGE: &str = "not supported by bazel-cache";
+
+/// The message for the unsupported `block`.
+pub(super) fn unsupported_message(block: &str) -> &'static str {
+    UNSUPPORTED
+        .iter()
+        .find(|u| u.block == block)
+        .map_or(UNSUPPORTED_MESSAGE, |u| u.message)
+}
 
 #[cfg(test)]
 mod tests {
@@ -763,5 +852,12 @@ mod tests {
         assert_eq!(opt.yaml_path(), (Some("s3_proxy"), "max_idle_conns"));
         assert_eq!(by_yaml_key("dir").unwrap().yaml_path(), (None, "dir"));
         assert!(by_yaml_key("s3.endpoint").is_none());
+        let opt = by_yaml_key("grpc_proxy.ca_file").unwrap();
+        assert_eq!(opt.key, "grpc_proxy.ca_file");
+        assert_eq!(opt.env, ["BAZEL_REMOTE_GRPC_PROXY_CA_FILE"]);
+        assert_eq!(
+            by_yaml_key("http_proxy.url").unwrap().yaml_path(),
+            (Some("http_proxy"), "url")
+        );
     }
 }

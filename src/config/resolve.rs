@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use super::defaults;
 use super::error::ConfigError;
-use super::file::{Gib, Int, S3Schema, Schema, Seconds};
+use super::file::{Gib, Int, S3Schema, Schema, Seconds, UrlProxySchema};
 use super::listen::{join_host_port, parse_listen_addr, tcp_port};
 use super::options::by_yaml_key;
 use super::sources::{Provenance, Sources};
 use super::{
     AccessLogLevel, BucketLookupType, Config, ListenAddr, LogFormat, LogTimezone,
     PresenceCacheConfig, S3AuthMethod, S3Config, S3SignatureType, StorageMode, TlsConfig,
+    UrlBackendConfig, UrlProtocol,
 };
 use bazel_cache_digest::GoDuration;
 
@@ -128,15 +129,43 @@ impl Resolver<'_> {
             ));
         }
 
+        // bazel-remote's rule: one proxy backend at most.
+        let backends: Vec<&str> = [
+            ("s3_proxy", s.s3_proxy.is_some()),
+            ("http_proxy", s.http_proxy.is_some()),
+            ("grpc_proxy", s.grpc_proxy.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(block, set)| set.then_some(block))
+        .collect();
+        if let [first, second, ..] = backends[..] {
+            return Err(self.invalid(
+                second,
+                format!(
+                    "at most one proxy backend may be set, and {first} is set too \
+                     (one of s3_proxy, http_proxy, grpc_proxy)"
+                ),
+            ));
+        }
         let (presence_cache, update_timestamps_interval) =
             self.proxy_tuning(s.s3_proxy.as_ref())?;
         let s3_proxy = s.s3_proxy.map(|s3| self.s3(s3)).transpose()?;
+        let http_proxy = s
+            .http_proxy
+            .map(|b| self.url_backend(UrlProtocol::Http, b))
+            .transpose()?;
+        let grpc_proxy = s
+            .grpc_proxy
+            .map(|b| self.url_backend(UrlProtocol::Grpc, b))
+            .transpose()?;
         let num_uploaders =
             self.count("num_uploaders", s.num_uploaders, defaults::NUM_UPLOADERS)?;
-        if s3_proxy.is_some() && num_uploaders == 0 {
+        if let [backend] = backends[..]
+            && num_uploaders == 0
+        {
             return Err(self.invalid(
                 "num_uploaders",
-                "must be at least 1 when the S3 proxy is enabled",
+                format!("must be at least 1 when a proxy backend ({backend}) is enabled"),
             ));
         }
 
@@ -273,6 +302,8 @@ impl Resolver<'_> {
             s3_proxy,
             presence_cache,
             update_timestamps_interval,
+            http_proxy,
+            grpc_proxy,
             num_uploaders,
             max_queued_uploads,
             fsync: s.fsync.unwrap_or(defaults::FSYNC),
@@ -640,6 +671,34 @@ impl Resolver<'_> {
             max_entries,
         };
         Ok((presence, interval))
+    }
+
+    /// An `http_proxy:` or `grpc_proxy:` block, checked with bazel-remote's
+    /// rules (`backend_url.rs`); the error names the block's URL key.
+    fn url_backend(&self, protocol: UrlProtocol, b: UrlProxySchema) -> Result<UrlBackendConfig> {
+        let block = format!("{}_proxy", protocol.scheme());
+        let url_key = format!("{block}.url");
+        let Some(url) = non_empty(b.url) else {
+            let hint = by_yaml_key(&url_key)
+                .map(|opt| {
+                    format!(
+                        " (set it in the {block} block, with --{} or with {})",
+                        opt.key, opt.env[0]
+                    )
+                })
+                .unwrap_or_default();
+            return Err(self.invalid(&url_key, format!("required by the {block} backend{hint}")));
+        };
+        let path = |v: Option<String>| non_empty(v).map(PathBuf::from);
+        UrlBackendConfig::parse(
+            protocol,
+            &url,
+            path(b.cert_file),
+            path(b.key_file),
+            path(b.ca_file),
+        )
+        // Never echo the URL: it may hold a password.
+        .map_err(|e| self.invalid(&url_key, e))
     }
 
     /// The cache directory: created if missing and proven writable now, so a

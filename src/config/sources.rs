@@ -15,7 +15,7 @@ use serde_yaml_ng::{Mapping, Number, Value};
 
 use super::error::ConfigError;
 use super::file::{self, Schema};
-use super::options::{Kind, OPTIONS, Opt, S3_BLOCK, UNSUPPORTED, UNSUPPORTED_MESSAGE, by_yaml_key};
+use super::options::{BLOCKS, Kind, OPTIONS, Opt, UNSUPPORTED, by_yaml_key};
 
 /// The merged sources, ready for `resolve.rs`.
 pub(super) struct Sources {
@@ -73,7 +73,7 @@ pub(super) fn gather(
         if env_value(env, unsupported.env).is_some() {
             return Err(ConfigError::Invalid {
                 key: unsupported.block.to_owned(),
-                message: UNSUPPORTED_MESSAGE.to_owned(),
+                message: unsupported.message.to_owned(),
                 origin: Some(unsupported.env.to_owned()),
             });
         }
@@ -108,22 +108,31 @@ pub(super) fn gather(
     });
     let flag_layer = layer(flag_values.collect())?;
 
-    // The S3 proxy is on when the file has an `s3_proxy:` block or another
-    // source names an endpoint or bucket; credentials alone (a shared
-    // Kubernetes secret, say) do not switch it on.
-    let s3_enabled = matches!(file_layer.get(S3_BLOCK), Some(Value::Mapping(_)))
-        || [&env_layer, &flag_layer].into_iter().any(|layer| {
-            layer
-                .get(S3_BLOCK)
-                .and_then(Value::as_mapping)
-                .is_some_and(|s3| s3.contains_key("endpoint") || s3.contains_key("bucket"))
-        });
+    // A block (the S3 proxy, the HTTP or gRPC proxy) is on when the file
+    // has it or another source sets one of its enabling keys (an endpoint,
+    // a bucket, a URL); credentials or TLS files alone (a shared Kubernetes
+    // secret, say) do not switch it on.
+    let enabled: Vec<&str> = BLOCKS
+        .iter()
+        .filter(|(_, block, enabling)| {
+            matches!(file_layer.get(*block), Some(Value::Mapping(_)))
+                || [&env_layer, &flag_layer].into_iter().any(|layer| {
+                    layer
+                        .get(*block)
+                        .and_then(Value::as_mapping)
+                        .is_some_and(|b| enabling.iter().any(|k| b.contains_key(*k)))
+                })
+        })
+        .map(|(_, block, _)| *block)
+        .collect();
 
     let mut merged = file_layer;
     overlay(&mut merged, env_layer);
     overlay(&mut merged, flag_layer);
-    if !s3_enabled {
-        merged.remove(S3_BLOCK);
+    for (_, block, _) in BLOCKS {
+        if !enabled.contains(block) {
+            merged.remove(*block);
+        }
     }
 
     let schema = serde_path_to_error::deserialize(Value::Mapping(merged)).map_err(|err| {
@@ -214,8 +223,8 @@ fn parse_number(raw: &str) -> Result<Number, String> {
     }
 }
 
-/// Overlays `top` onto `base`: top-level keys are replaced, the `s3_proxy`
-/// block is merged key by key so that, for example, a credential from the
+/// Overlays `top` onto `base`: top-level keys are replaced, blocks
+/// (`s3_proxy`, `http_proxy`, `grpc_proxy`) are merged key by key so that, for example, a credential from the
 /// environment joins the file's endpoint and bucket.
 fn overlay(base: &mut Mapping, top: Mapping) {
     for (key, value) in top {
@@ -280,15 +289,21 @@ mod tests {
             Err(err) => err.to_string(),
         };
         let unsupported: Vec<_> = UNSUPPORTED.iter().map(|u| u.block).collect();
-        for (block, message) in [
-            (None, probe("zz_probe: 1")),
-            (Some(S3_BLOCK), probe("s3_proxy: {zz_probe: 1}")),
-        ] {
+        let mut probes = vec![(None, probe("zz_probe: 1"))];
+        for (_, block, _) in BLOCKS {
+            probes.push((Some(*block), probe(&format!("{block}: {{zz_probe: 1}}"))));
+        }
+        for (block, message) in probes {
             let fields: Vec<_> = message.split('`').skip(3).step_by(2).collect();
-            let expected_at_least = if block.is_none() { 40 } else { 15 };
+            let expected_at_least = match block {
+                None => 40,
+                Some("s3_proxy") => 15,
+                Some(_) => 4,
+            };
             assert!(fields.len() >= expected_at_least, "probe found {fields:?}");
             for field in fields {
-                if block.is_none() && (field == S3_BLOCK || unsupported.contains(&field)) {
+                let is_block = BLOCKS.iter().any(|(_, b, _)| *b == field);
+                if block.is_none() && (is_block || unsupported.contains(&field)) {
                     continue;
                 }
                 let yaml_key = match block {

@@ -48,6 +48,22 @@ fn missing_status(missing: &[Digest]) -> Status {
     )
 }
 
+/// The action digest of a request. A negative size means "unknown": the
+/// action cache is keyed by hash alone, bazel-remote accepts it, and its
+/// `grpc_proxy` (and ours) sends -1, knowing an entry by hash only.
+fn action_digest(d: Option<&re::Digest>) -> Result<Digest, Status> {
+    match d {
+        Some(d) if d.size_bytes < 0 => {
+            let known = re::Digest {
+                hash: d.hash.clone(),
+                size_bytes: 0,
+            };
+            parse_digest(Some(&known), "action_digest")
+        }
+        d => parse_digest(d, "action_digest"),
+    }
+}
+
 impl ActionCacheService {
     /// Reads a small CAS blob for inlining, if present and within `budget`.
     async fn inline(
@@ -81,7 +97,7 @@ impl ActionCache for ActionCacheService {
         (self.state.on_request)();
         let req = request.into_inner();
         check_digest_function(req.digest_function)?;
-        let digest = parse_digest(req.action_digest.as_ref(), "action_digest")?;
+        let digest = action_digest(req.action_digest.as_ref())?;
         let key = BlobKey::ac(ac_hash(&self.state, &req.instance_name, digest.hash));
         let store = self.state.store.as_ref();
         let not_found = || {
@@ -144,7 +160,7 @@ impl ActionCache for ActionCacheService {
         (self.state.on_request)();
         let req = request.into_inner();
         check_digest_function(req.digest_function)?;
-        let digest = parse_digest(req.action_digest.as_ref(), "action_digest")?;
+        let digest = action_digest(req.action_digest.as_ref())?;
         let ar = req
             .action_result
             .ok_or_else(|| Status::invalid_argument("action_result: missing"))?;

@@ -122,6 +122,8 @@ pub struct Metrics {
     lookups: Option<Arc<Lookups>>,
     disk: Weak<DiskStore>,
     s3: Option<S3Refs>,
+    /// The proxy over `http_proxy` or `grpc_proxy`, with the backend's name.
+    url_proxy: Option<(Weak<ProxyStore>, &'static str)>,
     /// Last use of the least recently used entry (Unix seconds; 0 = empty),
     /// refreshed by each scrape before encoding.
     oldest_access: Arc<AtomicU64>,
@@ -215,6 +217,7 @@ impl Metrics {
             lookups,
             disk: Arc::downgrade(disk),
             s3,
+            url_proxy: None,
             oldest_access,
         }
     }
@@ -243,6 +246,17 @@ impl Metrics {
                     presence: presence.map(Arc::downgrade),
                 }));
         }
+        self
+    }
+
+    /// The proxy over another cache (`backend`: `http` or `grpc`): its
+    /// hits, misses and upload queue on `/metrics`.
+    pub(crate) fn with_url_proxy(
+        mut self,
+        proxy: &Arc<ProxyStore>,
+        backend: &'static str,
+    ) -> Metrics {
+        self.url_proxy = Some((Arc::downgrade(proxy), backend));
         self
     }
 
@@ -283,6 +297,38 @@ impl Metrics {
                 "bazel_remote_s3_cache_misses",
                 "The total number of s3 backend cache misses",
                 n(&proxy.stats.misses),
+            );
+        }
+        if let Some((proxy, backend)) = &self.url_proxy
+            && let Some(proxy) = proxy.upgrade()
+        {
+            // bazel-remote's names for its http_proxy (`bazel_remote_http_cache_hits`),
+            // the same scheme for grpc_proxy.
+            let n = |a: &AtomicU64| a.load(Ordering::Relaxed);
+            legacy_counter(
+                &mut out,
+                &format!("bazel_remote_{backend}_cache_hits"),
+                &format!("The total number of {backend} backend cache hits"),
+                n(&proxy.stats.hits),
+            );
+            legacy_counter(
+                &mut out,
+                &format!("bazel_remote_{backend}_cache_misses"),
+                &format!("The total number of {backend} backend cache misses"),
+                n(&proxy.stats.misses),
+            );
+            legacy_counter(
+                &mut out,
+                &format!("bazel_cache_{backend}_proxy_corrupt_objects"),
+                "Objects downloaded from the backend whose bytes did not match their digest (never served)",
+                n(&proxy.stats.corrupt),
+            );
+            let _ = write!(
+                out,
+                "# HELP bazel_cache_{backend}_proxy_upload_queue_length Uploads queued for the backend and not yet done\n\
+                 # TYPE bazel_cache_{backend}_proxy_upload_queue_length gauge\n\
+                 bazel_cache_{backend}_proxy_upload_queue_length {}\n",
+                n(&proxy.queue_stats().pending)
             );
         }
         out

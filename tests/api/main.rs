@@ -24,3 +24,4 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod url_proxies;

@@ -52,7 +52,7 @@ fn bazel_program() -> String {
 
 /// A throw-away copy of the fixture workspace plus a private Bazel output
 /// root, both inside one temp dir.
-struct Workspace {
+pub(super) struct Workspace {
     tmp: tempfile::TempDir,
     root: PathBuf,
     output_user_root: PathBuf,
@@ -61,7 +61,7 @@ struct Workspace {
 }
 
 impl Workspace {
-    fn new() -> Workspace {
+    pub(super) fn new() -> Workspace {
         let tmp = tempfile::Builder::new()
             .prefix("bazel-cache-e2e-bazel.")
             .tempdir()
@@ -110,7 +110,12 @@ impl Workspace {
     /// `grpc://...`), with `extra_args` (e.g. `--remote_download_minimal`)
     /// added; panics unless it succeeds without any remote cache error.
     /// `step` names the execution log file (`<tmp>/exec-<step>.json`).
-    fn build_and_test(&self, remote_cache: &str, step: &str, extra_args: &[&str]) -> Build {
+    pub(super) fn build_and_test(
+        &self,
+        remote_cache: &str,
+        step: &str,
+        extra_args: &[&str],
+    ) -> Build {
         let exec_log = self.tmp.path().join(format!("exec-{step}.json"));
         let remote_cache_flag = format!("--remote_cache={remote_cache}");
         let exec_log_flag = format!("--execution_log_json_file={}", exec_log.display());
@@ -167,7 +172,7 @@ impl Workspace {
 
     /// `bazel clean --expunge`, then check that no output base survived (so
     /// the next build has no local action cache or outputs to reuse).
-    fn expunge(&self) {
+    pub(super) fn expunge(&self) {
         self.bazel("clean", &["--expunge", "--color=no", "--curses=no"])
             .assert_success("bazel clean --expunge");
         let leftovers: Vec<PathBuf> = std::fs::read_dir(&self.output_user_root)
@@ -196,13 +201,23 @@ impl Drop for Workspace {
 }
 
 /// One `bazel test` run.
-struct Build {
+pub(super) struct Build {
     out: RunOutput,
     stats: ProcessStats,
     exec_log: PathBuf,
 }
 
 impl Build {
+    /// Processes that ran locally, remote cache hits, and Bazel's summary
+    /// line (`INFO: 28 processes: ...`).
+    pub(super) fn counts(&self) -> (u64, u64, &str) {
+        (
+            self.stats.executed(),
+            self.stats.remote_cache_hits(),
+            &self.stats.line,
+        )
+    }
+
     /// The spawns in the execution log that were not remote cache hits, one
     /// line each: runner, mnemonic, progress message, outputs with digests.
     fn spawns_not_from_cache(&self) -> Vec<String> {
@@ -403,7 +418,7 @@ fn expected_big() -> Vec<u8> {
 }
 
 /// Checks every output of the fixture after a (cached) build.
-fn check_outputs(ws: &Workspace) {
+pub(super) fn check_outputs(ws: &Workspace) {
     let big = support::read(ws.bin("big.txt"));
     assert_eq!(big.len(), BIG_SIZE, "big.txt has the wrong size");
     let expected = expected_big();
@@ -448,7 +463,7 @@ fn check_outputs(ws: &Workspace) {
 /// Asserts that a build after wiping Bazel's local state was served entirely
 /// from the remote cache: exactly the processes the cold build executed are
 /// now remote cache hits, and nothing ran locally.
-fn assert_all_remote_hits(what: &str, build: &Build, cold: &Build) {
+pub(super) fn assert_all_remote_hits(what: &str, build: &Build, cold: &Build) {
     let stats = &build.stats;
     eprintln!("[e2e_bazel] {what}: {}", stats.line);
     if stats.executed() != 0 || stats.remote_cache_hits() != cold.stats.executed() {
@@ -491,7 +506,7 @@ fn server_file_count(dir: &Path) -> usize {
 }
 
 /// Logs Bazel's version; panics with an installation hint when it is missing.
-fn require_bazel() {
+pub(super) fn require_bazel() {
     let version = support::require_tool(
         &bazel_program(),
         &["--version"],

@@ -1,7 +1,8 @@
 //! The `clients` test binary: real clients against the real server binary:
 //! Bazel (Debian's Bazel 4.2.3, `bazel-bootstrap`) building the e2e
 //! workspace over HTTP, gRPC, basic auth and TLS (`e2e_bazel`), ccache's
-//! remote storage (`e2e_ccache`), and the deployment kit's example
+//! remote storage (`e2e_ccache`), migrating from bazel-remote with a new
+//! cache in front of the old one (`e2e_migration`), and the deployment kit's example
 //! workspace in that Bazel (`deploy::example`). scripts/test.sh installs
 //! both tools. The `sandbox` nextest profile (.config/nextest.toml) leaves
 //! this binary out: the Nix build sandbox has no Bazel 4.2.3 (the NixOS VM
@@ -15,3 +16,4 @@ mod deploy {
 }
 mod e2e_bazel;
 mod e2e_ccache;
+mod e2e_migration;

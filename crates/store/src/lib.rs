@@ -33,17 +33,25 @@
 //!   downloads over any [`Backend`](proxy::Backend); the presence cache (a
 //!   `Backend` decorator) and timestamp refreshes on every use.
 //! - `s3/`: the S3/MinIO backend (our own client on hyper, aws-sigv4).
+//! - `http_proxy.rs`, `grpc_proxy/`: another cache as the backend, over
+//!   bazel-remote's HTTP protocol or REAPI (migrating from bazel-remote);
+//!   `backend_url.rs` their shared settings (URL, basic auth, TLS files).
+//! - `http_transport.rs`: the one hyper client pool builder (S3, HTTP).
 //!
 //! This crate knows nothing of the server's configuration or metrics: each
 //! store owns its config type (`DiskConfig`, `ProxyConfig`, `S3Config`) and
 //! exposes counters that the server reads.
 
 pub mod action_result;
+pub mod backend_url;
 pub mod budget;
 pub mod disk;
 mod empty_blob;
 mod file_chunks;
+pub mod grpc_proxy;
 pub mod histogram;
+pub mod http_proxy;
+mod http_transport;
 pub(crate) mod nowait;
 mod progress;
 pub mod proxy;

@@ -6,5 +6,6 @@ mod command_line;
 mod helpers;
 mod secrets;
 mod sources;
+mod url_proxies;
 mod validation;
 mod values;

@@ -102,9 +102,11 @@ async fn hostile_grpc_requests_get_their_status_and_change_nothing() {
         Code::InvalidArgument,
         ac.get_action_result(get(None, 0, "")).await,
     ));
+    // An action digest's size -1 means "unknown" (bazel-remote accepts it;
+    // its grpc_proxy and ours send it): the action cache is keyed by hash.
     cases.push(case(
         "Get: negative size",
-        Code::InvalidArgument,
+        Code::NotFound,
         ac.get_action_result(get(Some(negative.clone()), 0, ""))
             .await,
     ));

@@ -1,5 +1,6 @@
-//! [`Backend`]: the small interface a remote tier satisfies (S3 today;
-//! another HTTP or gRPC cache is a new file, not a copy of the proxy).
+//! [`Backend`]: the small interface a remote tier satisfies (S3, another
+//! HTTP cache, another REAPI cache: each a new module, not a copy of the
+//! proxy).
 //!
 //! Four operations, all in terms of blob keys and identity bytes: the
 //! backend owns its object naming and on-the-wire encoding (bazel-remote's
@@ -10,7 +11,7 @@
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use bazel_cache_digest::BlobKey;
+use bazel_cache_digest::{BlobKey, Digest};
 
 use crate::{BlobReader, Encoding};
 
@@ -41,6 +42,25 @@ pub struct Upload {
     pub size: u64,
     /// A path the backend may create for a re-encoded copy and must remove.
     pub scratch: PathBuf,
+}
+
+impl Upload {
+    /// The blob's identity bytes as a stream: the file, or the file decoded
+    /// when stored zstd-compressed (every frame of it: the disk store writes
+    /// one per chunk). For backends that send identity bytes.
+    pub fn into_identity_reader(self) -> BlobReader {
+        let file = tokio::fs::File::from_std(self.file);
+        match self.encoding {
+            Encoding::Identity => Box::pin(file),
+            Encoding::Zstd => {
+                let mut decoder = async_compression::tokio::bufread::ZstdDecoder::new(
+                    tokio::io::BufReader::new(file),
+                );
+                decoder.multiple_members(true);
+                Box::pin(decoder)
+            }
+        }
+    }
 }
 
 /// A backend failure, with what the proxy needs to decide: retry or give
@@ -76,6 +96,13 @@ pub trait Backend: Send + Sync + 'static {
     fn locate(&self, key: &BlobKey) -> String;
 
     async fn head(&self, key: &BlobKey) -> Result<Presence, BackendError>;
+
+    /// Like [`Backend::head`] for a CAS blob whose size the caller knows
+    /// (FindMissingBlobs). A backend that names blobs by hash and size
+    /// (REAPI) needs it; the others ask by hash.
+    async fn head_digest(&self, d: &Digest) -> Result<Presence, BackendError> {
+        self.head(&BlobKey::cas(d.hash)).await
+    }
 
     /// Opens an object for download; `None` when absent. The proxy verifies
     /// the bytes (through the local store's write path) before serving them.

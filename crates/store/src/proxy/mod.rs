@@ -340,7 +340,7 @@ impl ProxyStore {
     /// Whether the backend holds the blob with this size (HEAD only).
     async fn in_backend(&self, d: &Digest) -> bool {
         let key = BlobKey::cas(d.hash);
-        match self.backend.head(&key).await {
+        match self.backend.head_digest(d).await {
             Ok(Presence::Present { size }) => {
                 self.stats.hits.fetch_add(1, Ordering::Relaxed);
                 size.is_none_or(|s| s == d.size)

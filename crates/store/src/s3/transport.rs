@@ -1,5 +1,5 @@
-//! The one place that builds the client's hyper connection pool: TCP
-//! connector, TLS, HTTP/1 and pool settings.
+//! The S3 client's connection pool: its TLS roots, over the shared pool of
+//! `http_transport.rs` (connector, HTTP/1, pool settings).
 //!
 //! TLS is rustls (ring provider) with the **operating system's** CA store
 //! (`rustls-native-certs`), not a compiled-in Mozilla list: the image ships
@@ -9,19 +9,16 @@
 //! loaded at all.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use hyper_rustls::{ConfigBuilderExt, HttpsConnector};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_rustls::ConfigBuilderExt;
 
 use super::body::ReqBody;
 use super::client::S3ClientOptions;
 use super::error::S3Error;
+use crate::http_transport::{PoolOptions, PooledClient, pooled_client};
 
 /// The pooled HTTP(S) client every request goes through.
-pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, ReqBody>;
+pub(super) type HttpClient = PooledClient<ReqBody>;
 
 /// The connection pool for an endpoint reached over http (`disable_ssl`)
 /// or https, keeping at most `max_idle_conns` idle connections.
@@ -49,20 +46,12 @@ pub(super) fn http_client(
             })?
             .with_no_client_auth()
     };
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(opts.connect_timeout));
-    http.set_nodelay(true);
-    http.set_keepalive(Some(Duration::from_secs(30)));
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(max_idle_conns)
-        .pool_idle_timeout(opts.pool_idle_timeout)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .build(connector))
+    Ok(pooled_client(
+        tls,
+        PoolOptions {
+            connect_timeout: opts.connect_timeout,
+            idle_timeout: opts.pool_idle_timeout,
+            max_idle_per_host: max_idle_conns,
+        },
+    ))
 }
