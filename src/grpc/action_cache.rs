@@ -11,7 +11,7 @@ use tonic_types::{ErrorDetails, PreconditionViolation, StatusExt};
 use super::{
     GrpcState, MAX_BATCH_TOTAL_SIZE, ac_hash, check_digest_function, parse_digest, store_status,
 };
-use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_digest::{BlobKey, Digest, Hash};
 use bazel_cache_store::action_result::{self as ac, MAX_ACTION_RESULT_BYTES};
 use bazel_cache_store::{Encoding, PutBody, PutRequest, StoreError, read_all};
 
@@ -48,21 +48,23 @@ fn missing_status(missing: &[Digest]) -> Status {
     )
 }
 
-/// The action digest of a request. A negative size means "unknown": the
-/// action cache is keyed by hash alone, bazel-remote accepts it, and its
-/// `grpc_proxy` (and ours) sends -1, knowing an entry by hash only.
+/// The action digest of a request. Size -1 means "unknown": the action
+/// cache is keyed by hash alone, bazel-remote accepts it, and its
+/// `grpc_proxy` (and ours) sends -1, knowing an entry by hash only. Every
+/// other digest follows the rule of every RPC ([`parse_digest`]).
 fn action_digest(d: Option<&re::Digest>) -> Result<Digest, Status> {
     match d {
-        Some(d) if d.size_bytes < 0 => {
-            let known = re::Digest {
-                hash: d.hash.clone(),
-                size_bytes: 0,
-            };
-            parse_digest(Some(&known), "action_digest")
+        Some(d) if d.size_bytes == UNKNOWN_SIZE => {
+            let hash = Hash::from_hex(&d.hash)
+                .map_err(|e| Status::invalid_argument(format!("action_digest: {e}")))?;
+            Ok(Digest { hash, size: 0 })
         }
         d => parse_digest(d, "action_digest"),
     }
 }
+
+/// The size bazel-remote's `grpc_proxy` gives an action digest it knows by hash only.
+const UNKNOWN_SIZE: i64 = -1;
 
 impl ActionCacheService {
     /// Reads a small CAS blob for inlining, if present and within `budget`.

@@ -15,7 +15,8 @@ use tokio::io::AsyncReadExt;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest, rpc_status, store_status,
+    BATCH_COMPRESS_MIN_SIZE, GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest,
+    rpc_status, store_status,
 };
 use bazel_cache_digest::{BlobKey, Digest};
 use bazel_cache_store::{BlobBody, Encoding, PutBody, PutRequest, Store, StoreError, read_all};
@@ -73,12 +74,14 @@ fn check_batch_size(total: u64) -> Result<(), Status> {
     Ok(())
 }
 
-/// Reads one blob for BatchReadBlobs, compressed when the client accepts it.
+/// Reads one blob for BatchReadBlobs, compressed when the client accepts it,
+/// the blob is at least [`BATCH_COMPRESS_MIN_SIZE`] and compressing shrinks it.
 async fn read_for_batch(
     store: &dyn Store,
     d: &Digest,
     zstd: bool,
 ) -> Result<Option<(Vec<u8>, Encoding)>, StoreError> {
+    let zstd = zstd && d.size >= BATCH_COMPRESS_MIN_SIZE;
     let Some(blob) = store.get(&BlobKey::cas(d.hash), zstd).await? else {
         return Ok(None);
     };
@@ -98,7 +101,10 @@ async fn read_for_batch(
     }
     if zstd && blob.encoding == Encoding::Identity {
         let compressed = zstd::bulk::compress(&bytes, 1)?;
-        return Ok(Some((compressed, Encoding::Zstd)));
+        // Incompressible data (already compressed outputs) goes as it is.
+        if compressed.len() < bytes.len() {
+            return Ok(Some((compressed, Encoding::Zstd)));
+        }
     }
     Ok(Some((bytes, blob.encoding)))
 }

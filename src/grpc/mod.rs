@@ -35,6 +35,14 @@ use bazel_cache_store::{Store, StoreError};
 /// so a full batch plus its per-blob framing (digests, statuses: ~80 bytes
 /// a blob) must stay under that: 256 KiB are left for the framing.
 pub const MAX_BATCH_TOTAL_SIZE: u64 = 4 * 1024 * 1024 - 256 * 1024;
+/// Blobs smaller than this are sent IDENTITY in BatchReadBlobs even when the
+/// client accepts zstd (the spec lets the server choose per blob). A zstd
+/// frame costs 9 to 18 bytes of header and checksum, and the tiny blobs that
+/// fill batches (hashes, short outputs, ActionResult fragments) seldom shrink
+/// by more than that; Bazel 8 and later skip compressing under 100 bytes
+/// for the same reason. 256 leaves a margin above both.
+pub const BATCH_COMPRESS_MIN_SIZE: u64 = 256;
+
 /// Largest gRPC message accepted or sent: a full batch plus the per-blob
 /// framing (digests, statuses) of up to tens of thousands of small blobs.
 pub const MAX_MESSAGE_SIZE: usize = 2 * MAX_BATCH_TOTAL_SIZE as usize + 1024 * 1024;

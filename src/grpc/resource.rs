@@ -17,7 +17,7 @@ use std::fmt;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::digest_function;
 
-use bazel_cache_digest::{Digest, DigestError, Hash};
+use bazel_cache_digest::{Digest, DigestError, Hash, ReapiDigestError};
 use bazel_cache_store::Encoding;
 
 /// Path segments the spec reserves; an instance name never contains them.
@@ -84,6 +84,8 @@ pub enum Problem {
     MissingHash,
     #[error(transparent)]
     BadHash(#[from] DigestError),
+    #[error(transparent)]
+    ImpossibleDigest(ReapiDigestError),
     #[error("missing size")]
     MissingSize,
     #[error("size {0:?} is not a non-negative 64-bit integer")]
@@ -243,7 +245,8 @@ fn digest_part<'s, 'a>(segments: &'s [&'a str]) -> Result<(Digest, &'s [&'a str]
         None | Some(&"") => return Err(Problem::MissingSize),
         Some(s) => parse_size(s).ok_or_else(|| Problem::BadSize(clip(s)))?,
     };
-    Ok((Digest { hash, size }, &rest[2..]))
+    let digest = Digest::checked(hash, size).map_err(Problem::ImpossibleDigest)?;
+    Ok((digest, &rest[2..]))
 }
 
 /// The digest function a segment names (`sha256`, `blake3`, ...), if it names one.
@@ -267,6 +270,8 @@ mod tests {
     use super::*;
 
     const HEX: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    /// Not the empty blob's hash: impossible with size 0.
+    const OTHER: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
     fn digest(size: u64) -> Digest {
         Digest {
@@ -346,6 +351,12 @@ mod tests {
             (
                 format!("blobs/{short}/5"),
                 Problem::BadHash(DigestError::WrongLength(63)),
+            ),
+            (
+                format!("blobs/{OTHER}/0"),
+                Problem::ImpossibleDigest(ReapiDigestError::EmptyWithOtherHash(
+                    Hash::from_hex(OTHER).unwrap(),
+                )),
             ),
             (format!("blobs/{HEX}/-1"), Problem::BadSize("-1".into())),
             (format!("blobs/{HEX}/+1"), Problem::BadSize("+1".into())),
@@ -438,6 +449,12 @@ mod tests {
             (
                 format!("uploads/u/compressed-blobs/gzip/{HEX}/5"),
                 Problem::UnsupportedCompressor("gzip".into()),
+            ),
+            (
+                format!("uploads/u/compressed-blobs/zstd/{OTHER}/0"),
+                Problem::ImpossibleDigest(ReapiDigestError::EmptyWithOtherHash(
+                    Hash::from_hex(OTHER).unwrap(),
+                )),
             ),
             (
                 "uploads/u/blobs/abc/5".into(),

@@ -19,7 +19,8 @@ fn data(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-async fn upload(cas: &mut ContentAddressableStorageClient<Channel>, blobs: &[&[u8]]) {
+/// Stores `blobs` with one BatchUpdateBlobs call; each must succeed.
+pub(crate) async fn upload(cas: &mut ContentAddressableStorageClient<Channel>, blobs: &[&[u8]]) {
     let requests = blobs
         .iter()
         .map(|b| re::batch_update_blobs_request::Request {
@@ -81,7 +82,16 @@ async fn capabilities_announce_the_cache() {
     let zstd = re::compressor::Value::Zstd as i32;
     assert_eq!(cache.supported_compressors, vec![zstd]);
     assert_eq!(cache.supported_batch_update_compressors, vec![zstd]);
+    assert_eq!(
+        cache.symlink_absolute_path_strategy,
+        re::symlink_absolute_path_strategy::Value::Allowed as i32
+    );
+    // Nothing about priorities or execution is promised.
+    assert!(cache.cache_priority_capabilities.is_none());
     assert!(caps.execution_capabilities.is_none());
+    #[allow(deprecated)]
+    let deprecated = caps.deprecated_api_version.clone();
+    assert_eq!(deprecated, None);
     let (low, high) = (
         caps.low_api_version.unwrap(),
         caps.high_api_version.unwrap(),

@@ -16,6 +16,7 @@ mod auth;
 mod auth_flood;
 mod cli;
 mod config;
+mod current_clients;
 mod grpc;
 mod grpc_bytestream;
 mod hostile;

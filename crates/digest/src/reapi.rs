@@ -1,9 +1,14 @@
 //! REAPI `Digest` messages: hash plus logical size, converted to and from
 //! the protobuf form with one set of error messages for every RPC.
+//!
+//! [`Digest::checked`] is the one rule for which digests can name a blob at
+//! all; every gRPC request field and ByteStream resource name goes through
+//! it, so FindMissingBlobs refuses what BatchReadBlobs refuses (as
+//! bazel-remote's `validateHash` does for every RPC).
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 
-use crate::hash::{DigestError, Hash};
+use crate::hash::{DigestError, EMPTY_SHA256, Hash};
 
 /// A REAPI digest: hash plus logical (uncompressed) size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -19,15 +24,27 @@ pub enum ReapiDigestError {
     Hash(#[from] DigestError),
     #[error("negative size {0}")]
     NegativeSize(i64),
+    /// Only the empty blob has zero bytes: any other hash with size 0 is a
+    /// client bug, and answering it (even "missing") would hide that.
+    #[error("size 0 with hash {0}: only the empty blob ({EMPTY_SHA256}) has size 0")]
+    EmptyWithOtherHash(Hash),
 }
 
 impl Digest {
+    /// A digest that can name a blob: size 0 only with the empty blob's hash.
+    pub fn checked(hash: Hash, size: u64) -> Result<Digest, ReapiDigestError> {
+        if size == 0 && hash != EMPTY_SHA256 {
+            return Err(ReapiDigestError::EmptyWithOtherHash(hash));
+        }
+        Ok(Digest { hash, size })
+    }
+
     /// Parses a REAPI digest message into ours.
     pub fn from_reapi(d: &re::Digest) -> Result<Digest, ReapiDigestError> {
         let hash = Hash::from_hex(&d.hash)?;
         let size = u64::try_from(d.size_bytes)
             .map_err(|_| ReapiDigestError::NegativeSize(d.size_bytes))?;
-        Ok(Digest { hash, size })
+        Digest::checked(hash, size)
     }
 
     /// The REAPI message for this digest.
@@ -66,5 +83,39 @@ mod tests {
             Digest::from_reapi(&short),
             Err(ReapiDigestError::Hash(DigestError::WrongLength(3)))
         );
+        let upper = re::Digest {
+            hash: d.hash.to_hex().to_uppercase(),
+            size_bytes: 3,
+        };
+        assert!(matches!(
+            Digest::from_reapi(&upper),
+            Err(ReapiDigestError::Hash(DigestError::NotHex(_)))
+        ));
+    }
+
+    #[test]
+    fn size_zero_names_only_the_empty_blob() {
+        let empty = re::Digest {
+            hash: EMPTY_SHA256.to_hex(),
+            size_bytes: 0,
+        };
+        assert_eq!(
+            Digest::from_reapi(&empty),
+            Ok(Digest {
+                hash: EMPTY_SHA256,
+                size: 0
+            })
+        );
+        let other = re::Digest {
+            hash: Hash::of(b"abc").to_hex(),
+            size_bytes: 0,
+        };
+        assert_eq!(
+            Digest::from_reapi(&other),
+            Err(ReapiDigestError::EmptyWithOtherHash(Hash::of(b"abc")))
+        );
+        // The empty blob's hash with another size is merely absent, not impossible
+        // to ask about: the size is the client's claim, checked on upload.
+        assert!(Digest::checked(EMPTY_SHA256, 5).is_ok());
     }
 }

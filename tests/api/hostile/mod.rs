@@ -26,6 +26,7 @@ mod connections;
 mod grpc;
 mod helpers;
 mod http;
+mod impossible_digests;
 mod parked_reads;
 mod slow_bodies;
 mod well_behaved;
