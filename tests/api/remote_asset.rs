@@ -188,17 +188,33 @@ async fn a_wrong_checksum_is_not_found_and_nothing_is_stored() {
 #[tokio::test]
 async fn downloads_over_max_blob_size_are_refused() {
     let body = support::noise(5000, 2);
-    let origin = Origin::start(&[("/big", Reply::Body(body.clone()))]);
+    let origin = Origin::start(&[
+        ("/big", Reply::Body(body.clone())),
+        ("/unsized", Reply::Unsized(body.clone())),
+    ]);
     let s = server(&["--max_blob_size", "4096"]);
     let ch = s.channel().await;
-    let resp = fetch(&ch, fetch_req(&[format!("{}/big", origin.url)], vec![])).await;
-    assert_eq!(code(&resp), Code::NotFound);
-    assert!(
-        message(&resp).contains("max_blob_size"),
-        "{}",
-        message(&resp)
-    );
+    // Refused by its Content-Length, and counted while streaming.
+    for path in ["/big", "/unsized"] {
+        let resp = fetch(&ch, fetch_req(&[format!("{}{path}", origin.url)], vec![])).await;
+        assert_eq!(code(&resp), Code::NotFound, "{path}");
+        assert!(
+            message(&resp).contains("max_blob_size"),
+            "{path}: {}",
+            message(&resp)
+        );
+    }
     assert_eq!(s.get_async(&support::cas_path(&body)).await.0, 404);
+    // The same body, small enough, is fetched without a Content-Length too.
+    let small = support::noise(4000, 3);
+    let small_origin = Origin::start(&[("/unsized", Reply::Unsized(small.clone()))]);
+    let resp = fetch(
+        &ch,
+        fetch_req(&[format!("{}/unsized", small_origin.url)], vec![]),
+    )
+    .await;
+    assert_eq!(code(&resp), Code::Ok, "{}", message(&resp));
+    assert_eq!(resp.blob_digest, Some(digest(&small)));
 }
 
 #[tokio::test]

@@ -14,6 +14,8 @@ use std::thread;
 #[derive(Clone)]
 pub(crate) enum Reply {
     Body(Vec<u8>),
+    /// No `Content-Length`: the body ends when the connection closes.
+    Unsized(Vec<u8>),
     Redirect(String),
 }
 
@@ -101,6 +103,9 @@ fn serve(conn: TcpStream, routes: &HashMap<String, Reply>, log: &Mutex<Vec<Strin
                 )
                 .as_bytes(),
             )
+            .and_then(|()| conn.write_all(body)),
+        Some(Reply::Unsized(body)) => conn
+            .write_all(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
             .and_then(|()| conn.write_all(body)),
         Some(Reply::Redirect(to)) => conn.write_all(
             format!(

@@ -137,11 +137,21 @@ impl Fetch for FetchService {
             .as_ref()
             .filter(|t| t.seconds > 0 || t.nanos > 0)
             .map(|t| Duration::new(t.seconds.max(0) as u64, t.nanos.max(0) as u32));
+        let permit = match self.downloader.permit() {
+            Ok(p) => p,
+            Err(busy) => {
+                return respond(
+                    rpc_status(Code::ResourceExhausted, busy.to_string()),
+                    String::new(),
+                    None,
+                );
+            }
+        };
         let mut failures = Vec::new();
         for (i, uri) in req.uris.iter().enumerate() {
             let downloaded = match self
                 .downloader
-                .download(uri, &q.headers_for(i), timeout)
+                .download(&permit, uri, &q.headers_for(i), timeout)
                 .await
             {
                 Ok(d) => d,

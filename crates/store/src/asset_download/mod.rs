@@ -6,8 +6,9 @@
 //! Limits: a connect timeout, an overall deadline per URL (the request's
 //! `timeout` or ours), a size limit (`max_blob_size`: checked against
 //! `Content-Length` first, then counted), at most [`MAX_REDIRECTS`]
-//! redirects, and the [`AddressPolicy`] against request forgery on every
-//! hop.
+//! redirects, an origin silent for a minute cut (the one progress guard),
+//! at most [`MAX_CONCURRENT_DOWNLOADS`] at once, and the [`AddressPolicy`]
+//! against request forgery on every hop.
 //!
 //! # Layout
 //! - `mod.rs`: [`Downloader`], [`Downloaded`], [`DownloadError`].
@@ -22,18 +23,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use sha2::Digest as _;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::io::StreamReader;
+
+use crate::progress::ProgressGuard;
 
 use crate::http_transport::{PoolOptions, pooled_client_with_resolver};
 use address_policy::CheckedResolver;
 
 /// Redirects followed per URL (Bazel's own downloader follows a few too).
 pub const MAX_REDIRECTS: usize = 5;
+/// Downloads in progress at once: each holds a temporary file of up to
+/// `max_blob_size` and a connection; more are refused, retryably, so no
+/// client can tie up the disk or the origin's bandwidth.
+pub const MAX_CONCURRENT_DOWNLOADS: usize = 32;
+/// An origin that sends nothing for this long is cut.
+const STALL: Duration = Duration::from_secs(60);
 
 /// How the downloader connects and where its temporary files go.
 #[derive(Debug, Clone)]
@@ -68,6 +80,14 @@ pub enum DownloadError {
     #[error("temporary file: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// All [`MAX_CONCURRENT_DOWNLOADS`] are in progress.
+#[derive(Debug, thiserror::Error)]
+#[error("{MAX_CONCURRENT_DOWNLOADS} remote asset downloads are in progress; retry later")]
+pub struct Busy;
+
+/// The right to download, held for one FetchBlob's downloads.
+pub struct DownloadPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// A downloaded body in a temporary file (removed when dropped) and its
 /// hashes.
@@ -111,6 +131,7 @@ type DownloadClient = Client<HttpsConnector<HttpConnector<CheckedResolver>>, Emp
 pub struct Downloader {
     client: DownloadClient,
     opts: DownloaderOptions,
+    permits: std::sync::Arc<Semaphore>,
 }
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -147,13 +168,27 @@ impl Downloader {
                 policy: opts.policy.clone(),
             },
         );
-        Downloader { client, opts }
+        Downloader {
+            client,
+            opts,
+            permits: std::sync::Arc::new(Semaphore::new(MAX_CONCURRENT_DOWNLOADS)),
+        }
+    }
+
+    /// A permit to download, or [`Busy`] at once (no queue to wait in).
+    pub fn permit(&self) -> Result<DownloadPermit, Busy> {
+        self.permits
+            .clone()
+            .try_acquire_owned()
+            .map(DownloadPermit)
+            .map_err(|_| Busy)
     }
 
     /// Downloads `url` with `headers`, following redirects, within
     /// `timeout` (capped by the configured one).
     pub async fn download(
         &self,
+        _permit: &DownloadPermit,
         url: &str,
         headers: &[(String, String)],
         timeout: Option<Duration>,
@@ -216,7 +251,7 @@ impl Downloader {
     }
 
     /// Streams the body into a temporary file, hashing it.
-    async fn save(&self, mut body: hyper::body::Incoming) -> Result<Downloaded, DownloadError> {
+    async fn save(&self, body: hyper::body::Incoming) -> Result<Downloaded, DownloadError> {
         let limit = self.opts.max_size;
         if http_body::Body::size_hint(&body)
             .exact()
@@ -236,27 +271,37 @@ impl Downloader {
             .create_new(true)
             .open(file.path())
             .await?;
-        let mut out = tokio::io::BufWriter::with_capacity(256 * 1024, out);
+        let mut out = out;
+        // An origin that stops sending is cut by the one progress guard.
+        let stream = body
+            .into_data_stream()
+            .map_err(|e| std::io::Error::other(bazel_cache_digest::error_chain(&e)));
+        let mut reader =
+            ProgressGuard::new(StreamReader::new(stream), STALL, "remote asset download");
+        let mut buf = vec![0u8; 256 * 1024];
         let (mut s256, mut s384, mut s512) = (
             sha2::Sha256::new(),
             sha2::Sha384::new(),
             sha2::Sha512::new(),
         );
         let mut size = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| DownloadError::Transport(bazel_cache_digest::error_chain(&e)))?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            size += data.len() as u64;
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .map_err(|e| DownloadError::Transport(bazel_cache_digest::error_chain(&e)))?;
+            if n == 0 {
+                break;
+            }
+            let data = &buf[..n];
+            size += n as u64;
             if size > limit {
                 return Err(DownloadError::TooLarge { limit });
             }
-            s256.update(&data);
-            s384.update(&data);
-            s512.update(&data);
-            out.write_all(&data).await?;
+            s256.update(data);
+            s384.update(data);
+            s512.update(data);
+            out.write_all(data).await?;
         }
         out.flush().await?;
         Ok(Downloaded {
