@@ -104,8 +104,16 @@ pub async fn serve(
         "build.bazel.remote.execution.v2.ContentAddressableStorage",
         "google.bytestream.ByteStream",
     ];
+    const ASSET_SERVICES: [&str; 2] = [
+        "build.bazel.remote.asset.v1.Fetch",
+        "build.bazel.remote.asset.v1.Push",
+    ];
+    let services: Vec<&str> = SERVICES
+        .into_iter()
+        .chain(ASSET_SERVICES.into_iter().filter(|_| state.asset.is_some()))
+        .collect();
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in SERVICES {
+    for &name in &services {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -147,7 +155,7 @@ pub async fn serve(
         let stop = stop.clone();
         async move {
             stop.cancelled().await;
-            for name in SERVICES {
+            for name in services {
                 health_reporter
                     .set_service_status(name, tonic_health::ServingStatus::NotServing)
                     .await;

@@ -277,6 +277,18 @@ async fn loopback_link_local_and_unlisted_hosts_are_refused() {
     assert!(origin.requests().is_empty());
 }
 
+/// grpc.health.v1 Check of `service`: its status number, or the RPC error.
+async fn health(s: &Server, service: &str) -> Result<i32, Code> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    HealthClient::new(s.channel().await)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .map(|r| r.into_inner().status)
+        .map_err(|e| e.code())
+}
+
 #[tokio::test]
 async fn off_by_default_and_a_write_under_auth() {
     let s = Server::start_grpc(&[]);
@@ -285,7 +297,19 @@ async fn off_by_default_and_a_write_under_auth() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented);
+    assert_eq!(
+        health(&s, "build.bazel.remote.asset.v1.Fetch").await,
+        Err(Code::NotFound)
+    );
     drop(s);
+    let on = server(&[]);
+    for service in [
+        "build.bazel.remote.asset.v1.Fetch",
+        "build.bazel.remote.asset.v1.Push",
+    ] {
+        assert_eq!(health(&on, service).await, Ok(1), "{service} SERVING");
+    }
+    drop(on);
 
     let origin = Origin::start(&[("/f", Reply::Body(b"f".to_vec()))]);
     let dir = tempfile::tempdir().unwrap();
