@@ -20,6 +20,7 @@ use crate::listen::tls::{self, TlsError};
 use crate::listen::{self, ConnectionLimits, Listener, Port};
 use crate::metrics::{CountingStore, Metrics, MetricsOptions};
 use bazel_cache_store::EmptyBlob;
+use bazel_cache_store::asset_download::{AddressPolicy, Downloader, DownloaderOptions};
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
 use bazel_cache_store::disk::{DiskConfig, DiskStore};
 use bazel_cache_store::grpc_proxy::GrpcBackend;
@@ -461,6 +462,15 @@ impl Server {
             },
             on_request: Box::new(move || grpc_touched.store(unix_now(), Ordering::Relaxed)),
             memory: self.store.config().memory.clone(),
+            asset: self.config.experimental_remote_asset_api.then(|| {
+                Arc::new(Downloader::new(DownloaderOptions {
+                    connect_timeout: defaults::REMOTE_ASSET_CONNECT_TIMEOUT,
+                    timeout: defaults::REMOTE_ASSET_TIMEOUT,
+                    max_size: self.config.max_blob_size,
+                    temp_dir: std::env::temp_dir(),
+                    policy: AddressPolicy::new(self.config.remote_asset_allowed_hosts.clone()),
+                }))
+            }),
         });
         let idle = idle_watch(self.config.idle_timeout, last_request);
         let stopping = CancellationToken::new();

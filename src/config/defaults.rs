@@ -109,6 +109,10 @@ pub(crate) const DISABLE_HTTP_AC_VALIDATION: bool = false;
 pub(crate) const DISABLE_GRPC_AC_DEPS_CHECK: bool = false;
 pub(crate) const ENABLE_AC_KEY_INSTANCE_MANGLING: bool = false;
 pub(crate) const EXPERIMENTAL_REMOTE_ASSET_API: bool = false;
+/// Remote Asset downloads: connecting to an origin, and the whole download
+/// of one URL (a request's own `timeout` may only shorten it).
+pub(crate) const REMOTE_ASSET_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const REMOTE_ASSET_TIMEOUT: Duration = Duration::from_secs(600);
 
 // Logging and metrics
 pub(crate) const ACCESS_LOG_LEVEL: &str = "all";

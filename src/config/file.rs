@@ -56,6 +56,7 @@ pub(super) struct Schema {
     pub disable_grpc_ac_deps_check: Option<bool>,
     pub enable_ac_key_instance_mangling: Option<bool>,
     pub experimental_remote_asset_api: Option<bool>,
+    pub remote_asset_allowed_hosts: Option<String>,
 
     pub access_log_level: Option<String>,
     pub log_timezone: Option<String>,

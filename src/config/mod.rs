@@ -189,6 +189,9 @@ pub struct Config {
     pub disable_grpc_ac_deps_check: bool,
     pub enable_ac_key_instance_mangling: bool,
     pub experimental_remote_asset_api: bool,
+    /// Hosts the Remote Asset downloader may reach whatever their addresses
+    /// (and, when non-empty, the only ones it may reach).
+    pub remote_asset_allowed_hosts: Vec<String>,
     pub htpasswd_file: Option<PathBuf>,
     pub allow_unauthenticated_reads: bool,
     pub tls: Option<TlsConfig>,

@@ -417,6 +417,16 @@ pub(super) static OPTIONS: &[Opt] = &[
         help: "Serve the experimental Remote Asset API (needs gRPC).",
         heading: BEHAVIOUR,
     },
+    Opt {
+        key: "remote_asset_allowed_hosts",
+        env: &["BAZEL_REMOTE_REMOTE_ASSET_ALLOWED_HOSTS"],
+        kind: Kind::Str,
+        default: DefaultHelp::Unset("any host with only public addresses"),
+        help: "Comma-separated hosts the Remote Asset API may download from. When set, only \
+               these, whatever their addresses (loopback and private ones included); when \
+               unset, any host whose addresses are all public.",
+        heading: BEHAVIOUR,
+    },
     // Logging and metrics
     Opt {
         key: "access_log_level",

@@ -296,6 +296,13 @@ impl Resolver<'_> {
                 .enable_ac_key_instance_mangling
                 .unwrap_or(defaults::ENABLE_AC_KEY_INSTANCE_MANGLING),
             experimental_remote_asset_api,
+            remote_asset_allowed_hosts: s
+                .remote_asset_allowed_hosts
+                .unwrap_or_default()
+                .split(',')
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
             htpasswd_file,
             allow_unauthenticated_reads,
             tls,

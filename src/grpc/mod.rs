@@ -5,6 +5,7 @@
 //! and store errors into status codes; action-cache rules live in `ac.rs`.
 
 mod action_cache;
+mod asset;
 mod auth;
 mod bytestream;
 mod capabilities;
@@ -26,6 +27,7 @@ use crate::listen::activity::ActivityLayer;
 use crate::listen::{Listener, Port};
 use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
 use bazel_cache_digest::{Digest, Hash, mangle_ac_key};
+use bazel_cache_store::asset_download::Downloader;
 use bazel_cache_store::budget::MemoryBudget;
 use bazel_cache_store::{Store, StoreError};
 
@@ -77,6 +79,9 @@ pub struct GrpcState {
     /// The memory budget ByteStream Read chunks and Write chunks queued for
     /// the store are reserved from (the store's).
     pub memory: Arc<MemoryBudget>,
+    /// The Remote Asset API's downloader, when `experimental_remote_asset_api`
+    /// is on; otherwise its services are not registered (UNIMPLEMENTED).
+    pub asset: Option<Arc<Downloader>>,
 }
 
 /// How the gRPC port is served, besides the services' shared state.
@@ -107,8 +112,16 @@ pub async fn serve(
         "build.bazel.remote.execution.v2.ContentAddressableStorage",
         "google.bytestream.ByteStream",
     ];
+    const ASSET_SERVICES: [&str; 2] = [
+        "build.bazel.remote.asset.v1.Fetch",
+        "build.bazel.remote.asset.v1.Push",
+    ];
+    let services: Vec<&str> = SERVICES
+        .into_iter()
+        .chain(ASSET_SERVICES.into_iter().filter(|_| state.asset.is_some()))
+        .collect();
     let (health_reporter, health) = tonic_health::server::health_reporter();
-    for name in SERVICES {
+    for &name in &services {
         health_reporter
             .set_service_status(name, tonic_health::ServingStatus::Serving)
             .await;
@@ -133,12 +146,24 @@ pub async fn serve(
         .add_service(capabilities::service(state.clone()))
         .add_service(action_cache::service(state.clone()))
         .add_service(cas::service(state.clone()))
+        .add_optional_service(
+            state
+                .asset
+                .clone()
+                .map(|d| asset::fetch_service(state.clone(), d)),
+        )
+        .add_optional_service(
+            state
+                .asset
+                .is_some()
+                .then(|| asset::push_service(state.clone())),
+        )
         .add_service(bytestream::service(state));
     let shutdown = {
         let stop = stop.clone();
         async move {
             stop.cancelled().await;
-            for name in SERVICES {
+            for name in services {
                 health_reporter
                     .set_service_status(name, tonic_health::ServingStatus::NotServing)
                     .await;

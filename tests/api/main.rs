@@ -25,4 +25,5 @@ mod lifecycle;
 mod limits;
 mod logs;
 mod metrics;
+mod remote_asset;
 mod url_proxies;

@@ -730,6 +730,7 @@ impl Server {
 
 pub(crate) mod bazel_remote;
 pub(crate) mod deploy;
+pub(crate) mod origin;
 pub(crate) mod pki;
 pub(crate) mod prometheus;
 pub(crate) mod s3;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// A pooled HTTP(S) client sending bodies of type `B`.
@@ -27,7 +28,25 @@ where
     B: http_body::Body + Send,
     B::Data: Send,
 {
-    let mut http = HttpConnector::new();
+    pooled_client_with_resolver(tls, opts, GaiResolver::new())
+}
+
+/// [`pooled_client`] with its own name resolver: the Remote Asset
+/// downloader checks every address a name resolves to before connecting.
+pub(crate) fn pooled_client_with_resolver<B, R>(
+    tls: rustls::ClientConfig,
+    opts: PoolOptions,
+    resolver: R,
+) -> Client<HttpsConnector<HttpConnector<R>>, B>
+where
+    B: http_body::Body + Send,
+    B::Data: Send,
+    R: tower::Service<Name> + Clone + Send + Sync + 'static,
+    R::Response: Iterator<Item = std::net::SocketAddr>,
+    R::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    R::Future: Send,
+{
+    let mut http = HttpConnector::new_with_resolver(resolver);
     http.enforce_http(false);
     http.set_connect_timeout(Some(opts.connect_timeout));
     http.set_nodelay(true);

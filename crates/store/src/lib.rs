@@ -37,12 +37,16 @@
 //!   bazel-remote's HTTP protocol or REAPI (migrating from bazel-remote);
 //!   `backend_url.rs` their shared settings (URL, basic auth, TLS files).
 //! - `http_transport.rs`: the one hyper client pool builder (S3, HTTP).
+//! - `asset_download/`: the Remote Asset API's downloader (timeouts, size
+//!   limit, redirects, SSRF address policy), streaming to a temporary file
+//!   while hashing.
 //!
 //! This crate knows nothing of the server's configuration or metrics: each
 //! store owns its config type (`DiskConfig`, `ProxyConfig`, `S3Config`) and
 //! exposes counters that the server reads.
 
 pub mod action_result;
+pub mod asset_download;
 pub mod backend_url;
 pub mod budget;
 pub mod disk;

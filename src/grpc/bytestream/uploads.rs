@@ -475,6 +475,7 @@ mod tests {
                 store: store.clone(),
                 options: GrpcOptions::default(),
                 on_request: Box::new(|| {}),
+                asset: None,
             });
             let svc = ByteStreamService::new(state, Uploads::new(max_uploads, max_idle, ttl));
             let uploads = svc.uploads.clone();

@@ -42,6 +42,7 @@ fn defaults_when_nothing_is_given() {
     assert!(!c.disable_grpc_ac_deps_check);
     assert!(!c.enable_ac_key_instance_mangling);
     assert!(!c.experimental_remote_asset_api);
+    assert!(c.remote_asset_allowed_hosts.is_empty());
     assert_eq!(c.htpasswd_file, None);
     assert!(!c.allow_unauthenticated_reads);
     assert_eq!(c.tls, None);
@@ -207,6 +208,18 @@ fn compatibility_keys_are_accepted() {
     );
     let invocation = fx.load(&["--config_file", &file], &[]).unwrap();
     assert!(invocation.config.experimental_remote_asset_api);
+    // Our allow-list: a comma-separated string, from any source.
+    let c = fx.config(
+        &[],
+        &[(
+            "BAZEL_REMOTE_REMOTE_ASSET_ALLOWED_HOSTS",
+            "127.0.0.1, mirror.example,",
+        )],
+    );
+    assert_eq!(
+        c.remote_asset_allowed_hosts,
+        ["127.0.0.1", "mirror.example"]
+    );
     assert_eq!(invocation.notes.len(), 1, "{:?}", invocation.notes);
     assert!(invocation.notes[0].contains("profile_address"));
 }
