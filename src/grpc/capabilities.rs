@@ -48,6 +48,11 @@ impl Capabilities for CapabilitiesService {
                 supported_batch_update_compressors: vec![zstd],
                 // 0 means no limit in the spec.
                 max_cas_blob_size_bytes: i64::try_from(max_blob).unwrap_or(0),
+                // SplitBlob and SpliceBlob (v2.12), with the one chunking
+                // function SplitBlob cuts with.
+                split_blob_support: true,
+                splice_blob_support: true,
+                fast_cdc_2020_params: Some(super::chunking::fast_cdc_params()),
                 ..Default::default()
             }),
             execution_capabilities: None,

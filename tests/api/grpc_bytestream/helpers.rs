@@ -13,9 +13,9 @@ pub(super) const MIB: usize = 1024 * 1024;
 pub(super) const EMPTY_HEX: &str =
     "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
 
-pub(super) type Client = ByteStreamClient<Channel>;
+pub(crate) type Client = ByteStreamClient<Channel>;
 
-pub(super) async fn client(s: &Server) -> Client {
+pub(crate) async fn client(s: &Server) -> Client {
     bytestream_client(s.channel().await)
 }
 
@@ -26,12 +26,12 @@ pub(super) fn text(len: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-pub(super) fn read_name(data: &[u8]) -> String {
+pub(crate) fn read_name(data: &[u8]) -> String {
     format!("blobs/{}/{}", hex(data), data.len())
 }
 
 /// A fresh upload name per call (the uuid is not validated; unique is enough).
-pub(super) fn upload_name(data: &[u8], compressed: bool) -> String {
+pub(crate) fn upload_name(data: &[u8], compressed: bool) -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let uuid = format!(
@@ -89,7 +89,7 @@ pub(super) async fn send(c: &mut Client, reqs: Vec<WriteRequest>) -> Result<i64,
 }
 
 /// Uploads `bytes` under `name` in one stream ending with finish_write.
-pub(super) async fn write(
+pub(crate) async fn write(
     c: &mut Client,
     name: &str,
     bytes: &[u8],
@@ -121,7 +121,7 @@ pub(super) async fn read_at(
     Ok((data, sizes))
 }
 
-pub(super) async fn read(c: &mut Client, name: &str) -> Result<Vec<u8>, Status> {
+pub(crate) async fn read(c: &mut Client, name: &str) -> Result<Vec<u8>, Status> {
     read_at(c, name, 0, 0).await.map(|(d, _)| d)
 }
 

@@ -4,7 +4,7 @@
 //! already-present uploads, and interoperation with the HTTP front end.
 //! One module per concern; the client helpers are in `helpers`.
 
-mod helpers;
+pub(crate) mod helpers;
 mod refusals;
 mod resumable;
 mod round_trips;
