@@ -57,6 +57,9 @@ impl Capabilities for CapabilitiesService {
             }),
             execution_capabilities: None,
             low_api_version: version(2, 0),
+            // SplitBlob/SpliceBlob are v2.12 RPCs, but clients (Bazel)
+            // gate them on the capability fields above, and claiming 2.12
+            // would promise every change from 2.4 to 2.12, not audited here.
             high_api_version: version(2, 3),
             ..Default::default()
         };
