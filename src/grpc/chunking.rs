@@ -41,7 +41,7 @@ pub(super) async fn split_blob(
 ) -> Result<re::SplitBlobResponse, Status> {
     check_digest_function(req.digest_function)?;
     let blob = parse_digest(req.blob_digest.as_ref(), "blob_digest")?;
-    let Some(chunks) = chunking::split(state.store.as_ref(), cdc, &blob)
+    let Some(chunks) = chunking::split(state.store.as_ref(), &state.memory, cdc, &blob)
         .await
         .map_err(store_status)?
     else {

@@ -10,6 +10,7 @@ use bytes::BytesMut;
 use tokio::io::AsyncReadExt;
 
 use super::FastCdc;
+use crate::budget::{MemoryBudget, MemoryUse};
 use crate::{Encoding, PutBody, PutRequest, Store, StoreError};
 
 /// Bytes asked of the blob's reader at a time.
@@ -20,11 +21,13 @@ const READ_SIZE: usize = 256 * 1024;
 /// with another size).
 ///
 /// Streams: at most `max_size()` plus one read is held at once, whatever the
-/// blob's size. Cutting and hashing a window (up to 2 MiB at the default
+/// blob's size, reserved from `memory` first (refused retryably when the
+/// budget stays full, like any read buffer). Cutting and hashing a window (up to 2 MiB at the default
 /// parameters) is CPU work of a millisecond or more, so it runs on a
 /// blocking thread, not on the async worker.
 pub async fn split(
     store: &dyn Store,
+    memory: &Arc<MemoryBudget>,
     cdc: &Arc<FastCdc>,
     blob: &Digest,
 ) -> Result<Option<Vec<Digest>>, StoreError> {
@@ -34,6 +37,8 @@ pub async fn split(
     if found.size != blob.size || found.encoding != Encoding::Identity {
         return Ok(None);
     }
+    let window = (cdc.max_size() as u64).min(blob.size) + READ_SIZE as u64;
+    let _held = memory.reserve(MemoryUse::ReadBuffer, window).await?;
     let mut reader = found.body.into_reader();
     let mut pending = BytesMut::new();
     let mut eof = false;
