@@ -48,10 +48,18 @@ impl Capabilities for CapabilitiesService {
                 supported_batch_update_compressors: vec![zstd],
                 // 0 means no limit in the spec.
                 max_cas_blob_size_bytes: i64::try_from(max_blob).unwrap_or(0),
+                // SplitBlob and SpliceBlob (v2.12), with the one chunking
+                // function SplitBlob cuts with.
+                split_blob_support: true,
+                splice_blob_support: true,
+                fast_cdc_2020_params: Some(super::chunking::fast_cdc_params()),
                 ..Default::default()
             }),
             execution_capabilities: None,
             low_api_version: version(2, 0),
+            // SplitBlob/SpliceBlob are v2.12 RPCs, but clients (Bazel)
+            // gate them on the capability fields above, and claiming 2.12
+            // would promise every change from 2.4 to 2.12, not audited here.
             high_api_version: version(2, 3),
             ..Default::default()
         };

@@ -10,6 +10,7 @@ mod auth;
 mod bytestream;
 mod capabilities;
 mod cas;
+mod chunking;
 pub(crate) mod incoming;
 pub mod resource;
 
@@ -196,6 +197,14 @@ pub(crate) fn store_status(e: StoreError) -> Status {
 pub(crate) fn parse_digest(d: Option<&re::Digest>, field: &str) -> Result<Digest, Status> {
     let d = d.ok_or_else(|| Status::invalid_argument(format!("{field}: missing digest")))?;
     Digest::from_reapi(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+/// Parses a repeated digest field, naming the bad entry (`field[i]`).
+pub(crate) fn parse_digests(ds: &[re::Digest], field: &str) -> Result<Vec<Digest>, Status> {
+    ds.iter()
+        .enumerate()
+        .map(|(i, d)| parse_digest(Some(d), &format!("{field}[{i}]")))
+        .collect()
 }
 
 /// Refuses digest functions other than SHA-256 (0 = unspecified means SHA-256).

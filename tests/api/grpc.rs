@@ -79,6 +79,18 @@ async fn capabilities_announce_the_cache() {
         bazel_cache::grpc::MAX_BATCH_TOTAL_SIZE
     );
     assert_eq!(cache.max_cas_blob_size_bytes, 1_000_000);
+    // SplitBlob and SpliceBlob, with FastCDC 2020 at the spec's recommended
+    // parameters (tests in chunking.rs).
+    assert!(cache.split_blob_support);
+    assert!(cache.splice_blob_support);
+    assert_eq!(
+        cache.fast_cdc_2020_params,
+        Some(re::FastCdc2020Params {
+            avg_chunk_size_bytes: 512 * 1024,
+            seed: 0,
+        })
+    );
+    assert_eq!(cache.rep_max_cdc_params, None);
     let zstd = re::compressor::Value::Zstd as i32;
     assert_eq!(cache.supported_compressors, vec![zstd]);
     assert_eq!(cache.supported_batch_update_compressors, vec![zstd]);

@@ -26,6 +26,8 @@
 //! - `zstd_frame.rs`, `zstd_decode.rs`: zstd frame headers read ahead of
 //!   the decoder; the one decoder, its window capped, its memory reserved.
 //! - `secret.rs`: [`Secret`], credentials that never print.
+//! - `chunking/`: FastCDC 2020 and the storage half of REAPI's SplitBlob
+//!   and SpliceBlob (chunks and spliced blobs are ordinary CAS blobs).
 //! - `disk/`: files plus a redb index, LRU eviction, crash recovery,
 //!   adopting a bazel-remote `dir` in place; the local tier of every
 //!   configuration.
@@ -49,6 +51,7 @@ pub mod action_result;
 pub mod asset_download;
 pub mod backend_url;
 pub mod budget;
+pub mod chunking;
 pub mod disk;
 mod empty_blob;
 mod file_chunks;

@@ -194,10 +194,12 @@ async fn first_request(
     };
     let (size, encoding) = (res.digest.size, res.encoding);
     let limit = max_blob_size;
+    // INVALID_ARGUMENT, as the spec asks for uploads over
+    // max_cas_blob_size_bytes (and bazel-remote answers): not retryable.
     if size > limit {
         return Err(named(
             &name,
-            store_status(StoreError::TooLarge { size, limit }),
+            Status::invalid_argument(StoreError::TooLarge { size, limit }.to_string()),
         ));
     }
     let key = BlobKey::cas(res.digest.hash);

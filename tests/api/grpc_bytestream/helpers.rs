@@ -15,7 +15,7 @@ pub(super) const EMPTY_HEX: &str =
 
 pub(crate) type Client = ByteStreamClient<Channel>;
 
-pub(super) async fn client(s: &Server) -> Client {
+pub(crate) async fn client(s: &Server) -> Client {
     bytestream_client(s.channel().await)
 }
 

@@ -163,7 +163,7 @@ async fn write_protocol_errors() {
     let big = support::noise(1001, 6);
     let e = assert_code(
         write(&mut c, &upload_name(&big, false), &big, 500).await,
-        Code::ResourceExhausted,
+        Code::InvalidArgument,
         "too large",
     );
     assert!(e.message().contains("max_blob_size"), "{}", e.message());

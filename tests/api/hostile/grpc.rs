@@ -485,13 +485,56 @@ async fn hostile_grpc_requests_get_their_status_and_change_nothing() {
     let r = exec.execute(re::ExecuteRequest::default()).await;
     cases.push(case("Execution (not offered)", Code::Unimplemented, r));
     cases.push(case(
-        "SplitBlob (not offered)",
-        Code::Unimplemented,
+        "SplitBlob: no digest",
+        Code::InvalidArgument,
+        cas.split_blob(re::SplitBlobRequest::default()).await,
+    ));
+    cases.push(case(
+        "SplitBlob: negative size",
+        Code::InvalidArgument,
         cas.split_blob(re::SplitBlobRequest {
-            blob_digest: Some(digest(&kept)),
+            blob_digest: Some(negative.clone()),
             ..Default::default()
         })
         .await,
+    ));
+    // The kept blob as its only chunk, claimed to be other bytes.
+    let mut lie = digest(&support::noise(kept.len(), 2));
+    lie.size_bytes = kept.len() as i64;
+    cases.push(case(
+        "SpliceBlob: chunks that hash to another blob",
+        Code::InvalidArgument,
+        cas.splice_blob(re::SpliceBlobRequest {
+            blob_digest: Some(lie),
+            chunk_digests: vec![digest(&kept)],
+            ..Default::default()
+        })
+        .await,
+    ));
+    cases.push(case(
+        "SpliceBlob: 100,000 chunks, none stored",
+        Code::NotFound,
+        cas.splice_blob(re::SpliceBlobRequest {
+            blob_digest: Some(re::Digest {
+                hash: hex(&kept),
+                size_bytes: 100_000,
+            }),
+            chunk_digests: (0..100_000u32)
+                .map(|i| re::Digest {
+                    hash: format!("{i:064x}"),
+                    size_bytes: 1,
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .await,
+    ));
+    cases.push(case(
+        "GetChunkMapping (v2.13, not offered)",
+        Code::Unimplemented,
+        cas.get_chunk_mapping(re::GetChunkMappingRequest::default())
+            .await
+            .map(|_| ()),
     ));
     let mut caps = CapabilitiesClient::new(ch.clone());
     cases.push(case(
