@@ -124,18 +124,26 @@ fn init_logging(config: &Config) -> bazel_cache::log_writer::Guard {
 }
 
 /// SIGTERM (Kubernetes, systemd) or SIGINT (Ctrl-C).
-async fn shutdown_signal() {
+///
+/// The handlers are installed here, when called, not when the returned
+/// future is first polled: the server says READY=1 before it polls it, and
+/// a SIGTERM in between would otherwise meet the default action and kill
+/// the process without a drain (seen under load in the systemd test).
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let signals = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
-    ) {
-        (Ok(mut term), Ok(mut int)) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {}
+    );
+    async move {
+        match signals {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
             }
+            _ => std::future::pending().await,
         }
-        _ => std::future::pending().await,
     }
 }
