@@ -388,7 +388,7 @@ fn refused_writes_are_counted_by_status_and_the_rest_stored() {
     let server = Server::start(&["--max_blob_size", "10000", "--grpc_address", "127.0.0.1:0"]);
     for (url, refused) in [
         (server.http_url.clone(), "HTTP 400"),
-        (server.grpc_url().unwrap(), "gRPC ResourceExhausted"),
+        (server.grpc_url().unwrap(), "gRPC InvalidArgument"),
     ] {
         let before = server.num_files();
         let report = bench(&[
