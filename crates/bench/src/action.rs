@@ -20,7 +20,7 @@ pub(crate) fn action_digest(class: &SizeClass, id: BlobId) -> re::Digest {
     h.update(b"bazel-cache-bench action\0");
     h.update(class.size().to_le_bytes());
     h.update(id.bytes());
-    let hash = Hash(h.finalize().into());
+    let hash = Hash::sha256(h.finalize().into());
     re::Digest {
         hash: hash.to_hex(),
         // The size of the Action message the digest would name: any

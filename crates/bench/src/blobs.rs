@@ -141,7 +141,7 @@ impl SizeClass {
             h.update(&piece);
         }
         h.update(id.bytes());
-        Hash(h.finalize().into())
+        Hash::sha256(h.finalize().into())
     }
 
     /// The hex form of [`SizeClass::hash`], cached for prefilled blobs.

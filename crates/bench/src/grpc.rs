@@ -278,7 +278,8 @@ impl GrpcClient {
             .await
             .map_err(|s| OpError::grpc(what.clone(), &s))?
             .into_inner();
-        let mut hasher = bazel_cache_digest::Hasher::new();
+        let mut hasher =
+            bazel_cache_digest::Hasher::new(bazel_cache_digest::DigestFunction::Sha256);
         hasher.update(&result.encode_to_vec());
         check(&what, len, expected, hasher)
     }

@@ -23,7 +23,7 @@ impl ZstdHasher {
         Ok(ZstdHasher {
             decoder: Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?,
             out: vec![0; OUT],
-            hasher: Hasher::new(),
+            hasher: Hasher::new(bazel_cache_digest::DigestFunction::Sha256),
             frame_done: true,
         })
     }
@@ -70,7 +70,7 @@ impl Verifier {
         Ok(if zstd {
             Verifier::Zstd(Box::new(ZstdHasher::new()?))
         } else {
-            Verifier::Identity(Hasher::new())
+            Verifier::Identity(Hasher::new(bazel_cache_digest::DigestFunction::Sha256))
         })
     }
 

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bazel_cache_digest::{BlobKey, Digest, Hash, Kind};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash, Kind};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
 use bytes::Bytes;
@@ -135,8 +135,8 @@ impl GrpcBackend {
     }
 
     /// Remembers the sizes of the blobs an ActionResult references.
-    fn learn(&self, ar: &re::ActionResult) {
-        for d in action_result::referenced_blobs(ar) {
+    fn learn(&self, function: DigestFunction, ar: &re::ActionResult) {
+        for d in action_result::referenced_blobs(function, ar) {
             self.sizes.insert(d.hash, d.size);
         }
     }
@@ -152,13 +152,14 @@ impl GrpcBackend {
     async fn get_action_result(&self, hash: &Hash) -> Result<Option<re::ActionResult>, Status> {
         let req = re::GetActionResultRequest {
             action_digest: Some(Self::action_digest(hash)),
+            digest_function: hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.action_cache();
         match within(REQUEST_TIMEOUT, client.get_action_result(self.request(req))).await {
             Ok(ar) => {
                 let ar = ar.into_inner();
-                self.learn(&ar);
+                self.learn(hash.function(), &ar);
                 Ok(Some(ar))
             }
             Err(s) if s.code() == Code::NotFound => Ok(None),
@@ -169,6 +170,7 @@ impl GrpcBackend {
     async fn find_missing(&self, d: &Digest) -> Result<Presence, Status> {
         let req = re::FindMissingBlobsRequest {
             blob_digests: vec![d.to_reapi()],
+            digest_function: d.hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.cas();
@@ -188,7 +190,7 @@ impl GrpcBackend {
 
     async fn read(&self, d: Digest) -> Result<Option<Download>, Status> {
         let req = bs::ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash, d.size),
+            resource_name: d.blobs_path(),
             read_offset: 0,
             read_limit: 0,
         };
@@ -224,7 +226,8 @@ impl GrpcBackend {
 
     async fn write(&self, hash: Hash, upload: Upload) -> Result<(), Status> {
         let size = upload.size;
-        let resource_name = format!("uploads/{}/blobs/{hash}/{size}", self.upload_id(&hash));
+        let digest = Digest { hash, size };
+        let resource_name = format!("uploads/{}/{}", self.upload_id(&hash), digest.blobs_path());
         let requests = WriteRequests::new(upload.into_identity_reader(), size, resource_name);
         let mib = u32::try_from(size >> 20).unwrap_or(u32::MAX);
         let timeout = REQUEST_TIMEOUT.saturating_add(WRITE_TIME_PER_MIB.saturating_mul(mib));
@@ -264,6 +267,7 @@ impl GrpcBackend {
         let req = re::UpdateActionResultRequest {
             action_digest: Some(Self::action_digest(&hash)),
             action_result: Some(ar),
+            digest_function: hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.action_cache();
@@ -294,7 +298,7 @@ impl GrpcBackend {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let mut seed = Vec::with_capacity(64);
-        seed.extend_from_slice(&hash.0);
+        seed.extend_from_slice(hash.bytes());
         seed.extend_from_slice(&nanos.to_le_bytes());
         seed.extend_from_slice(&n.to_le_bytes());
         seed.extend_from_slice(&std::process::id().to_le_bytes());
@@ -424,8 +428,21 @@ impl Backend for GrpcBackend {
         match key.kind {
             Kind::Ac => format!("{} actionResult {}", self.base, key.hash),
             Kind::Cas => match self.sizes.get(&key.hash) {
-                Some(size) => format!("{}/blobs/{}/{size}", self.base, key.hash),
-                None => format!("{}/blobs/{}", self.base, key.hash),
+                Some(size) => format!(
+                    "{}/{}",
+                    self.base,
+                    Digest {
+                        hash: key.hash,
+                        size
+                    }
+                    .blobs_path()
+                ),
+                None => format!(
+                    "{}/blobs/{}{}",
+                    self.base,
+                    key.hash.function().resource_segment(),
+                    key.hash
+                ),
             },
         }
     }

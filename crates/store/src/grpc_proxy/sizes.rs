@@ -38,7 +38,7 @@ impl KnownSizes {
     }
 
     fn shard(&self, hash: &Hash) -> &Mutex<Generations> {
-        &self.shards[usize::from(hash.0[0]) % SHARDS]
+        &self.shards[usize::from(hash.bytes()[0]) % SHARDS]
     }
 
     pub(super) fn insert(&self, hash: Hash, size: u64) {
@@ -66,7 +66,7 @@ mod tests {
         let mut h = [0u8; 32];
         h[0] = first;
         h[1..5].copy_from_slice(&n.to_le_bytes());
-        Hash(h)
+        Hash::sha256(h)
     }
 
     #[test]
