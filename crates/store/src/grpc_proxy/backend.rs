@@ -26,11 +26,11 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::sizes::KnownSizes;
 use crate::BlobReader;
 use crate::action_result::{self, MAX_ACTION_RESULT_BYTES};
 use crate::backend_url::{PemFiles, UrlBackendConfig};
 use crate::progress::ProgressGuard;
+use crate::proxy::expiring_map::ExpiringMap;
 use crate::proxy::{Backend, BackendError, Download, Presence, Upload};
 
 use bs::byte_stream_client::ByteStreamClient;
@@ -51,17 +51,20 @@ const MAX_MESSAGE: usize = MAX_ACTION_RESULT_BYTES as usize + 1024;
 /// 2 MiB at most, gRPC peers expect 4 MiB), so a download holds little
 /// memory at a time.
 const MAX_READ_MESSAGE: usize = 16 << 20;
-/// Blob sizes remembered (see `sizes.rs`), about 64 bytes each: 16 MiB at
-/// most. A size is needed only between the ActionResult (or
+/// Blob sizes remembered, in the proxy's bounded ring map (a few tens of
+/// bytes each). A size is needed only between the ActionResult (or
 /// FindMissingBlobs) that names a blob and the read that follows.
 const KNOWN_SIZES: usize = 1 << 18;
+/// A blob's size never changes; entries leave by being the oldest of a
+/// full map, and this only bounds how long an unused one lingers.
+const SIZE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct GrpcBackend {
     channel: Channel,
     /// `grpc[s]://host:port`, without credentials.
     base: String,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
-    sizes: KnownSizes,
+    sizes: ExpiringMap<u64>,
     /// Makes upload resource names unique within this process.
     uploads: AtomicU64,
 }
@@ -106,7 +109,7 @@ impl GrpcBackend {
             channel: endpoint.connect_lazy(),
             base: cfg.display_url(),
             authorization,
-            sizes: KnownSizes::new(KNOWN_SIZES),
+            sizes: ExpiringMap::new(KNOWN_SIZES),
             uploads: AtomicU64::new(0),
         })
     }
@@ -137,7 +140,7 @@ impl GrpcBackend {
     /// Remembers the sizes of the blobs an ActionResult references.
     fn learn(&self, function: DigestFunction, ar: &re::ActionResult) {
         for d in action_result::referenced_blobs(function, ar) {
-            self.sizes.insert(d.hash, d.size);
+            self.sizes.insert(&BlobKey::cas(d.hash), d.size, SIZE_TTL);
         }
     }
 
@@ -181,7 +184,7 @@ impl GrpcBackend {
         .await?
         .into_inner();
         Ok(if answer.missing_blob_digests.is_empty() {
-            self.sizes.insert(d.hash, d.size);
+            self.sizes.insert(&BlobKey::cas(d.hash), d.size, SIZE_TTL);
             Presence::Present { size: Some(d.size) }
         } else {
             Presence::Absent
@@ -241,7 +244,7 @@ impl GrpcBackend {
                 answer.committed_size
             )));
         }
-        self.sizes.insert(hash, size);
+        self.sizes.insert(&BlobKey::cas(hash), size, SIZE_TTL);
         Ok(())
     }
 
@@ -427,7 +430,7 @@ impl Backend for GrpcBackend {
     fn locate(&self, key: &BlobKey) -> String {
         match key.kind {
             Kind::Ac => format!("{} actionResult {}", self.base, key.hash),
-            Kind::Cas => match self.sizes.get(&key.hash) {
+            Kind::Cas => match self.sizes.get(&BlobKey::cas(key.hash)) {
                 Some(size) => format!(
                     "{}/{}",
                     self.base,
@@ -456,7 +459,7 @@ impl Backend for GrpcBackend {
                 Ok(None) => Presence::Absent,
                 Err(s) => return Err(status_error(s)),
             }),
-            Kind::Cas => match self.sizes.get(&key.hash) {
+            Kind::Cas => match self.sizes.get(&BlobKey::cas(key.hash)) {
                 Some(size) => {
                     self.head_digest(&Digest {
                         hash: key.hash,
@@ -492,7 +495,7 @@ impl Backend for GrpcBackend {
                 }))
             }
             Kind::Cas => {
-                let Some(size) = self.sizes.get(&key.hash) else {
+                let Some(size) = self.sizes.get(&BlobKey::cas(key.hash)) else {
                     tracing::debug!(hash = %key.hash, "grpc_proxy: size unknown, cannot ask for the blob");
                     return Ok(None);
                 };
