@@ -10,7 +10,7 @@
 //! the graph of misses (an action before those that consume its outputs),
 //! then in log order.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use serde::Serialize;
 
@@ -28,6 +28,9 @@ pub struct Report {
     pub after_spawns: usize,
     /// Spawns of the second log that were remote cache hits.
     pub cache_hits: usize,
+    /// What holds for the builds as a whole (e.g. that they wrote to
+    /// different output directories, so no action could match).
+    pub notes: Vec<String>,
 }
 
 /// One action of the second build that missed the cache.
@@ -168,12 +171,54 @@ pub fn explain(before: &ExecLog, after: &ExecLog) -> Report {
         ));
     }
     misses.sort_by_key(|(i, m)| (!m.root_cause, m.depth, *i));
+    let mut notes = Vec::new();
+    let unmatched = misses
+        .iter()
+        .any(|(_, m)| m.reasons.contains(&Reason::NotInFirstLog));
+    if unmatched && let Some(note) = configurations_differ(before, after) {
+        notes.push(note);
+    }
     Report {
         misses: misses.into_iter().map(|(_, m)| m).collect(),
         before_spawns: before.spawns.len(),
         after_spawns: after.spawns.len(),
         cache_hits: after.spawns.len() - missed.len(),
+        notes,
     }
+}
+
+/// When the builds wrote to disjoint output directories
+/// (`bazel-out/<configuration>/`), no action can match: a different
+/// `--compilation_mode`, `--cpu`, `--platforms` or other flag that changes
+/// the configuration. Says so, naming both.
+fn configurations_differ(before: &ExecLog, after: &ExecLog) -> Option<String> {
+    let configurations = |log: &ExecLog| -> BTreeSet<String> {
+        log.spawns
+            .iter()
+            .filter_map(|s| {
+                let output = s.primary_output();
+                let rest = output.strip_prefix("bazel-out/")?;
+                Some(rest.split('/').next()?.to_owned())
+            })
+            .collect()
+    };
+    let (b, a) = (configurations(before), configurations(after));
+    if b.is_empty() || a.is_empty() || !b.is_disjoint(&a) {
+        return None;
+    }
+    let list = |set: BTreeSet<String>| {
+        set.into_iter()
+            .map(|c| format!("bazel-out/{c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Some(format!(
+        "the builds share no output directory (first: {}; second: {}): they were built in \
+         different configurations (--compilation_mode, --cpu, --platforms or another flag \
+         that changes the output directory), so no action can be a cache hit for the other",
+        list(b),
+        list(a)
+    ))
 }
 
 /// The depth of each miss (in `missed` order) in the graph whose edges run

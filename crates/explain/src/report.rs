@@ -23,6 +23,9 @@ impl Report {
             block(&mut out, miss);
             out.push('\n');
         }
+        for note in &self.notes {
+            let _ = writeln!(out, "note: {note}");
+        }
         out.push_str(&self.summary());
         out.push('\n');
         out

@@ -438,3 +438,31 @@ fn a_cycle_of_misses_terminates() {
     let report = explain(&before, &after);
     assert_eq!(report.misses.len(), 2);
 }
+
+#[test]
+fn different_configurations_are_named_once() {
+    let before = log(&chain(("a1", 6), "u1", "c1", false));
+    let text: String = chain(("a1", 6), "u1", "c1", false)
+        .iter()
+        .map(S::json)
+        .collect::<String>()
+        .replace("k8-fastbuild", "k8-opt");
+    let report = explain(&before, &parse_log(text.as_bytes()).unwrap());
+    assert_eq!(report.misses.len(), 4);
+    assert_eq!(report.notes.len(), 1, "{:?}", report.notes);
+    assert!(
+        report.notes[0].starts_with(
+            "the builds share no output directory (first: bazel-out/k8-fastbuild; second: bazel-out/k8-opt)"
+        ),
+        "{}",
+        report.notes[0]
+    );
+    assert!(
+        report
+            .to_text()
+            .contains("\nnote: the builds share no output directory")
+    );
+    // Matching builds get no note.
+    let report = explain(&before, &before);
+    assert!(report.notes.is_empty());
+}
