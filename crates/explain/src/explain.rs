@@ -87,7 +87,7 @@ impl Producers for Outputs<'_> {
             Some(&i) => &self.after_log.spawns[i],
             None => self.before.get(path)?,
         };
-        Some(spawn.target().unwrap_or_else(|| spawn.primary_output()))
+        Some(spawn.describe())
     }
 }
 

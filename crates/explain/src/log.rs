@@ -115,6 +115,15 @@ impl Spawn {
             .map(|word| word.trim_end_matches([',', ';', ']', ')']).to_owned())
     }
 
+    /// The action for a person: its target, else its progress message
+    /// (`Compiling src/a.cc [for host]`: C++ actions name no label in
+    /// Bazel 4.2.3), else its primary output.
+    pub fn describe(&self) -> String {
+        self.target()
+            .or_else(|| (!self.progress_message.is_empty()).then(|| self.progress_message.clone()))
+            .unwrap_or_else(|| self.primary_output())
+    }
+
     /// Every path this spawn writes.
     pub fn outputs(&self) -> impl Iterator<Item = &str> {
         self.listed_outputs
@@ -178,5 +187,15 @@ mod tests {
         let mut s = spawn(&[], "Executing genrule //:upper");
         s.target_label = "//x:y".into();
         assert_eq!(s.target().as_deref(), Some("//x:y"));
+    }
+
+    #[test]
+    fn an_action_is_described_by_label_then_message_then_output() {
+        assert_eq!(spawn(&["o"], "Testing //:t").describe(), "//:t");
+        assert_eq!(
+            spawn(&["o"], "Linking hello [for host]").describe(),
+            "Linking hello [for host]"
+        );
+        assert_eq!(spawn(&["o"], "").describe(), "o");
     }
 }

@@ -61,7 +61,8 @@ pub enum Reason {
     },
     /// An input produced by another action changed: this action missed
     /// because that one's output did. `producer` is that action's target
-    /// (or primary output) when a log has it.
+    /// (else its progress message, else its primary output) when a log
+    /// has it.
     DependsOnChangedOutput {
         path: String,
         before: String,

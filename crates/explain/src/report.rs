@@ -63,8 +63,14 @@ fn block(out: &mut String, miss: &Miss) {
         "dependent "
     };
     let _ = write!(out, "{mark} {}", miss.mnemonic);
-    if let Some(target) = &miss.target {
-        let _ = write!(out, " {target}");
+    match &miss.target {
+        Some(target) => {
+            let _ = write!(out, " {target}");
+        }
+        None if !miss.progress_message.is_empty() => {
+            let _ = write!(out, ": {}", miss.progress_message);
+        }
+        None => {}
     }
     out.push('\n');
     let _ = writeln!(out, "  output: {}", miss.primary_output);

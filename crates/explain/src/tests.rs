@@ -466,3 +466,51 @@ fn different_configurations_are_named_once() {
     let report = explain(&before, &before);
     assert!(report.notes.is_empty());
 }
+
+/// Real Bazel 4.2.3 logs of a C++ build (testdata/README.md): both compiles
+/// of the edited file are root causes naming it, the links and the genrule
+/// that runs the binary depend on them, the unchanged header and main.cc
+/// are never named.
+#[test]
+fn a_real_cpp_build_with_an_edited_source() {
+    let before = parse_log(include_bytes!("../testdata/cc-before.json")).unwrap();
+    let after = parse_log(include_bytes!("../testdata/cc-after.json")).unwrap();
+    let report = explain(&before, &after);
+    let text = report.to_text();
+    let headers: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("ROOT") || l.starts_with("dependent"))
+        .collect();
+    assert_eq!(
+        headers,
+        [
+            "ROOT CAUSE CppCompile: Compiling src/greet.cc [for host]",
+            "ROOT CAUSE CppCompile: Compiling src/greet.cc",
+            "dependent  CppLink: Linking hello [for host]",
+            "dependent  CppLink: Linking hello",
+            "dependent  Genrule //:hello_out",
+        ],
+        "{text}"
+    );
+    for miss in &report.misses[..2] {
+        assert_eq!(miss.reasons.len(), 1, "{text}");
+        assert!(
+            matches!(&miss.reasons[0], Reason::InputChanged { path, before, after }
+                if path == "src/greet.cc" && before.ends_with("/204") && after.ends_with("/204") && before != after),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("  - depends on bazel-out/host/bin/hello (output of Linking hello [for host]), which changed: "),
+        "{text}"
+    );
+    for unchanged in [
+        "src/greet.h",
+        "src/main.cc",
+        "hello-2.params",
+        "genrule-setup.sh",
+    ] {
+        assert!(!text.contains(unchanged), "{unchanged} named:\n{text}");
+    }
+    assert!(text.ends_with("7 actions in the second build: 2 remote cache hits, 5 missed (2 root causes, 3 dependent); 7 in the first\n"), "{text}");
+}
