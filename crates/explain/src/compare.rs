@@ -82,67 +82,73 @@ fn by_name(
 
 /// Changed source inputs, then changed generated ones, then added, then
 /// removed; each in path order. Never an input whose digest is the same.
-fn inputs(before: &Spawn, after: &Spawn, producers: &dyn Producers, out: &mut Vec<Reason>) {
-    let map = |s: &Spawn| -> BTreeMap<String, Option<Digest>> {
+fn inputs<'a>(
+    before: &'a Spawn,
+    after: &'a Spawn,
+    producers: &dyn Producers,
+    out: &mut Vec<Reason>,
+) {
+    // Borrowed: a large action has thousands of inputs, of which few differ.
+    let map = |s: &'a Spawn| -> BTreeMap<&'a str, Option<&'a Digest>> {
         s.inputs
             .iter()
-            .map(|f| (f.path.clone(), f.digest.clone()))
+            .map(|f| (f.path.as_str(), f.digest.as_ref()))
             .collect()
     };
     let (b, a) = (map(before), map(after));
-    let functions = |m: &BTreeMap<String, Option<Digest>>| -> BTreeSet<String> {
+    let functions = |m: &BTreeMap<&str, Option<&'a Digest>>| -> BTreeSet<&'a str> {
         m.values()
             .flatten()
-            .map(|d| d.hash_function_name.clone())
+            .map(|d| d.hash_function_name.as_str())
             .filter(|n| !n.is_empty())
             .collect()
     };
     let (fb, fa) = (functions(&b), functions(&a));
     if !fb.is_empty() && !fa.is_empty() && fb != fa {
-        let join = |s: BTreeSet<String>| s.into_iter().collect::<Vec<_>>().join(",");
+        let join = |s: BTreeSet<&str>| s.into_iter().collect::<Vec<_>>().join(",");
         out.push(Reason::DigestFunctionChanged {
             before: join(fb),
             after: join(fa),
         });
         return;
     }
-    let shown = |d: &Option<Digest>| match d {
+    let shown = |d: &Option<&Digest>| match d {
         Some(d) => d.to_string(),
         None => "(no digest)".to_owned(),
     };
-    let same = |x: &Option<Digest>, y: &Option<Digest>| match (x, y) {
+    let same = |x: &Option<&Digest>, y: &Option<&Digest>| match (x, y) {
         (Some(x), Some(y)) => x.same_content(y),
         (None, None) => true,
         _ => false,
     };
     let (mut sources, mut derived, mut added, mut removed) = (vec![], vec![], vec![], vec![]);
-    for (path, da) in &a {
+    for (&path, da) in &a {
         match b.get(path) {
             Some(db) if same(db, da) => {}
             Some(db) if producers.is_generated(path) => {
                 derived.push(Reason::DependsOnChangedOutput {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     before: shown(db),
                     after: shown(da),
                     producer: producers.producer(path),
                 });
             }
             Some(db) => sources.push(Reason::InputChanged {
-                path: path.clone(),
+                path: path.to_owned(),
                 before: shown(db),
                 after: shown(da),
             }),
             None => added.push(Reason::InputAdded {
-                path: path.clone(),
+                path: path.to_owned(),
                 digest: shown(da),
                 generated: producers.is_generated(path),
             }),
         }
     }
-    for (path, db) in &b {
+    for (&path, db) in &b {
         if !a.contains_key(path) {
             removed.push(Reason::InputRemoved {
-                path: path.clone(),
+                path: path.to_owned(),
                 digest: shown(db),
                 generated: producers.is_generated(path),
             });

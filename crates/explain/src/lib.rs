@@ -12,6 +12,10 @@
 //! `bazel-cache explain-miss` ([`cli`]); the web console's `/ui/explain`
 //! renders a [`Report`] from its public fields.
 //!
+//! Both [`parse_log`] and [`explain`] are CPU-bound and synchronous (a
+//! 90 MB log takes seconds): an async caller runs them on a blocking
+//! thread.
+//!
 //! # Layout
 //!
 //! * `log.rs`: [`ExecLog`], [`Spawn`] and the rest of the log's messages, as
