@@ -130,7 +130,8 @@ pub fn explain(before: &ExecLog, after: &ExecLog) -> Report {
         let spawn = &after.spawns[i];
         let primary_output = spawn.primary_output();
         let mut reasons = Vec::new();
-        if !spawn.remotable || !spawn.cacheable {
+        let not_cacheable = !spawn.remotable || !spawn.cacheable;
+        if not_cacheable {
             reasons.push(Reason::NotCacheable {
                 remotable: spawn.remotable,
                 cacheable: spawn.cacheable,
@@ -141,11 +142,12 @@ pub fn explain(before: &ExecLog, after: &ExecLog) -> Report {
                 reasons.push(Reason::NotInFirstLog);
                 // Unknown in the first build: a root cause unless it
                 // consumes what another miss wrote.
-                depth == 0
+                not_cacheable || depth == 0
             }
             Some(b) => {
                 let diff = differences(b, spawn, &outputs);
-                if diff.is_empty() {
+                // (Never looked up says enough on its own.)
+                if diff.is_empty() && !not_cacheable {
                     reasons.push(Reason::NoDifference {
                         before_runner: b.runner.clone(),
                         before_hit: b.remote_cache_hit,

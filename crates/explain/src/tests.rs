@@ -386,14 +386,21 @@ fn a_not_cacheable_action_says_so_first() {
     let text = S::new("//:t", "t.txt")
         .json()
         .replace("\"remotable\": true", "\"remotable\": false");
-    let report = explain(&before, &parse_log(text.as_bytes()).unwrap());
+    let after = parse_log(text.as_bytes()).unwrap();
+    let report = explain(&before, &after);
+    // Nothing else differs: the one reason, no "nothing differs".
     assert_eq!(
-        report.misses[0].reasons[0],
-        Reason::NotCacheable {
+        report.misses[0].reasons,
+        [Reason::NotCacheable {
             remotable: false,
             cacheable: true
-        }
+        }]
     );
+    assert!(report.misses[0].root_cause);
+    // Without a counterpart, still a root cause of its own.
+    let report = explain(&ExecLog::default(), &after);
+    assert_eq!(report.misses[0].reasons.len(), 2);
+    assert!(report.misses[0].root_cause);
 }
 
 #[test]
