@@ -1,7 +1,8 @@
 //! ByteStream resource names (`ReadRequest`/`WriteRequest`/
 //! `QueryWriteStatusRequest.resource_name`), fed arbitrary strings to both
 //! parsers. Checks: no panic; accepted names round-trip (the parts are
-//! slices of the name and rendering them parses to the same value); the
+//! slices of the name, and rendering them, with `blake3/` before a BLAKE3
+//! hash, parses to the same value); the
 //! instance never contains a reserved segment; and an error message stays
 //! short whatever the name's length, because it travels back to the client
 //! in the `grpc-message` trailer, where HTTP/2 header limits apply.
@@ -63,10 +64,9 @@ fn check_read(name: &str, r: &ReadResource<'_>) {
     let rendered = with_instance(
         r.instance,
         format!(
-            "{}/{}/{}",
+            "{}/{}",
             blob_part(r.encoding),
-            r.digest.hash,
-            r.digest.size
+            r.digest.blobs_path().trim_start_matches("blobs/")
         ),
     );
     assert_eq!(
@@ -91,11 +91,10 @@ fn check_write(name: &str, w: &WriteResource<'_>) {
     let mut rendered = with_instance(
         w.instance,
         format!(
-            "uploads/{}/{}/{}/{}",
+            "uploads/{}/{}/{}",
             w.uuid,
             blob_part(w.encoding),
-            w.digest.hash,
-            w.digest.size
+            w.digest.blobs_path().trim_start_matches("blobs/")
         ),
     );
     if !w.metadata.is_empty() {

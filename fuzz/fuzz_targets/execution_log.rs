@@ -29,7 +29,12 @@ fuzz_target!(|data: &[u8]| {
     let not_hits = log.spawns.iter().filter(|s| !s.remote_cache_hit).count();
     let report = explain(&ExecLog::default(), &log);
     assert_eq!(report.misses.len(), not_hits);
-    assert!(report.misses.iter().all(|m| m.reasons.contains(&Reason::NotInFirstLog)));
+    assert!(
+        report
+            .misses
+            .iter()
+            .all(|m| m.reasons.contains(&Reason::NotInFirstLog))
+    );
     let _ = report.to_text();
 
     let report = explain(&log, &log);
@@ -45,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
                 .count()
                 > 1;
             assert!(
-                dup || matches!(reason, Reason::NoDifference { .. } | Reason::NotCacheable { .. }),
+                dup || matches!(
+                    reason,
+                    Reason::NoDifference { .. } | Reason::NotCacheable { .. }
+                ),
                 "a log against itself: {reason:?}"
             );
         }
