@@ -28,3 +28,4 @@ mod logs;
 mod metrics;
 mod remote_asset;
 mod url_proxies;
+mod web;
