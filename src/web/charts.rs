@@ -1,7 +1,8 @@
 //! Inline SVG line charts drawn on the server from the history ring: no
-//! chart library, no script. A chart is 360 slots wide (one per sample,
-//! newest on the right) and scaled to its largest value; colours come
-//! from classes in `console.css` (no inline style, which the CSP forbids).
+//! chart library, no script. A chart spans the samples there are, at least
+//! [`MIN_SPAN`] of them (ten minutes) and at most the ring's hour, newest
+//! on the right, and is scaled to its largest value; colours come from
+//! classes in `console.css` (no inline style, which the CSP forbids).
 
 use std::fmt::Write as _;
 
@@ -9,6 +10,11 @@ use super::history::{CAPACITY, Sample};
 use super::html::{bytes, esc};
 
 const HEIGHT: f64 = 100.0;
+const WIDTH: f64 = CAPACITY as f64;
+/// The narrowest time span a chart shows, in samples: a server that just
+/// started shows its first minutes spread over ten, not squeezed into the
+/// right edge of an hour.
+const MIN_SPAN: usize = 60;
 
 /// One line: its name and a value per sample (`None`: no data then).
 pub(super) struct Series {
@@ -43,13 +49,15 @@ impl Unit {
 
 /// The `points` of each unbroken run of values of one series.
 fn runs(values: &[Option<f64>], max: f64) -> Vec<Vec<(f64, f64)>> {
-    let offset = CAPACITY.saturating_sub(values.len());
+    let span = values.len().clamp(MIN_SPAN, CAPACITY);
+    let step = WIDTH / (span - 1) as f64;
+    let offset = span.saturating_sub(values.len());
     let mut out = Vec::new();
     let mut current = Vec::new();
     for (i, v) in values.iter().enumerate() {
         match v {
             Some(v) => {
-                let x = (offset + i) as f64;
+                let x = (offset + i) as f64 * step;
                 let y = HEIGHT - (v / max).clamp(0.0, 1.0) * (HEIGHT - 4.0) - 2.0;
                 current.push((x, y));
             }
@@ -85,12 +93,12 @@ pub(super) fn chart(id: &str, title: &str, unit: Unit, series: &[Series]) -> Str
     );
     for (n, s) in series.iter().enumerate() {
         for run in runs(&s.values, max) {
-            let points: Vec<String> = run.iter().map(|(x, y)| format!("{x:.0},{y:.1}")).collect();
+            let points: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
             if run.len() == 1 {
                 let (x, y) = run[0];
                 let _ = write!(
                     svg,
-                    "<circle class=\"s{n}\" cx=\"{x:.0}\" cy=\"{y:.1}\" r=\"1.5\"/>"
+                    "<circle class=\"s{n}\" cx=\"{x:.1}\" cy=\"{y:.1}\" r=\"1.5\"/>"
                 );
             } else {
                 let _ = write!(
@@ -119,9 +127,10 @@ pub(super) fn chart(id: &str, title: &str, unit: Unit, series: &[Series]) -> Str
         );
     }
     format!(
-        "<figure class=\"chart-box\"><figcaption>{} <small>max {}</small></figcaption>{svg}\
+        "<figure class=\"chart-box\"><figcaption>{} <small>last {} min · max {}</small></figcaption>{svg}\
          <div class=\"legend\">{legend}</div></figure>",
         esc(title),
+        samples.clamp(MIN_SPAN, CAPACITY) / 6,
         esc(&unit.show(max))
     )
 }
@@ -190,10 +199,11 @@ mod tests {
         assert!(svg.contains("T &lt;x&gt;"), "{svg}");
         assert!(svg.contains("data-samples=\"4\""), "{svg}");
         assert!(
-            svg.contains("<polyline class=\"s0\" points=\"356,50.0 357,2.0\"/>"),
+            svg.contains("<polyline class=\"s0\" points=\"341.7,50.0 347.8,2.0\"/>"),
             "{svg}"
         );
-        assert!(svg.contains("<circle class=\"s0\" cx=\"359\""), "{svg}");
+        assert!(svg.contains("<circle class=\"s0\" cx=\"360.0\""), "{svg}");
+        assert!(svg.contains("last 10 min"), "{svg}");
         assert!(!chart("e", "E", Unit::Millis, &[]).contains("polyline"));
     }
 }

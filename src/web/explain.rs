@@ -3,9 +3,11 @@
 //! body is read as it arrives, refused with 413 past [`MAX_LOG_BYTES`] per
 //! file (the whole body past two of them), within [`BODY_TIMEOUT`], and at
 //! most [`MAX_CONCURRENT`] uploads are read and analysed at once (503
-//! otherwise), so the memory uploads can hold is bounded. Parsing and the
+//! otherwise); the buffer is reserved from the server's memory budget
+//! (`max_buffer_memory`) as it grows, so uploads never hold more than it. Parsing and the
 //! analysis (the `bazel-cache-explain` crate) run on a blocking thread.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response, StatusCode, header};
@@ -15,7 +17,8 @@ use hyper::body::Incoming;
 use super::WebState;
 use super::html::{bytes, error_page, esc, html};
 use super::multipart;
-use crate::http::Body;
+use crate::http::{Body, HttpState};
+use bazel_cache_store::budget::{MemoryBudget, MemoryUse, Reservation};
 
 /// Largest execution log accepted, per file.
 pub(super) const MAX_LOG_BYTES: u64 = 64 * 1024 * 1024;
@@ -56,9 +59,18 @@ fn too_large() -> Response<Body> {
     )
 }
 
-/// Reads the body up to [`MAX_BODY`]; `Err` is the response to send.
-async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>, Response<Body>> {
+/// The step in which an upload's buffer reserves memory from the budget.
+const RESERVE_STEP: u64 = 1024 * 1024;
+
+/// Reads the body up to [`MAX_BODY`], its buffer reserved from the
+/// server's memory budget as it grows (503 when the budget is spent);
+/// `Err` is the response to send.
+async fn read_bounded(
+    mut body: Incoming,
+    memory: &Arc<MemoryBudget>,
+) -> Result<(Vec<u8>, Reservation), Response<Body>> {
     let mut buf = Vec::new();
+    let mut held = Reservation::none();
     let read = async {
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
@@ -68,8 +80,16 @@ async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>, Response<Body>> {
                 )
             })?;
             if let Some(data) = frame.data_ref() {
-                if (buf.len() + data.len()) as u64 > MAX_BODY {
+                let len = (buf.len() + data.len()) as u64;
+                if len > MAX_BODY {
                     return Err(too_large());
+                }
+                if len > held.bytes() {
+                    let want = len.div_ceil(RESERVE_STEP) * RESERVE_STEP;
+                    memory
+                        .grow(&mut held, MemoryUse::UploadBuffer, want)
+                        .await
+                        .map_err(|e| error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()))?;
                 }
                 buf.extend_from_slice(data);
             }
@@ -77,7 +97,7 @@ async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>, Response<Body>> {
         Ok(())
     };
     match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(())) => Ok(buf),
+        Ok(Ok(())) => Ok((buf, held)),
         Ok(Err(resp)) => Err(resp),
         Err(_) => Err(error_page(
             StatusCode::REQUEST_TIMEOUT,
@@ -86,7 +106,11 @@ async fn read_bounded(mut body: Incoming) -> Result<Vec<u8>, Response<Body>> {
     }
 }
 
-pub(super) async fn upload(web: &WebState, req: Request<Incoming>) -> Response<Body> {
+pub(super) async fn upload(
+    state: &HttpState,
+    web: &WebState,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -112,7 +136,7 @@ pub(super) async fn upload(web: &WebState, req: Request<Incoming>) -> Response<B
             "other uploads are being analysed; try again in a moment",
         );
     };
-    let body = match read_bounded(req.into_body()).await {
+    let (body, _reserved) = match read_bounded(req.into_body(), &state.memory).await {
         Ok(b) => b,
         Err(resp) => return resp,
     };

@@ -156,7 +156,7 @@ pub(crate) async fn handle(
     if path == "/ui/explain" {
         return match *req.method() {
             Method::GET | Method::HEAD => explain::form(),
-            Method::POST => explain::upload(web, req).await,
+            Method::POST => explain::upload(state, web, req).await,
             _ => method_not_allowed("GET, HEAD, POST"),
         };
     }

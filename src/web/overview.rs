@@ -77,7 +77,10 @@ fn row(out: &mut String, name: &str, value: &str) {
 /// The part of the page that refreshes: figures, charts, errors.
 pub(super) fn live(state: &HttpState, web: &WebState) -> String {
     let s = state.store.stats();
-    let mut out = String::from("<div class=\"cards\"><section class=\"card\"><h2>Disk</h2>");
+    let mut out = format!(
+        "<p class=\"quiet\" id=\"uptime\">up {}</p><div class=\"cards\"><section class=\"card\"><h2>Disk</h2>",
+        duration(web.started.elapsed())
+    );
     let used_pct = if s.max_bytes > 0 {
         s.stored_bytes as f64 * 100.0 / s.max_bytes as f64
     } else {
@@ -159,12 +162,11 @@ pub(super) fn page(
     headers: &HeaderMap,
 ) -> http::Response<Body> {
     let body = format!(
-        "<h1>bazel-cache {version}</h1><p class=\"quiet\">up {uptime}</p>\
+        "<h1>bazel-cache {version}</h1>\
          <h2>Point Bazel at this cache</h2><p>Add to <code>.bazelrc</code>:</p>\
          <pre id=\"bazelrc\">{rc}</pre>\
          <section id=\"live\" data-refresh=\"/ui/overview/live\">{live}</section>",
         version = esc(env!("CARGO_PKG_VERSION")),
-        uptime = duration(web.started.elapsed()),
         rc = esc(&bazelrc(web, uri, headers)),
         live = live(state, web),
     );
