@@ -128,7 +128,7 @@ pub(super) fn live(state: &HttpState, web: &WebState) -> String {
         }
         out.push_str("</table></section>");
     }
-    out.push_str("</div><h2>Last hour</h2><div class=\"charts\">");
+    out.push_str("</div><h2>Traffic <small class=\"quiet\">10-second samples, up to the last hour</small></h2><div class=\"charts\">");
     out.push_str(&overview_charts(&web.history.samples()));
     out.push_str("</div><h2>Recent warnings and errors</h2>");
     let events = recent_errors::recent();

@@ -172,6 +172,50 @@ impl Session {
         v.as_str().map(str::to_string)
     }
 
+    /// The WebDriver id of the first element matching `css`.
+    async fn element(&self, css: &str) -> String {
+        let found = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("find {css}: {e}"));
+        // The reference is the object's one value (its key is W3C's
+        // element identifier constant).
+        found
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("find {css}: no element reference in {found}"))
+            .to_string()
+    }
+
+    /// Types `text` into the element (for a file input: a local path to
+    /// upload).
+    pub(crate) async fn send_keys(&self, css: &str, text: &str) {
+        let id = self.element(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            Some(json!({"text": text})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("send keys to {css}: {e}"));
+    }
+
+    pub(crate) async fn click(&self, css: &str) {
+        let id = self.element(css).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("click {css}: {e}"));
+    }
+
     /// Polls `script` (which returns a value or null) until it returns
     /// something other than null/false, or panics after `timeout` naming
     /// `what`. WebDriver waits for the page, never a fixed sleep.
