@@ -10,7 +10,7 @@
 //!   the task that fills it; `charts.rs`: the inline SVG drawn from it.
 //! - `recent_errors.rs`: the `tracing` layer keeping the last warnings
 //!   and errors (installed by `main.rs`'s `init_logging`).
-//! - `explorer.rs`: `/ui/ac/<hash>` and `/ui/cas/<hash>`.
+//! - `explorer/`: `/ui/ac/<hash>` and `/ui/cas/<hash>`.
 //! - `explain.rs`, `multipart.rs`: `/ui/explain`, the bounded upload of
 //!   two execution logs and the report.
 //! - `static/`: the stylesheet and the refresh script, compiled in.
