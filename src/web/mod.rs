@@ -35,7 +35,7 @@ mod explain;
 mod explorer;
 pub(crate) mod history;
 mod html;
-mod multipart;
+pub mod multipart;
 mod overview;
 pub mod recent_errors;
 

@@ -1,10 +1,11 @@
 //! Just enough `multipart/form-data` (RFC 7578) for the explain page's
 //! two file fields: the boundary from the `Content-Type`, each part's
 //! `name` from its `Content-Disposition`, its bytes as sent. Input is a
-//! body already read within the caller's bound.
+//! body already read within the caller's bound. Public for the fuzz
+//! target (`fuzz/fuzz_targets/multipart.rs`).
 
 /// The boundary parameter of a `multipart/form-data` content type.
-pub(super) fn boundary(content_type: &str) -> Option<String> {
+pub fn boundary(content_type: &str) -> Option<String> {
     let mut params = content_type.split(';');
     let kind = params.next()?.trim();
     if !kind.eq_ignore_ascii_case("multipart/form-data") {
@@ -16,7 +17,12 @@ pub(super) fn boundary(content_type: &str) -> Option<String> {
             return None;
         }
         let v = v.trim().trim_matches('"');
-        (!v.is_empty() && v.len() <= 70).then(|| v.to_string())
+        // RFC 2046's bchars: no CR or LF, so the delimiter "\r\n--" +
+        // boundary holds one CR, and searching for it stays linear.
+        let bchars = v
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"'()+_,-./:=? ".contains(&b));
+        (!v.is_empty() && v.len() <= 70 && bchars).then(|| v.to_string())
     })
 }
 
@@ -37,9 +43,9 @@ fn find(haystack: &[u8], needle: &[u8], from: usize) -> Option<usize> {
 }
 
 /// A part's field name and bytes.
-pub(super) struct Part<'a> {
-    pub(super) name: String,
-    pub(super) data: &'a [u8],
+pub struct Part<'a> {
+    pub name: String,
+    pub data: &'a [u8],
 }
 
 fn part_name(headers: &str) -> Option<String> {
@@ -56,7 +62,7 @@ fn part_name(headers: &str) -> Option<String> {
 }
 
 /// The parts of `body`, or why it is not `multipart/form-data`.
-pub(super) fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String> {
+pub fn parse<'a>(body: &'a [u8], boundary: &str) -> Result<Vec<Part<'a>>, String> {
     let delimiter = format!("--{boundary}");
     let next_delimiter = format!("\r\n--{boundary}");
     let mut at = find(body, delimiter.as_bytes(), 0).ok_or("no multipart boundary in the body")?
@@ -97,6 +103,7 @@ mod tests {
             Some("abc")
         );
         assert_eq!(boundary("text/plain; boundary=abc"), None);
+        assert_eq!(boundary("multipart/form-data; boundary=a\rb"), None);
         let body =
             b"--XX\r\nContent-Disposition: form-data; name=\"before\"; filename=\"a.json\"\r\n\
             Content-Type: application/json\r\n\r\n{\"a\":1}\r\n--XX\r\n\
