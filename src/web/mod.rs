@@ -78,10 +78,11 @@ impl WebState {
         basic_auth: bool,
         evictions: Box<dyn Fn() -> u64 + Send + Sync>,
         presence: Option<Arc<PresenceCache>>,
+        queue_pending: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
     ) -> WebState {
         WebState {
             started: Instant::now(),
-            history: Arc::new(History::default()),
+            history: Arc::new(History::new(queue_pending)),
             tls,
             grpc_port,
             basic_auth,

@@ -115,6 +115,11 @@ pub(super) fn live(state: &HttpState, web: &WebState) -> String {
                 row(&mut out, &k, &v);
             }
         }
+        match web.history.queue_busy_for() {
+            Some(Some(d)) => row(&mut out, "queue non-empty for", &duration(d)),
+            Some(None) => row(&mut out, "queue non-empty for", "since before start"),
+            None => {}
+        }
         if let Some(p) = &web.presence {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             let answered = n(&p.stats.cached_present) + n(&p.stats.cached_absent);
