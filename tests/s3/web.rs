@@ -38,4 +38,24 @@ async fn overview_shows_the_s3_tier_and_no_secret() {
     }
     assert!(!page.contains(&s3.secret_key), "the secret key leaked");
     assert!(!page.contains(&s3.access_key), "the access key is shown");
+    assert!(!card.contains("queue non-empty"), "{card}");
+
+    // S3 down: the upload waits in the queue, and the card says so.
+    let mut s3 = s3;
+    s3.stop();
+    let stuck = b"waits for s3".to_vec();
+    assert_eq!(put(&server, &cas(&stuck), &stuck).await, 200);
+    wait_backend(&server, "a pending upload", Duration::from_secs(30), |b| {
+        b["UploadsPending"] == 1
+    })
+    .await;
+    let page = async_client()
+        .get(format!("{}/ui/overview/live", server.http_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("<th>queue non-empty for</th>"), "{page}");
 }
