@@ -13,6 +13,11 @@
 # gRPC within 10 % of HTTP) and for gRPC AC rows; 1.5 M digests/s for
 # FindMissingBlobs. HTTP AC rows have no reference. Ratios, not absolute
 # figures, carry over between machines; a busy machine lowers both sides.
+# BLAKE3 rows (issue 15): the same HTTP GET and PUT loads with
+# `--digest_function blake3` (paths under /blake3/, every read verified
+# with BLAKE3), each measured right after its SHA-256 twin, which is its
+# reference. This machine's single-threaded hashing rate of each function
+# (`bazel-cache bench --hash_rate`) is printed under the table.
 # The x16 rows batch 16 blobs per call, as a client that batches small
 # blobs would, and are per blob. A second table shows every write load's
 # p99/p50 (stalls), at 16 clients and again at 64. About 3 minutes.
@@ -118,8 +123,10 @@ ours_cpu=(--metrics_url "$ours_http")
 for size in 4KiB 1MiB; do
   run "nginx-get-$size" "$NGINX_URL" --mix read --sizes "$size" "${nginx_cpu[@]}"
   run "ours-get-$size" "$ours_http" --mix read --sizes "$size"
+  run "blake3-get-$size" "$ours_http" --mix read --sizes "$size" --digest_function blake3
   run "nginx-put-$size" "$NGINX_URL" --mix write --sizes "$size" "${nginx_cpu[@]}"
   run "ours-put-$size" "$ours_http" --mix write --sizes "$size"
+  run "blake3-put-$size" "$ours_http" --mix write --sizes "$size" --digest_function blake3
 done
 run nofsync-put-1MiB "$nofsync_http" --mix write --sizes 1MiB
 run grpc-read-4KiB-batch "$ours_grpc" --mix read --sizes 4KiB "${ours_cpu[@]}"
@@ -142,10 +149,12 @@ RUN_CLIENTS=64 run grpc-write-4KiB-c64 "$ours_grpc" --mix write --sizes 4KiB
 RUN_CLIENTS=64 run grpc-write-1MiB-c64 "$ours_grpc" --mix write --sizes 1MiB
 
 # One row: label, our report, reference (a report, or "target:<blobs/s>", or
-# "-"), unit (req/s: blobs per second; MiB/s), the issue's goal for the ratio.
+# "-"), unit (req/s: blobs per second; MiB/s), the issue's goal for the ratio,
+# and optionally the reference's name (default: its report's first word).
 row() {
-  local label=$1 ours=$2 ref=$3 unit=$4 goal=$5
+  local label=$1 ours=$2 ref=$3 unit=$4 goal=$5 refname=${6:-}
   jq -nr --arg figure "$label" --arg unit "$unit" --arg goal "$goal" --arg ref "$ref" \
+    --arg refname "$refname" \
     --slurpfile o "$work/$ours.json" \
     --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" '
     def rate(rep): if $unit == "MiB/s" then rep.total.mib_per_second else rep.total.blobs_per_second end;
@@ -160,7 +169,8 @@ row() {
     | (if ($r | length) > 0 then rate($r[0])
        elif ($ref | startswith("target:")) then ($ref | ltrimstr("target:") | tonumber)
        else null end) as $refrate
-    | (if ($r | length) > 0 then ($ref | split("-")[0]) elif $refrate != null then "target" else "" end) as $refname
+    | (if $refname != "" then $refname elif ($r | length) > 0 then ($ref | split("-")[0])
+       elif $refrate != null then "target" else "" end) as $refname
     | [ $figure,
         fmt(rate($ours)) + " " + $unit + flag($ours),
         (if $refrate == null then "-" else fmt($refrate) + " " + $unit + " (" + $refname + ")" end),
@@ -179,6 +189,10 @@ row() {
   row "HTTP PUT 4 KiB" ours-put-4KiB nginx-put-4KiB req/s "-"
   row "HTTP PUT 1 MiB" ours-put-1MiB nginx-put-1MiB MiB/s ">=0.7"
   row "HTTP PUT 1 MiB fsync:false" nofsync-put-1MiB nginx-put-1MiB MiB/s ">=0.9"
+  row "HTTP GET 4 KiB BLAKE3" blake3-get-4KiB ours-get-4KiB req/s "-" "our SHA-256"
+  row "HTTP GET 1 MiB BLAKE3" blake3-get-1MiB ours-get-1MiB MiB/s "-" "our SHA-256"
+  row "HTTP PUT 4 KiB BLAKE3" blake3-put-4KiB ours-put-4KiB req/s "-" "our SHA-256"
+  row "HTTP PUT 1 MiB BLAKE3" blake3-put-1MiB ours-put-1MiB MiB/s "-" "our SHA-256"
   row "gRPC read 4 KiB BatchRead" grpc-read-4KiB-batch ours-get-4KiB req/s ">=0.9"
   row "gRPC read 4 KiB ByteStream" grpc-read-4KiB-bytestream ours-get-4KiB req/s ">=0.9"
   row "gRPC write 4 KiB BatchUpdate" grpc-write-4KiB-batch ours-put-4KiB req/s ">=0.9"
@@ -193,8 +207,15 @@ row() {
   row "AC put gRPC" grpc-ac-write http-ac-write req/s ">=0.9"
 } | sed 's/(ours)/(our HTTP)/; s/(http)/(our HTTP)/' | column -t -s $'\t'
 echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: our HTTP figure;" \
-  "x16: 16 blobs per call, per blob; CPU/op: server CPU seconds during the window / blobs" \
-  "(digests for FindMissing))"
+  "for BLAKE3 rows: the same load named by SHA-256; x16: 16 blobs per call, per blob;" \
+  "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing))"
+# The hashing rate behind the BLAKE3 rows: what one core does with each function.
+"$bench" bench --hash_rate --json >"$work/hash-rate.json" 2>"$work/hash-rate.err" \
+  || { cat "$work/hash-rate.err" >&2; die "bench --hash_rate failed"; }
+jq -r '.rates as $r | ($r | map({(.function): .mib_per_second}) | add) as $m
+  | "hashing, one core, 1 MiB updates: "
+    + ($r | map("\(.function) \(.mib_per_second | floor) MiB/s") | join(", "))
+    + "; blake3/sha256 \($m.blake3 / $m.sha256 * 100 | floor / 100)"' "$work/hash-rate.json"
 
 # Stalls: the issue's goal is a write p99 at most 3 x its p50, at 16 and
 # 64 clients, 4 KiB and 1 MiB, HTTP and gRPC.

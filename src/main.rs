@@ -1,6 +1,7 @@
 //! The `bazel-cache` binary: parse and validate the configuration, then serve
 //! (or, in `check-config` mode, report the configuration valid and exit;
-//! `bench` runs the load generator of `bazel_cache_bench` instead).
+//! `bench` runs the load generator of `bazel_cache_bench` instead, and
+//! `explain-miss` compares two execution logs with `bazel_cache_explain`).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -17,6 +18,10 @@ fn main() -> ExitCode {
         Ok(Some(args)) => return bazel_cache_bench::main(args),
         Ok(None) => {}
         Err(e) => e.exit(),
+    }
+    // So is `explain-miss`: it reads two files and needs no server at all.
+    if let Some(code) = bazel_cache_explain::cli::run_if_invoked(std::env::args_os()) {
+        return code;
     }
     let invocation = match config::from_process() {
         Ok(inv) => inv,

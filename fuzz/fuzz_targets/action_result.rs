@@ -18,7 +18,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
-use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction};
 use bazel_cache_store::action_result as ac;
 use bazel_cache_store::{Blob, BlobBody, Encoding, PutRequest, Store, StoreError, StoreStats};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
@@ -66,7 +66,7 @@ fn runtime() -> &'static tokio::runtime::Runtime {
 }
 
 /// Every digest a Tree's directories reference (files and subdirectories).
-fn tree_digests(tree: &re::Tree) -> HashSet<Digest> {
+fn tree_digests(function: DigestFunction, tree: &re::Tree) -> HashSet<Digest> {
     let dirs = tree.root.iter().chain(&tree.children);
     let files = dirs
         .clone()
@@ -77,7 +77,7 @@ fn tree_digests(tree: &re::Tree) -> HashSet<Digest> {
         .filter_map(|d| d.digest.as_ref());
     files
         .chain(subdirs)
-        .filter_map(|d| Digest::from_reapi(d).ok())
+        .filter_map(|d| Digest::from_reapi(function, d).ok())
         .collect()
 }
 
@@ -85,23 +85,29 @@ fuzz_target!(|data: &[u8]| {
     let [present_bits, len_lo, len_hi, rest @ ..] = data else {
         return;
     };
-    let ar_len = usize::from(u16::from_le_bytes([*len_lo, *len_hi])).min(rest.len());
+    // The top bit of the length picks the digest function the AC key has.
+    let function = if len_hi & 0x80 != 0 {
+        DigestFunction::Blake3
+    } else {
+        DigestFunction::Sha256
+    };
+    let ar_len = usize::from(u16::from_le_bytes([*len_lo, len_hi & 0x7f])).min(rest.len());
     let (ar_bytes, tree_bytes) = rest.split_at(ar_len);
 
-    let Ok(ar) = ac::decode(ar_bytes) else {
+    let Ok(ar) = ac::decode(function, ar_bytes) else {
         return;
     };
-    let again = ac::decode(&ar.encode_to_vec()).expect("a re-encoded valid ActionResult");
+    let again = ac::decode(function, &ar.encode_to_vec()).expect("a re-encoded valid ActionResult");
     assert_eq!(again, ar);
 
     // The store: each output directory's Tree is `tree_bytes`; the other
     // referenced blobs are present or not as `present_bits` says.
-    let referenced = ac::referenced_blobs(&ar);
+    let referenced = ac::referenced_blobs(function, &ar);
     let trees: HashSet<Digest> = ar
         .output_directories
         .iter()
         .filter_map(|d| d.tree_digest.as_ref())
-        .filter_map(|d| Digest::from_reapi(d).ok())
+        .filter_map(|d| Digest::from_reapi(function, d).ok())
         .collect();
     let mut blobs = HashMap::new();
     for (i, d) in referenced.iter().enumerate() {
@@ -113,12 +119,12 @@ fuzz_target!(|data: &[u8]| {
     }
     let store = MemStore { blobs };
     let missing = runtime()
-        .block_on(ac::missing_blobs(&store, &ar))
+        .block_on(ac::missing_blobs(&store, function, &ar))
         .expect("an in-memory store does not fail");
 
     let mut allowed: HashSet<Digest> = referenced.iter().copied().collect();
     if let Ok(tree) = re::Tree::decode(tree_bytes) {
-        allowed.extend(tree_digests(&tree));
+        allowed.extend(tree_digests(function, &tree));
     }
     for d in &missing {
         assert!(

@@ -6,6 +6,7 @@
 #![no_main]
 
 use bazel_cache::http::path::{self, PathError};
+use bazel_cache_digest::DigestFunction;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -13,7 +14,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    match path::parse(text) {
+    // The X-Digest-Function header, absent or one of the functions, by the
+    // input's length (the path bytes stay the whole input).
+    let header = match text.len() % 3 {
+        0 => None,
+        1 => Some(DigestFunction::Sha256),
+        _ => Some(DigestFunction::Blake3),
+    };
+    match path::parse(text, header) {
         Ok(p) => {
             for segment in p.instance.split('/').filter(|_| !p.instance.is_empty()) {
                 assert!(
@@ -32,13 +40,18 @@ fuzz_target!(|data: &[u8]| {
                 text.ends_with(&hex),
                 "{text:?}: hash {hex} is not its last segment"
             );
+            if let Some(f) = header {
+                assert_eq!(p.hash.function(), f, "{text:?}: the header's function");
+            }
+            // Rendered with the function in the path, never the header.
+            let function = p.hash.function().resource_segment();
             let rendered = if p.instance.is_empty() {
-                format!("/{}/{hex}", p.kind.as_str())
+                format!("/{function}{}/{hex}", p.kind.as_str())
             } else {
-                format!("/{}/{}/{hex}", p.instance, p.kind.as_str())
+                format!("/{}/{function}{}/{hex}", p.instance, p.kind.as_str())
             };
             assert_eq!(
-                path::parse(&rendered).as_ref(),
+                path::parse(&rendered, None).as_ref(),
                 Ok(&p),
                 "{text:?} -> {rendered:?}"
             );

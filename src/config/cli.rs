@@ -23,6 +23,8 @@ const CONFIG_FILE: &str = "config_file";
 const CHECK_CONFIG: &str = "check-config";
 /// The load generator; its options live in the `bazel-cache-bench` crate.
 const BENCH: &str = "bench";
+/// Why a build missed the cache; its options live in the `bazel-cache-explain` crate.
+const EXPLAIN_MISS: &str = bazel_cache_explain::cli::SUBCOMMAND;
 
 /// What the command line asked for.
 pub(super) struct CommandLine {
@@ -63,7 +65,22 @@ pub(super) fn command() -> Command {
         )
         .subcommand(<bazel_cache_bench::BenchArgs as clap::Args>::augment_args(
             Command::new(BENCH),
-        ));
+        ))
+        // Listed for --help; the binary hands it to the explain crate first.
+        .subcommand(
+            Command::new(EXPLAIN_MISS)
+                .about(
+                    "Why did a build miss the cache? Compare two Bazel execution logs \
+                     (--execution_log_json_file): `bazel-cache explain-miss BEFORE.json \
+                     AFTER.json` (see `explain-miss --help`)",
+                )
+                .arg(
+                    Arg::new("args")
+                        .num_args(0..)
+                        .trailing_var_arg(true)
+                        .allow_hyphen_values(true),
+                ),
+        );
 
     for opt in OPTIONS {
         command = command.arg(option_arg(opt));
@@ -139,6 +156,15 @@ where
                 message:
                     "the load generator takes no server options: run `bazel-cache bench URL ...`"
                         .to_owned(),
+                origin: None,
+            });
+        }
+        Some((EXPLAIN_MISS, _)) => {
+            return Err(ConfigError::Invalid {
+                key: EXPLAIN_MISS.to_owned(),
+                message: "explain-miss takes no server options: run \
+                          `bazel-cache explain-miss BEFORE.json AFTER.json`"
+                    .to_owned(),
                 origin: None,
             });
         }
@@ -265,6 +291,15 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.key(), Some("bench"));
+    }
+
+    #[test]
+    fn explain_miss_is_listed_but_takes_no_server_flags() {
+        assert!(command().find_subcommand("explain-miss").is_some());
+        let err = parse(["bazel-cache", "--dir", "/x", "explain-miss", "a", "b"])
+            .err()
+            .unwrap();
+        assert_eq!(err.key(), Some("explain-miss"));
     }
 
     #[test]

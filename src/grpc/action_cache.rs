@@ -9,9 +9,9 @@ use tonic::{Code, Request, Response, Status};
 use tonic_types::{ErrorDetails, PreconditionViolation, StatusExt};
 
 use super::{
-    GrpcState, MAX_BATCH_TOTAL_SIZE, ac_hash, check_digest_function, parse_digest, store_status,
+    GrpcState, MAX_BATCH_TOTAL_SIZE, ac_hash, digest_function, parse_digest, store_status,
 };
-use bazel_cache_digest::{BlobKey, Digest, Hash};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash};
 use bazel_cache_store::action_result::{self as ac, MAX_ACTION_RESULT_BYTES};
 use bazel_cache_store::{Encoding, PutBody, PutRequest, StoreError, read_all};
 
@@ -52,14 +52,14 @@ fn missing_status(missing: &[Digest]) -> Status {
 /// cache is keyed by hash alone, bazel-remote accepts it, and its
 /// `grpc_proxy` (and ours) sends -1, knowing an entry by hash only. Every
 /// other digest follows the rule of every RPC ([`parse_digest`]).
-fn action_digest(d: Option<&re::Digest>) -> Result<Digest, Status> {
+fn action_digest(function: DigestFunction, d: Option<&re::Digest>) -> Result<Digest, Status> {
     match d {
         Some(d) if d.size_bytes == UNKNOWN_SIZE => {
-            let hash = Hash::from_hex(&d.hash)
+            let hash = Hash::from_hex(function, &d.hash)
                 .map_err(|e| Status::invalid_argument(format!("action_digest: {e}")))?;
             Ok(Digest { hash, size: 0 })
         }
-        d => parse_digest(d, "action_digest"),
+        d => parse_digest(function, d, "action_digest"),
     }
 }
 
@@ -70,10 +70,11 @@ impl ActionCacheService {
     /// Reads a small CAS blob for inlining, if present and within `budget`.
     async fn inline(
         &self,
+        function: DigestFunction,
         digest: Option<&re::Digest>,
         budget: &mut u64,
     ) -> Result<Option<Vec<u8>>, Status> {
-        let Some(d) = digest.and_then(|d| Digest::from_reapi(d).ok()) else {
+        let Some(d) = digest.and_then(|d| Digest::from_reapi(function, d).ok()) else {
             return Ok(None);
         };
         if d.size == 0 || d.size > *budget {
@@ -98,8 +99,8 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<re::ActionResult>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digest = action_digest(req.action_digest.as_ref())?;
+        let function = digest_function(req.digest_function)?;
+        let digest = action_digest(function, req.action_digest.as_ref())?;
         let key = BlobKey::ac(ac_hash(&self.state, &req.instance_name, digest.hash));
         let store = self.state.store.as_ref();
         let not_found = || {
@@ -118,7 +119,9 @@ impl ActionCache for ActionCacheService {
             return Err(not_found());
         };
         if self.state.options.check_ac_deps {
-            let missing = ac::missing_blobs(store, &ar).await.map_err(store_status)?;
+            let missing = ac::missing_blobs(store, function, &ar)
+                .await
+                .map_err(store_status)?;
             if !missing.is_empty() {
                 return Err(Status::not_found(format!(
                     "action result for {}/{} references {} evicted blob(s)",
@@ -134,20 +137,26 @@ impl ActionCache for ActionCacheService {
         let mut budget = MAX_BATCH_TOTAL_SIZE.saturating_sub(ar.encoded_len() as u64);
         if req.inline_stdout
             && ar.stdout_raw.is_empty()
-            && let Some(raw) = self.inline(ar.stdout_digest.as_ref(), &mut budget).await?
+            && let Some(raw) = self
+                .inline(function, ar.stdout_digest.as_ref(), &mut budget)
+                .await?
         {
             ar.stdout_raw = raw;
         }
         if req.inline_stderr
             && ar.stderr_raw.is_empty()
-            && let Some(raw) = self.inline(ar.stderr_digest.as_ref(), &mut budget).await?
+            && let Some(raw) = self
+                .inline(function, ar.stderr_digest.as_ref(), &mut budget)
+                .await?
         {
             ar.stderr_raw = raw;
         }
         for file in ar.output_files.iter_mut() {
             if file.contents.is_empty()
                 && req.inline_output_files.contains(&file.path)
-                && let Some(raw) = self.inline(file.digest.as_ref(), &mut budget).await?
+                && let Some(raw) = self
+                    .inline(function, file.digest.as_ref(), &mut budget)
+                    .await?
             {
                 file.contents = raw;
             }
@@ -161,15 +170,17 @@ impl ActionCache for ActionCacheService {
     ) -> Result<Response<re::ActionResult>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digest = action_digest(req.action_digest.as_ref())?;
+        let function = digest_function(req.digest_function)?;
+        let digest = action_digest(function, req.action_digest.as_ref())?;
         let ar = req
             .action_result
             .ok_or_else(|| Status::invalid_argument("action_result: missing"))?;
-        ac::validate(&ar).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        ac::validate(function, &ar).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let store = self.state.store.as_ref();
         if self.state.options.check_ac_deps {
-            let missing = ac::missing_blobs(store, &ar).await.map_err(store_status)?;
+            let missing = ac::missing_blobs(store, function, &ar)
+                .await
+                .map_err(store_status)?;
             if !missing.is_empty() {
                 return Err(missing_status(&missing));
             }

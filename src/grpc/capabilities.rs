@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use bazel_cache_digest::DigestFunction;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::build::bazel::semver::SemVer;
 use re::capabilities_server::{Capabilities, CapabilitiesServer};
@@ -37,7 +38,9 @@ impl Capabilities for CapabilitiesService {
         let zstd = re::compressor::Value::Zstd as i32;
         let caps = re::ServerCapabilities {
             cache_capabilities: Some(re::CacheCapabilities {
-                digest_functions: vec![re::digest_function::Value::Sha256 as i32],
+                // Each request names its function (`digest_function`,
+                // `blobs/blake3/…`); SHA-256 when it does not.
+                digest_functions: DigestFunction::ALL.iter().map(|f| f.to_reapi()).collect(),
                 action_cache_update_capabilities: Some(re::ActionCacheUpdateCapabilities {
                     update_enabled: true,
                 }),

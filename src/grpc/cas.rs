@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tonic::{Code, Request, Response, Status};
 
 use super::{
-    BATCH_COMPRESS_MIN_SIZE, GrpcState, MAX_BATCH_TOTAL_SIZE, check_digest_function, parse_digest,
+    BATCH_COMPRESS_MIN_SIZE, GrpcState, MAX_BATCH_TOTAL_SIZE, digest_function, parse_digest,
     parse_digests, rpc_status, store_status,
 };
 use bazel_cache_digest::{BlobKey, Digest};
@@ -123,8 +123,8 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<re::FindMissingBlobsResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digests = parse_digests(&req.blob_digests, "blob_digests")?;
+        let function = digest_function(req.digest_function)?;
+        let digests = parse_digests(function, &req.blob_digests, "blob_digests")?;
         let missing = self
             .state
             .store
@@ -142,14 +142,14 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<re::BatchUpdateBlobsResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
+        let function = digest_function(req.digest_function)?;
         check_batch_size(req.requests.iter().map(|r| r.data.len() as u64).sum())?;
         let store = self.state.store.as_ref();
         let max_blob_size = self.state.options.max_blob_size;
         let puts = req.requests.into_iter().map(|r| async move {
             let digest = r.digest.clone();
             let status = async {
-                let d = parse_digest(r.digest.as_ref(), "digest")
+                let d = parse_digest(function, r.digest.as_ref(), "digest")
                     .map_err(|s| rpc_status(s.code(), s.message()))?;
                 // Refused as the spec asks for blobs over
                 // max_cas_blob_size_bytes, before the data is looked at.
@@ -193,8 +193,8 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<re::BatchReadBlobsResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digests = parse_digests(&req.digests, "digests")?;
+        let function = digest_function(req.digest_function)?;
+        let digests = parse_digests(function, &req.digests, "digests")?;
         // Sizes are the client's claims: add them without overflow.
         check_batch_size(
             digests
@@ -250,8 +250,8 @@ impl ContentAddressableStorage for CasService {
     ) -> Result<Response<Self::GetTreeStream>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let root = parse_digest(req.root_digest.as_ref(), "root_digest")?;
+        let function = digest_function(req.digest_function)?;
+        let root = parse_digest(function, req.root_digest.as_ref(), "root_digest")?;
         let skip: usize = if req.page_token.is_empty() {
             0
         } else {
@@ -377,7 +377,7 @@ impl TreeWalk {
                 continue;
             };
             for child in dir.directories.iter().filter_map(|n| n.digest.as_ref()) {
-                if let Ok(c) = Digest::from_reapi(child)
+                if let Ok(c) = Digest::from_reapi(d.hash.function(), child)
                     && self.seen.insert(c)
                 {
                     self.queue.push_back(c);

@@ -8,7 +8,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use tonic::Status;
 
 use super::cas::to_proto;
-use super::{GrpcState, check_digest_function, parse_digest, parse_digests, store_status};
+use super::{GrpcState, digest_function, parse_digest, parse_digests, store_status};
 use bazel_cache_store::chunking::{self, FastCdc, SpliceError};
 
 /// Missing chunks named in a NOT_FOUND message; the rest are counted.
@@ -39,8 +39,8 @@ pub(super) async fn split_blob(
     cdc: &Arc<FastCdc>,
     req: re::SplitBlobRequest,
 ) -> Result<re::SplitBlobResponse, Status> {
-    check_digest_function(req.digest_function)?;
-    let blob = parse_digest(req.blob_digest.as_ref(), "blob_digest")?;
+    let function = digest_function(req.digest_function)?;
+    let blob = parse_digest(function, req.blob_digest.as_ref(), "blob_digest")?;
     let Some(chunks) = chunking::split(state.store.as_ref(), &state.memory, cdc, &blob)
         .await
         .map_err(store_status)?
@@ -62,8 +62,8 @@ pub(super) async fn splice_blob(
     state: &GrpcState,
     req: re::SpliceBlobRequest,
 ) -> Result<re::SpliceBlobResponse, Status> {
-    check_digest_function(req.digest_function)?;
-    let blob = parse_digest(req.blob_digest.as_ref(), "blob_digest")?;
+    let function = digest_function(req.digest_function)?;
+    let blob = parse_digest(function, req.blob_digest.as_ref(), "blob_digest")?;
     let limit = state.options.max_blob_size;
     if blob.size > limit {
         return Err(Status::invalid_argument(format!(
@@ -71,7 +71,7 @@ pub(super) async fn splice_blob(
             blob.size
         )));
     }
-    let chunks = parse_digests(&req.chunk_digests, "chunk_digests")?;
+    let chunks = parse_digests(function, &req.chunk_digests, "chunk_digests")?;
     match chunking::splice(&state.store, &blob, &chunks).await {
         Ok(()) => Ok(re::SpliceBlobResponse {
             blob_digest: Some(to_proto(&blob)),

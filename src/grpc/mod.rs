@@ -27,7 +27,7 @@ use crate::config::defaults;
 use crate::listen::activity::ActivityLayer;
 use crate::listen::{Listener, Port};
 use crate::metrics::{GrpcMetrics, GrpcMetricsLayer};
-use bazel_cache_digest::{Digest, Hash, mangle_ac_key};
+use bazel_cache_digest::{Digest, DigestFunction, Hash, mangle_ac_key};
 use bazel_cache_store::asset_download::Downloader;
 use bazel_cache_store::budget::MemoryBudget;
 use bazel_cache_store::{Store, StoreError};
@@ -194,27 +194,32 @@ pub(crate) fn store_status(e: StoreError) -> Status {
 }
 
 /// Parses a required digest field, naming the field in the error.
-pub(crate) fn parse_digest(d: Option<&re::Digest>, field: &str) -> Result<Digest, Status> {
+pub(crate) fn parse_digest(
+    function: DigestFunction,
+    d: Option<&re::Digest>,
+    field: &str,
+) -> Result<Digest, Status> {
     let d = d.ok_or_else(|| Status::invalid_argument(format!("{field}: missing digest")))?;
-    Digest::from_reapi(d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+    Digest::from_reapi(function, d).map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
 }
 
 /// Parses a repeated digest field, naming the bad entry (`field[i]`).
-pub(crate) fn parse_digests(ds: &[re::Digest], field: &str) -> Result<Vec<Digest>, Status> {
+pub(crate) fn parse_digests(
+    function: DigestFunction,
+    ds: &[re::Digest],
+    field: &str,
+) -> Result<Vec<Digest>, Status> {
     ds.iter()
         .enumerate()
-        .map(|(i, d)| parse_digest(Some(d), &format!("{field}[{i}]")))
+        .map(|(i, d)| parse_digest(function, Some(d), &format!("{field}[{i}]")))
         .collect()
 }
 
-/// Refuses digest functions other than SHA-256 (0 = unspecified means SHA-256).
-pub(crate) fn check_digest_function(value: i32) -> Result<(), Status> {
-    match re::digest_function::Value::try_from(value) {
-        Ok(re::digest_function::Value::Unknown | re::digest_function::Value::Sha256) => Ok(()),
-        _ => Err(Status::invalid_argument(format!(
-            "digest function {value} is not supported; this server speaks SHA256"
-        ))),
-    }
+/// A request's `digest_function` field: SHA-256 when unset (0), BLAKE3,
+/// INVALID_ARGUMENT for any other. Never guessed from a hash's length:
+/// SHA-256 and BLAKE3 hashes are both 64 hex characters.
+pub(crate) fn digest_function(value: i32) -> Result<DigestFunction, Status> {
+    DigestFunction::from_reapi(value).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 /// The store key of an action-cache entry, mangled with the instance name

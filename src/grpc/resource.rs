@@ -8,8 +8,9 @@
 //! The instance name may be empty (then there is no leading slash) or span
 //! several segments; the spec forbids its segments to equal the keywords
 //! below, which is what makes the names parseable. A `{digest_function}/`
-//! segment may precede the hash: clients must omit it for SHA-256, but
-//! `sha256/` is accepted anyway; any other digest function is refused.
+//! segment may precede the hash: `blake3/` names a BLAKE3 blob; clients must
+//! omit it for SHA-256 (no segment means SHA-256), but `sha256/` is accepted
+//! anyway; any other digest function is refused.
 //!
 //! Pure functions: every error names the resource and what is wrong with it.
 
@@ -17,7 +18,7 @@ use std::fmt;
 
 use bazel_remote_apis::build::bazel::remote::execution::v2::digest_function;
 
-use bazel_cache_digest::{Digest, DigestError, Hash, ReapiDigestError};
+use bazel_cache_digest::{Digest, DigestError, DigestFunction, Hash, ReapiDigestError};
 use bazel_cache_store::Encoding;
 
 /// Path segments the spec reserves; an instance name never contains them.
@@ -78,7 +79,7 @@ pub enum Problem {
     MissingCompressor,
     #[error("compressor {0:?} is not supported; this server supports zstd")]
     UnsupportedCompressor(String),
-    #[error("digest function {0:?} is not supported; this server speaks sha256")]
+    #[error("digest function {0:?} is not supported; this server speaks sha256 and blake3")]
     UnsupportedDigestFunction(String),
     #[error("missing hash")]
     MissingHash,
@@ -229,17 +230,20 @@ fn blob_part<'s, 'a>(segments: &'s [&'a str]) -> Result<(Encoding, &'s [&'a str]
 /// `{digest_function/}{hash}/{size}`, and the segments after the size.
 fn digest_part<'s, 'a>(segments: &'s [&'a str]) -> Result<(Digest, &'s [&'a str]), Problem> {
     let mut rest = segments;
+    let mut function = DigestFunction::Sha256;
     if let Some(first) = rest.first()
-        && let Some(function) = digest_function_name(first)
+        && let Some(named) = digest_function_name(first)
     {
-        if function != digest_function::Value::Sha256 {
-            return Err(Problem::UnsupportedDigestFunction(first.to_string()));
-        }
+        function = match named {
+            digest_function::Value::Sha256 => DigestFunction::Sha256,
+            digest_function::Value::Blake3 => DigestFunction::Blake3,
+            _ => return Err(Problem::UnsupportedDigestFunction(first.to_string())),
+        };
         rest = &rest[1..];
     }
     let hash = match rest.first() {
         None | Some(&"") => return Err(Problem::MissingHash),
-        Some(hex) => Hash::from_hex(hex)?,
+        Some(hex) => Hash::from_hex(function, hex)?,
     };
     let size = match rest.get(1) {
         None | Some(&"") => return Err(Problem::MissingSize),
@@ -273,9 +277,12 @@ mod tests {
     /// Not the empty blob's hash: impossible with size 0.
     const OTHER: &str = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
 
+    const SHA256: DigestFunction = DigestFunction::Sha256;
+    const BLAKE3: DigestFunction = DigestFunction::Blake3;
+
     fn digest(size: u64) -> Digest {
         Digest {
-            hash: Hash::from_hex(HEX).unwrap(),
+            hash: Hash::from_hex(SHA256, HEX).unwrap(),
             size,
         }
     }
@@ -333,6 +340,50 @@ mod tests {
     }
 
     #[test]
+    fn blake3_names_carry_their_function() {
+        let b3 = |size| Digest {
+            hash: Hash::from_hex(BLAKE3, HEX).unwrap(),
+            size,
+        };
+        let name0 = format!("main/blobs/blake3/{HEX}/7");
+        let r = parse_read(&name0).unwrap();
+        assert_eq!(
+            (r.instance, r.encoding, r.digest),
+            ("main", Encoding::Identity, b3(7))
+        );
+        assert_ne!(
+            r.digest,
+            digest(7),
+            "the same hex under SHA-256 is another blob"
+        );
+        let name1 = format!("compressed-blobs/zstd/blake3/{HEX}/9");
+        let r = parse_read(&name1).unwrap();
+        assert_eq!((r.encoding, r.digest), (Encoding::Zstd, b3(9)));
+        let name2 = format!("uploads/u/blobs/blake3/{HEX}/5/m");
+        let w = parse_write(&name2).unwrap();
+        assert_eq!((w.digest, w.metadata), (b3(5), "m"));
+        let name3 = format!("i/uploads/u/compressed-blobs/zstd/blake3/{HEX}/5");
+        let w = parse_write(&name3).unwrap();
+        assert_eq!(
+            (w.instance, w.encoding, w.digest),
+            ("i", Encoding::Zstd, b3(5))
+        );
+        // Size 0 names only BLAKE3's own empty blob.
+        let empty = bazel_cache_digest::EMPTY_BLAKE3.to_hex();
+        assert!(parse_read(&format!("blobs/blake3/{empty}/0")).is_ok());
+        assert!(matches!(
+            read_problem(&format!("blobs/blake3/{HEX}/0")),
+            Problem::ImpossibleDigest(_)
+        ));
+        // The name says BLAKE3 only with the segment; spelled in capitals it
+        // is not a function name but a (bad) hash.
+        assert!(matches!(
+            read_problem(&format!("blobs/BLAKE3/{HEX}/5")),
+            Problem::BadHash(_)
+        ));
+    }
+
+    #[test]
     fn bad_read_names() {
         let upper = HEX.to_uppercase();
         let short = &HEX[..63];
@@ -355,7 +406,7 @@ mod tests {
             (
                 format!("blobs/{OTHER}/0"),
                 Problem::ImpossibleDigest(ReapiDigestError::EmptyWithOtherHash(
-                    Hash::from_hex(OTHER).unwrap(),
+                    Hash::from_hex(SHA256, OTHER).unwrap(),
                 )),
             ),
             (format!("blobs/{HEX}/-1"), Problem::BadSize("-1".into())),
@@ -370,10 +421,6 @@ mod tests {
                 Problem::Trailing("extra".into()),
             ),
             (format!("blobs/{HEX}/5/"), Problem::Trailing("".into())),
-            (
-                format!("blobs/blake3/{HEX}/5"),
-                Problem::UnsupportedDigestFunction("blake3".into()),
-            ),
             (
                 format!("blobs/sha1/{HEX}/5"),
                 Problem::UnsupportedDigestFunction("sha1".into()),
@@ -443,8 +490,8 @@ mod tests {
                 Problem::BadSize("x".into()),
             ),
             (
-                format!("uploads/u/blobs/blake3/{HEX}/5"),
-                Problem::UnsupportedDigestFunction("blake3".into()),
+                format!("uploads/u/blobs/md5/{HEX}/5"),
+                Problem::UnsupportedDigestFunction("md5".into()),
             ),
             (
                 format!("uploads/u/compressed-blobs/gzip/{HEX}/5"),
@@ -453,7 +500,7 @@ mod tests {
             (
                 format!("uploads/u/compressed-blobs/zstd/{OTHER}/0"),
                 Problem::ImpossibleDigest(ReapiDigestError::EmptyWithOtherHash(
-                    Hash::from_hex(OTHER).unwrap(),
+                    Hash::from_hex(SHA256, OTHER).unwrap(),
                 )),
             ),
             (
@@ -476,8 +523,8 @@ mod tests {
         let msg = e.to_string();
         assert!(msg.contains("\"blobs/abc/5\""), "{msg}");
         assert!(msg.contains("64 lowercase hex"), "{msg}");
-        let e = parse_read(&format!("blobs/blake3/{HEX}/1")).unwrap_err();
-        assert!(e.to_string().contains("blake3"), "{e}");
+        let e = parse_read(&format!("blobs/sha384/{HEX}/1")).unwrap_err();
+        assert!(e.to_string().contains("sha384"), "{e}");
 
         let long = "é".repeat(1000);
         let msg = parse_read(&long).unwrap_err().to_string();

@@ -1,4 +1,5 @@
-//! `GET`, `HEAD` and `PUT` on `/ac/<sha256>` and `/cas/<sha256>`.
+//! `GET`, `HEAD` and `PUT` on `/ac/<sha256>` and `/cas/<sha256>` (and
+//! their BLAKE3 forms, `/blake3/ac/<hash>` or an `X-Digest-Function` header).
 
 use std::io;
 
@@ -12,7 +13,7 @@ use tokio_util::io::{ReaderStream, StreamReader};
 
 use super::path::{self, PathError};
 use super::{Body, HttpState, empty, error, full, method_not_allowed};
-use bazel_cache_digest::{BlobKey, Kind, mangle_ac_key};
+use bazel_cache_digest::{BlobKey, DigestFunction, Kind, mangle_ac_key};
 use bazel_cache_store::action_result as ac;
 use bazel_cache_store::budget::{MemoryBudget, MemoryUse, ReadBuffers, Reservation};
 use bazel_cache_store::{
@@ -22,9 +23,31 @@ use bazel_cache_store::{
 const ALLOW: &str = "GET, HEAD, PUT";
 /// bazel-remote's header for the logical size of a compressed PUT body.
 const X_DIGEST_SIZE: &str = "x-digest-sizebytes";
+/// Our header naming the digest function of the path's hash (`SHA256`,
+/// `BLAKE3`, any case), for clients that cannot change paths.
+const X_DIGEST_FUNCTION: &str = "x-digest-function";
+
+/// The function the `X-Digest-Function` header names, if it is there.
+fn header_function(headers: &HeaderMap) -> Result<Option<DigestFunction>, String> {
+    let Some(value) = headers.get(X_DIGEST_FUNCTION) else {
+        return Ok(None);
+    };
+    let value = value
+        .to_str()
+        .map_err(|_| "X-Digest-Function is not ASCII".to_string())?;
+    value
+        .trim()
+        .parse()
+        .map(Some)
+        .map_err(|e| format!("X-Digest-Function: {e}"))
+}
 
 pub(super) async fn handle(state: &HttpState, req: Request<Incoming>) -> Response<Body> {
-    let parsed = match path::parse(req.uri().path()) {
+    let header = match header_function(req.headers()) {
+        Ok(f) => f,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let parsed = match path::parse(req.uri().path(), header) {
         Ok(p) => p,
         Err(PathError::NotCachePath) => {
             return error(StatusCode::NOT_FOUND, PathError::NotCachePath);
@@ -171,14 +194,15 @@ async fn valid_action_result(
         Ok(None) | Err(StoreError::TooLarge { .. }) => return Ok(None),
         Err(e) => return Err(e),
     };
-    let ar = match ac::decode(&bytes) {
+    let function = key.hash.function();
+    let ar = match ac::decode(function, &bytes) {
         Ok(ar) => ar,
         Err(e) => {
             tracing::warn!(%key, error = %e, "stored AC entry is not a valid ActionResult; answering as a miss");
             return Ok(None);
         }
     };
-    if !ac::is_complete(state.store.as_ref(), &ar).await? {
+    if !ac::is_complete(state.store.as_ref(), function, &ar).await? {
         return Ok(None);
     }
     Ok(Some(Bytes::from(bytes)))
@@ -271,7 +295,7 @@ async fn put(
                 actual: bytes.len() as u64,
             });
         }
-        if let Err(e) = ac::decode(&bytes) {
+        if let Err(e) = ac::decode(key.hash.function(), &bytes) {
             return Ok(error(StatusCode::BAD_REQUEST, format!("{key}: {e}")));
         }
         let size = Some(bytes.len() as u64);

@@ -178,15 +178,58 @@ pub(super) async fn upload(
 
 /// The report as HTML, or why the logs could not be compared.
 fn analyse(before: &[u8], after: &[u8]) -> Result<String, (StatusCode, String)> {
-    let _ = (before, after);
-    Err((
-        StatusCode::NOT_IMPLEMENTED,
-        "this build has no execution-log analysis (the bazel-cache-explain crate is not wired in yet)"
-            .to_string(),
-    ))
+    let parse = |which: &str, bytes: &[u8]| {
+        bazel_cache_explain::parse_log(bytes).map_err(|e| {
+            (
+                StatusCode::BAD_REQUEST,
+                format!("the {which} log is not a Bazel execution log: {e}"),
+            )
+        })
+    };
+    let (before, after) = (parse("first", before)?, parse("second", after)?);
+    Ok(render(&bazel_cache_explain::explain(&before, &after)))
 }
 
-#[allow(dead_code)]
-fn pre(text: &str) -> String {
-    format!("<pre class=\"report\">{}</pre>", esc(text))
+/// The report for a person: the summary, notes, then one block per miss
+/// (root causes first, as the report orders them) with its reasons.
+fn render(report: &bazel_cache_explain::Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = format!(
+        "<section id=\"report\"><p class=\"summary\" id=\"summary\">{}</p>",
+        esc(&report.summary())
+    );
+    for note in &report.notes {
+        let _ = write!(out, "<p class=\"quiet\">note: {}</p>", esc(note));
+    }
+    if !report.misses.is_empty() {
+        out.push_str("<ol class=\"misses\" id=\"misses\">");
+    }
+    for miss in &report.misses {
+        let (class, mark) = if miss.root_cause {
+            ("root", "root cause")
+        } else {
+            ("dependent", "dependent")
+        };
+        let _ = write!(
+            out,
+            "<li class=\"{class}\"><p><span class=\"mark\">{mark}</span> <b>{}</b> {}</p>\
+             <p class=\"quiet\">output: <code>{}</code></p><ul>",
+            esc(&miss.mnemonic),
+            esc(miss.target.as_deref().unwrap_or("")),
+            esc(&miss.primary_output),
+        );
+        for reason in &miss.reasons {
+            let _ = write!(out, "<li>{}</li>", esc(&reason.to_string()));
+        }
+        out.push_str("</ul></li>");
+    }
+    if !report.misses.is_empty() {
+        out.push_str("</ol>");
+    }
+    let _ = write!(
+        out,
+        "<details><summary>as text</summary><pre class=\"report\">{}</pre></details></section>",
+        esc(&report.to_text())
+    );
+    out
 }

@@ -44,7 +44,9 @@ pub(super) fn page(title: &str, body: &str) -> String {
          <body><header><a class=\"brand\" href=\"/\">bazel-cache</a>\
          <nav><a href=\"/\">Overview</a><a href=\"/ui/explain\">Why did it miss?</a></nav>\
          <form class=\"search\" action=\"/ui/search\" method=\"get\">\
-         <input name=\"q\" placeholder=\"AC or CAS hash (sha256)\" aria-label=\"hash\" size=\"40\">\
+         <input name=\"q\" placeholder=\"AC or CAS hash\" aria-label=\"hash\" size=\"40\">\
+         <select name=\"digest_function\" aria-label=\"digest function\">\
+         <option value=\"sha256\">SHA-256</option><option value=\"blake3\">BLAKE3</option></select>\
          <button type=\"submit\">Open</button></form></header>\
          <main>{body}</main></body></html>\n",
         title = esc(title),

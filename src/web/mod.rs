@@ -47,7 +47,7 @@ use hyper::body::Incoming;
 use tokio::sync::Semaphore;
 
 use crate::http::{Body, HttpState, full};
-use bazel_cache_digest::{BlobKey, Hash, Kind};
+use bazel_cache_digest::{BlobKey, DigestFunction, Kind};
 use bazel_cache_store::proxy::PresenceCache;
 use history::History;
 use html::{error_page, secure};
@@ -120,28 +120,32 @@ fn redirect(to: &str) -> Response<Body> {
 }
 
 /// The search box: a hash goes to its AC entry if there is one, else to
-/// the CAS page (which says 404 when it is not there either).
+/// the CAS page (which says 404 when it is not there either), under the
+/// digest function chosen next to it.
 async fn search(state: &HttpState, query: Option<&str>) -> Response<Body> {
+    let function = match explorer::parse_query(query) {
+        Ok(q) => q.function,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
     let q = query
         .unwrap_or("")
         .split('&')
         .find_map(|p| p.strip_prefix("q="))
         .unwrap_or("")
         .trim_matches(|c: char| c == '+' || c.is_whitespace());
-    let hash = match Hash::from_hex(q) {
+    let hash = match explorer::parse_hash(function, q) {
         Ok(h) => h,
-        Err(e) => {
-            return error_page(
-                StatusCode::BAD_REQUEST,
-                &format!("{q:?} is not a SHA-256 hash: {e}"),
-            );
-        }
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };
-    let kind = match state.store.contains(&BlobKey::new(Kind::Ac, hash)).await {
-        Ok(Some(_)) => "ac",
-        _ => "cas",
+    let found = state.store.contains(&BlobKey::new(Kind::Ac, hash)).await;
+    let mut to = match found {
+        Ok(Some(_)) => format!("/ui/ac/{hash}"),
+        _ => format!("/ui/cas/{hash}"),
     };
-    redirect(&format!("/ui/{kind}/{hash}"))
+    if function != DigestFunction::Sha256 {
+        to.push_str(&format!("?digest_function={}", function.as_str()));
+    }
+    redirect(&to)
 }
 
 /// Answers a console path (authorised by the caller).

@@ -32,9 +32,19 @@ async fn upload(bs: &mut Client, data: &[u8]) {
 }
 
 async fn split(cas: &mut Cas, d: re::Digest) -> Result<re::SplitBlobResponse, tonic::Status> {
+    split_with(cas, d, 0).await
+}
+
+/// SplitBlob with a `digest_function` (0: unset, SHA-256).
+async fn split_with(
+    cas: &mut Cas,
+    d: re::Digest,
+    function: i32,
+) -> Result<re::SplitBlobResponse, tonic::Status> {
     cas.split_blob(re::SplitBlobRequest {
         blob_digest: Some(d),
         chunking_function: re::chunking_function::Value::FastCdc2020 as i32,
+        digest_function: function,
         ..Default::default()
     })
     .await
@@ -46,10 +56,21 @@ async fn splice(
     blob: re::Digest,
     chunks: Vec<re::Digest>,
 ) -> Result<re::SpliceBlobResponse, tonic::Status> {
+    splice_with(cas, blob, chunks, 0).await
+}
+
+/// SpliceBlob with a `digest_function` (0: unset, SHA-256).
+async fn splice_with(
+    cas: &mut Cas,
+    blob: re::Digest,
+    chunks: Vec<re::Digest>,
+    function: i32,
+) -> Result<re::SpliceBlobResponse, tonic::Status> {
     cas.splice_blob(re::SpliceBlobRequest {
         blob_digest: Some(blob),
         chunk_digests: chunks,
         chunking_function: re::chunking_function::Value::FastCdc2020 as i32,
+        digest_function: function,
         ..Default::default()
     })
     .await
@@ -242,4 +263,76 @@ async fn oversize_uploads_are_invalid_argument() {
     assert_eq!(status.code, Code::InvalidArgument as i32, "{status:?}");
     assert!(status.message.contains("max_blob_size"), "{status:?}");
     assert!(!is_stored(&mut cas, &digest(&big)).await);
+}
+
+/// Under BLAKE3 the chunks are named with BLAKE3 too, readable under
+/// `blobs/blake3/…`, and splice back into the BLAKE3 blob.
+#[tokio::test]
+async fn split_and_splice_under_blake3() {
+    use bazel_cache_digest::{DigestFunction, Hash};
+    let b3 = |data: &[u8]| re::Digest {
+        hash: Hash::of_with(DigestFunction::Blake3, data).to_hex(),
+        size_bytes: data.len() as i64,
+    };
+    let blake3 = re::digest_function::Value::Blake3 as i32;
+    let s = Server::start_grpc(&[]);
+    let (mut cas, mut bs) = clients(&s).await;
+    let blob = support::noise(2 * MIB, 21);
+    let d = b3(&blob);
+    write(
+        &mut bs,
+        &format!("uploads/x/blobs/blake3/{}/{}", d.hash, d.size_bytes),
+        &blob,
+        64 * KIB,
+    )
+    .await
+    .unwrap();
+    let resp = split_with(&mut cas, d.clone(), blake3).await.unwrap();
+    let cdc = FastCdc::from_params(512 * 1024, 0).unwrap();
+    let expected: Vec<re::Digest> = cdc
+        .chunks(&blob)
+        .map(|c| b3(&blob[c.offset..c.offset + c.len]))
+        .collect();
+    assert!(expected.len() >= 2);
+    assert_eq!(resp.chunk_digests, expected);
+    for c in &resp.chunk_digests {
+        let name = format!("blobs/blake3/{}/{}", c.hash, c.size_bytes);
+        let chunk = read(&mut bs, &name).await.unwrap();
+        assert_eq!(b3(&chunk), *c);
+        // Not stored under the same hex as SHA-256.
+        assert!(
+            read(&mut bs, &format!("blobs/{}/{}", c.hash, c.size_bytes))
+                .await
+                .is_err()
+        );
+    }
+
+    // Two BLAKE3 chunks spliced into a new BLAKE3 blob.
+    let other = support::noise(MIB, 22);
+    let (first, second) = other.split_at(300 * KIB);
+    for part in [first, second] {
+        let pd = b3(part);
+        write(
+            &mut bs,
+            &format!("uploads/y/blobs/blake3/{}/{}", pd.hash, pd.size_bytes),
+            part,
+            64 * KIB,
+        )
+        .await
+        .unwrap();
+    }
+    let chunks = vec![b3(first), b3(second)];
+    let spliced = splice_with(&mut cas, b3(&other), chunks.clone(), blake3)
+        .await
+        .unwrap();
+    assert_eq!(spliced.blob_digest, Some(b3(&other)));
+    let name = format!("blobs/blake3/{}/{}", b3(&other).hash, other.len());
+    assert!(read(&mut bs, &name).await.unwrap() == other);
+    // The SHA-256 name of the same bytes is not there: the splice verified
+    // and stored BLAKE3's. Asked as SHA-256, the BLAKE3 chunks are missing.
+    assert!(!is_stored(&mut cas, &digest(&other)).await);
+    let e = splice_with(&mut cas, digest(&other), chunks, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::NotFound, "{e}");
 }

@@ -66,7 +66,10 @@ async fn capabilities_announce_the_cache() {
     let cache = caps.cache_capabilities.unwrap();
     assert_eq!(
         cache.digest_functions,
-        vec![re::digest_function::Value::Sha256 as i32]
+        vec![
+            re::digest_function::Value::Sha256 as i32,
+            re::digest_function::Value::Blake3 as i32
+        ]
     );
     assert!(
         cache
@@ -244,7 +247,7 @@ async fn cas_batches_and_find_missing() {
     let err = cas
         .find_missing_blobs(re::FindMissingBlobsRequest {
             blob_digests: vec![digest(&a)],
-            digest_function: re::digest_function::Value::Blake3 as i32,
+            digest_function: re::digest_function::Value::Md5 as i32,
             ..Default::default()
         })
         .await

@@ -14,6 +14,7 @@ mod support;
 mod adopt;
 mod auth;
 mod auth_flood;
+mod blake3;
 mod chunking;
 mod cli;
 mod config;

@@ -59,9 +59,13 @@ fn message(resp: &asset::FetchBlobResponse) -> String {
 }
 
 async fn bytestream_read(channel: &Channel, d: &re::Digest) -> Vec<u8> {
+    read_name(channel, &format!("blobs/{}/{}", d.hash, d.size_bytes)).await
+}
+
+async fn read_name(channel: &Channel, name: &str) -> Vec<u8> {
     let mut stream = support::bytestream_client(channel.clone())
         .read(ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash, d.size_bytes),
+            resource_name: name.to_string(),
             read_offset: 0,
             read_limit: 0,
         })
@@ -405,4 +409,40 @@ async fn pushed_records_answer_fetches() {
         .into_inner();
     assert_eq!(after.status.unwrap().code, 0);
     assert_eq!(after.root_directory_digest, Some(digest(&body)));
+}
+
+/// `digest_function: BLAKE3`: the download is named and stored with BLAKE3
+/// (the SRI still checks SHA-256), and its record answers BLAKE3 requests
+/// only: a SHA-256 request for the same URI downloads again.
+#[tokio::test]
+async fn blake3_fetches_name_the_blob_with_blake3() {
+    use bazel_cache_digest::{DigestFunction, Hash};
+    let body = support::noise(100_000, 31);
+    let mut origin = Origin::start(&[("/f", Reply::Body(body.clone()))]);
+    let s = server(&[]);
+    let ch = s.channel().await;
+    let uris = vec![format!("{}/f", origin.url)];
+    let mut req = fetch_req(&uris, vec![q("checksum.sri", &sri256(&body))]);
+    req.digest_function = re::digest_function::Value::Blake3 as i32;
+    let resp = fetch(&ch, req.clone()).await;
+    assert_eq!(code(&resp), Code::Ok, "{}", message(&resp));
+    let b3 = re::Digest {
+        hash: Hash::of_with(DigestFunction::Blake3, &body).to_hex(),
+        size_bytes: body.len() as i64,
+    };
+    assert_eq!(resp.blob_digest, Some(b3.clone()));
+    let name = format!("blobs/blake3/{}/{}", b3.hash, b3.size_bytes);
+    assert!(read_name(&ch, &name).await == body);
+    assert_eq!(origin.requests().len(), 1);
+    // Again under BLAKE3: from the record, no download.
+    let again = fetch(&ch, req).await;
+    assert_eq!(again.blob_digest, Some(b3));
+    assert_eq!(origin.requests().len(), 1);
+    // Under SHA-256 the BLAKE3 record does not answer: downloaded again,
+    // named with SHA-256.
+    let sha = fetch(&ch, fetch_req(&uris, vec![])).await;
+    assert_eq!(code(&sha), Code::Ok, "{}", message(&sha));
+    assert_eq!(sha.blob_digest, Some(digest(&body)));
+    assert_eq!(origin.requests().len(), 2);
+    origin.stop();
 }

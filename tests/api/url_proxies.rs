@@ -461,3 +461,54 @@ async fn basic_auth_from_the_url_user_info() {
         assert!(!reads_through(&b, &f).await, "{flag} with a wrong password");
     }
 }
+
+/// BLAKE3 entries cross both proxies under their BLAKE3 names: read
+/// through from the old cache, and written behind to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blake3_entries_cross_both_proxies() {
+    use bazel_cache_digest::{DigestFunction, Hash};
+    let b3 = |data: &[u8]| Hash::of_with(DigestFunction::Blake3, data);
+    for kind in ["http", "grpc"] {
+        let a = Server::start_grpc(&[]);
+        let url = match kind {
+            "http" => a.http_url.clone(),
+            _ => a.grpc_url().unwrap(),
+        };
+        let flag = format!("--{kind}_proxy.url");
+        let b = Server::start_grpc(&[&flag, &url]);
+
+        // Read-through: an output and the ActionResult naming it, both
+        // BLAKE3, stored in A only.
+        let output = noise(200_000, 41);
+        put(&a, &format!("/blake3/cas/{}", b3(&output)), &output).await;
+        let ar = re::ActionResult {
+            output_files: vec![re::OutputFile {
+                path: "out".into(),
+                digest: Some(re::Digest {
+                    hash: b3(&output).to_hex(),
+                    size_bytes: output.len() as i64,
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let action = b3(format!("{kind} action").as_bytes());
+        put(&a, &format!("/blake3/ac/{action}"), &ar.encode_to_vec()).await;
+        // The ActionResult first (over gRPC its outputs' sizes come with it).
+        let (code, body) = b.get_async(&format!("/blake3/ac/{action}")).await;
+        assert_eq!(code, 200, "{kind}");
+        assert_eq!(re::ActionResult::decode(body.as_slice()).unwrap(), ar);
+        let (code, body) = b.get_async(&format!("/blake3/cas/{}", b3(&output))).await;
+        assert_eq!(code, 200, "{kind}");
+        assert!(body == output, "{kind}: the output came back different");
+        // Under the SHA-256 namespace the same hex is nothing, in A too.
+        assert_eq!(b.get_async(&format!("/cas/{}", b3(&output))).await.0, 404);
+
+        // Write-behind: a BLAKE3 blob put into B reaches A under BLAKE3.
+        let written = support::text(300_000, 43);
+        put(&b, &format!("/blake3/cas/{}", b3(&written)), &written).await;
+        let path = format!("/blake3/cas/{}", b3(&written));
+        assert!(eventually_get(&a, &path).await == written, "{kind}");
+        assert_eq!(a.get_async(&format!("/cas/{}", b3(&written))).await.0, 404);
+    }
+}

@@ -100,8 +100,8 @@ async fn pages_answer_with_security_headers_and_clear_errors() {
 
     let absent = "0".repeat(64);
     for (path, code, reason) in [
-        ("/ui/ac/xyz", 400, "is not a SHA-256 hash"),
-        ("/ui/cas/ABC", 400, "is not a SHA-256 hash"),
+        ("/ui/ac/xyz", 400, "is not a SHA256 hash"),
+        ("/ui/cas/ABC", 400, "is not a SHA256 hash"),
         (
             &format!("/ui/ac/{absent}") as &str,
             404,
@@ -109,12 +109,12 @@ async fn pages_answer_with_security_headers_and_clear_errors() {
         ),
         (&format!("/ui/cas/{absent}"), 404, "no CAS blob"),
         (
-            &format!("/ui/cas/{absent}?digest_function=blake3"),
+            &format!("/ui/cas/{absent}?digest_function=md5"),
             400,
-            "digest_function &quot;blake3&quot; is not supported",
+            "digest function &quot;md5&quot; is not supported",
         ),
         ("/ui/nothing", 404, "no such console page"),
-        ("/ui/search?q=nothex", 400, "is not a SHA-256 hash"),
+        ("/ui/search?q=nothex", 400, "is not a SHA256 hash"),
     ] {
         let p = get(&s, path, None).await;
         assert_eq!(p.code, code, "{path}: {}", p.body);
@@ -143,6 +143,29 @@ async fn pages_answer_with_security_headers_and_clear_errors() {
     )
     .await;
     assert_eq!(p.code, 200);
+
+    // A BLAKE3 blob: its own namespace, named by the query.
+    let b3 = bazel_cache_digest::Hash::of_with(bazel_cache_digest::DigestFunction::Blake3, &blob)
+        .to_hex();
+    put(&s, &format!("/blake3/cas/{b3}"), &blob).await;
+    let p = get(&s, &format!("/ui/cas/{b3}?digest_function=blake3"), None).await;
+    assert_eq!(p.code, 200, "{}", p.body);
+    assert!(
+        p.body.contains(&format!("href=\"/blake3/cas/{b3}\"")),
+        "{}",
+        p.body
+    );
+    assert_eq!(get(&s, &format!("/ui/cas/{b3}"), None).await.code, 404);
+    let found = async_client()
+        .get(format!(
+            "{}/ui/search?q={b3}&digest_function=blake3",
+            s.http_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(found.status().as_u16(), 200);
+    assert_eq!(found.url().query(), Some("digest_function=blake3"));
 
     // The protocol paths are unchanged.
     assert_eq!(s.get_async("/status").await.0, 200);
@@ -379,4 +402,79 @@ async fn explain_uploads_are_bounded() {
     assert_eq!(support::request(&s, "POST", "/", Some(b"x")).await, 405);
     // The server is fine afterwards.
     assert_eq!(s.get_async("/").await.0, 200);
+}
+
+fn multipart(boundary: &str, parts: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (name, data) in parts {
+        body.extend_from_slice(
+            format!(
+                "--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"; filename=\"{name}.json\"\r\n\
+                 Content-Type: application/json\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    body
+}
+
+/// Real Bazel 4.2.3 logs (the explain crate's test data: `src/greet.cc`
+/// edited between two C++ builds) through the upload: the report names
+/// the file; a file that is no log is a 400 with the parser's reason.
+#[tokio::test]
+async fn explain_reports_on_real_logs_and_refuses_others() {
+    let s = Server::start(&[]);
+    let data = support::repo().join("crates/explain/testdata");
+    let before = std::fs::read(data.join("cc-before.json")).unwrap();
+    let after = std::fs::read(data.join("cc-after.json")).unwrap();
+    let post = |body: Vec<u8>| {
+        async_client()
+            .post(format!("{}/ui/explain", s.http_url))
+            .header("content-type", "multipart/form-data; boundary=BoUnDaRy")
+            .body(body)
+            .send()
+    };
+    let resp = post(multipart(
+        "BoUnDaRy",
+        &[("before", &before), ("after", &after)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    assert_eq!(
+        resp.headers()["content-security-policy"].to_str().unwrap(),
+        CSP
+    );
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("id=\"report\""), "{page}");
+    assert!(page.contains("src/greet.cc"), "{page}");
+    assert!(page.contains("root cause"), "{page}");
+
+    let resp = post(multipart(
+        "BoUnDaRy",
+        &[("before", b"<not a log>"), ("after", &after)],
+    ))
+    .await
+    .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("the first log is not a Bazel execution log"),
+        "{page}"
+    );
+    assert!(!page.contains("<not a log>"), "escaped: {page}");
+
+    let resp = post(multipart("BoUnDaRy", &[("before", &before)]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert!(
+        resp.text()
+            .await
+            .unwrap()
+            .contains("no &quot;after&quot; file")
+    );
 }

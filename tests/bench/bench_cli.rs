@@ -17,14 +17,14 @@ use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(crate) struct Run {
+    pub(crate) code: i32,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Run {
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
             panic!(
                 "bench did not print JSON ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -33,7 +33,7 @@ impl Run {
         })
     }
 
-    fn expect(&self, code: i32) -> &Run {
+    pub(crate) fn expect(&self, code: i32) -> &Run {
         assert_eq!(
             self.code, code,
             "bench exit status\n--- stdout ---\n{}\n--- stderr ---\n{}",
@@ -46,7 +46,7 @@ impl Run {
 
 /// Runs `bazel-cache bench ARGS` (always this build's binary, whatever
 /// server `BAZEL_CACHE_E2E_SERVER` selects).
-fn bench(args: &[&str]) -> Run {
+pub(crate) fn bench(args: &[&str]) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_bazel-cache"));
     cmd.arg("bench").args(args);
     let out = support::run(&mut cmd, TIMEOUT);
@@ -57,24 +57,24 @@ fn bench(args: &[&str]) -> Run {
     }
 }
 
-fn u(v: &Value, key: &str) -> u64 {
+pub(crate) fn u(v: &Value, key: &str) -> u64 {
     v[key]
         .as_u64()
         .unwrap_or_else(|| panic!("no integer {key} in {v}"))
 }
 
-fn f(v: &Value, key: &str) -> f64 {
+pub(crate) fn f(v: &Value, key: &str) -> f64 {
     v[key]
         .as_f64()
         .unwrap_or_else(|| panic!("no number {key} in {v}"))
 }
 
-fn rows(report: &Value) -> &Vec<Value> {
+pub(crate) fn rows(report: &Value) -> &Vec<Value> {
     report["rows"].as_array().expect("rows")
 }
 
 /// The row for `op` and `size`.
-fn row<'a>(report: &'a Value, op: &str, size: u64) -> &'a Value {
+pub(crate) fn row<'a>(report: &'a Value, op: &str, size: u64) -> &'a Value {
     rows(report)
         .iter()
         .find(|r| r["op"] == op && r["size"] == size)
@@ -82,7 +82,7 @@ fn row<'a>(report: &'a Value, op: &str, size: u64) -> &'a Value {
 }
 
 /// The figures of a report must agree with each other.
-fn check_consistent(report: &Value) {
+pub(crate) fn check_consistent(report: &Value) {
     let elapsed = f(report, "elapsed_seconds");
     assert!(elapsed > 0.0, "{report}");
     // --batch 0: one blob per ByteStream call.
@@ -158,7 +158,7 @@ fn check_consistent(report: &Value) {
     assert_eq!(u(&report["errors"], "total"), sum.3, "{report}");
 }
 
-fn write_blobs(report: &Value) -> u64 {
+pub(crate) fn write_blobs(report: &Value) -> u64 {
     rows(report)
         .iter()
         .filter(|r| r["op"] == "write")
@@ -242,6 +242,17 @@ fn http_instance_name_and_url_path_prefix_the_requests() {
     }
 }
 
+/// Asserts the server answered each of `methods` with OK at least once.
+pub(crate) fn assert_served(server: &Server, methods: &[&str]) {
+    let served = grpc_methods_served(server);
+    for method in methods {
+        assert!(
+            served.iter().any(|m| m == method),
+            "{method} not served: {served:?}"
+        );
+    }
+}
+
 /// Names of gRPC methods the server answered with OK at least once, from
 /// its endpoint metrics.
 fn grpc_methods_served(server: &Server) -> Vec<String> {
@@ -308,20 +319,17 @@ fn grpc_uses_batches_for_small_blobs_and_bytestream_for_large_ones() {
     assert_eq!(u(big_reads, "blobs"), u(big_reads, "requests"));
     assert_eq!(u(&report["prefill"], "uploaded"), 12);
     assert_eq!(server.num_files(), 12 + write_blobs(&report));
-    let served = grpc_methods_served(&server);
-    for method in [
-        "GetCapabilities",
-        "FindMissingBlobs",
-        "BatchUpdateBlobs",
-        "BatchReadBlobs",
-        "Write",
-        "Read",
-    ] {
-        assert!(
-            served.iter().any(|m| m == method),
-            "{method} not served: {served:?}"
-        );
-    }
+    assert_served(
+        &server,
+        &[
+            "GetCapabilities",
+            "FindMissingBlobs",
+            "BatchUpdateBlobs",
+            "BatchReadBlobs",
+            "Write",
+            "Read",
+        ],
+    );
 }
 
 /// Flips one byte in every stored CAS file (uncompressed storage keeps
@@ -678,13 +686,10 @@ fn action_cache_zstd_and_server_cpu_per_operation() {
             .sum::<u64>();
         assert!(blob_writes > 0);
     }
-    let served = grpc_methods_served(&server);
-    for method in ["GetActionResult", "UpdateActionResult", "Read", "Write"] {
-        assert!(
-            served.iter().any(|m| m == method),
-            "{method} not served: {served:?}"
-        );
-    }
+    assert_served(
+        &server,
+        &["GetActionResult", "UpdateActionResult", "Read", "Write"],
+    );
 
     // The text report says it too; with --server_pid from /proc.
     let pid = server.pid().to_string();

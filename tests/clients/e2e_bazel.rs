@@ -62,12 +62,17 @@ pub(super) struct Workspace {
 
 impl Workspace {
     pub(super) fn new() -> Workspace {
+        Workspace::of("bazel-workspace")
+    }
+
+    /// A copy of the fixture workspace `tests/e2e/<fixture>`.
+    pub(super) fn of(fixture: &str) -> Workspace {
         let tmp = tempfile::Builder::new()
             .prefix("bazel-cache-e2e-bazel.")
             .tempdir()
             .unwrap();
         let root = tmp.path().join("ws");
-        support::copy_dir(&support::fixture("bazel-workspace"), &root);
+        support::copy_dir(&support::fixture(fixture), &root);
         let output_user_root = tmp.path().join("bazel-root");
         std::fs::create_dir(&output_user_root).unwrap();
         Workspace {
@@ -116,6 +121,27 @@ impl Workspace {
         step: &str,
         extra_args: &[&str],
     ) -> Build {
+        self.run_against(remote_cache, "test", step, extra_args)
+    }
+
+    /// `bazel build //...`, as [`Workspace::build_and_test`] runs `test`
+    /// (for a workspace without tests).
+    pub(super) fn build(&self, remote_cache: &str, step: &str, extra_args: &[&str]) -> Build {
+        self.run_against(remote_cache, "build", step, extra_args)
+    }
+
+    /// The workspace's root (its source files).
+    pub(super) fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn run_against(
+        &self,
+        remote_cache: &str,
+        command: &str,
+        step: &str,
+        extra_args: &[&str],
+    ) -> Build {
         let exec_log = self.tmp.path().join(format!("exec-{step}.json"));
         let remote_cache_flag = format!("--remote_cache={remote_cache}");
         let exec_log_flag = format!("--execution_log_json_file={}", exec_log.display());
@@ -146,14 +172,14 @@ impl Workspace {
         ];
         args.extend_from_slice(extra_args);
         args.push("//...");
-        let out = self.bazel("test", &args);
-        out.assert_success("bazel test //...");
+        let out = self.bazel(command, &args);
+        out.assert_success(&format!("bazel {command} //..."));
         // Bazel carries on without the cache when an upload or download
         // fails (it only warns), so a successful build proves little.
         let errors = remote_cache_errors(&out);
         assert!(
             errors.is_empty(),
-            "bazel test //... against {remote_cache} ({step}) reported remote cache errors:\n{}\n\
+            "bazel {command} //... against {remote_cache} ({step}) reported remote cache errors:\n{}\n\
              --- start of bazel stderr ---\n{}",
             errors.join("\n"),
             head(&out.stderr, 60)
@@ -208,6 +234,11 @@ pub(super) struct Build {
 }
 
 impl Build {
+    /// The `--execution_log_json_file` this build wrote.
+    pub(super) fn exec_log(&self) -> &Path {
+        &self.exec_log
+    }
+
     /// Processes that ran locally, remote cache hits, and Bazel's summary
     /// line (`INFO: 28 processes: ...`).
     pub(super) fn counts(&self) -> (u64, u64, &str) {

@@ -3,7 +3,8 @@
 //! workspace over HTTP, gRPC, basic auth and TLS (`e2e_bazel`), ccache's
 //! remote storage (`e2e_ccache`), migrating from bazel-remote with a new
 //! cache in front of the old one (`e2e_migration`), Bazel's remote downloader over the Remote Asset API
-//! (`e2e_remote_asset`), the web console in headless Chromium over
+//! (`e2e_remote_asset`), `bazel-cache explain-miss` on the execution logs of
+//! real builds (`e2e_explain`), the web console in headless Chromium over
 //! WebDriver after a real Bazel build (`web_browser`), and the deployment
 //! kit's example workspace in that Bazel (`deploy::example`).
 //! scripts/test.sh installs the tools. The `sandbox` nextest profile (.config/nextest.toml) leaves
@@ -18,6 +19,7 @@ mod deploy {
 }
 mod e2e_bazel;
 mod e2e_ccache;
+mod e2e_explain;
 mod e2e_migration;
 mod e2e_remote_asset;
 mod web_browser;

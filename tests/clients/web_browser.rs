@@ -336,12 +336,12 @@ async fn console_needs_credentials_in_the_browser() {
     browser.close().await;
 }
 
-/// `/ui/explain` in the browser: two real Bazel builds whose genrule sees a
-/// different `--action_env` value; their execution logs uploaded through
-/// the form; the report names the variable as the root cause.
+/// `/ui/explain` in the browser: two real Bazel builds, one source file
+/// changed between them; their execution logs uploaded through the form;
+/// the report names that file (both digests) as the root cause and not
+/// the action whose inputs did not change.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "until bazel-cache-explain is wired into /ui/explain (src/web/explain.rs, analyse)"]
-async fn explain_page_names_the_changed_action_env() {
+async fn explain_page_names_the_changed_source() {
     support::require_tool("bazel", &["--version"], "apt-get install bazel-bootstrap");
     let server = Server::start(&[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -352,20 +352,20 @@ async fn explain_page_names_the_changed_action_env() {
     std::fs::write(ws.join("WORKSPACE"), "workspace(name = \"explain\")\n").unwrap();
     std::fs::write(
         ws.join("BUILD"),
-        "genrule(\n    name = \"env\",\n    outs = [\"env.txt\"],\n    \
-         cmd = \"echo $$CONSOLE_VAR > $@\",\n)\n\
-         genrule(\n    name = \"same\",\n    outs = [\"same.txt\"],\n    cmd = \"echo same > $@\",\n)\n",
+        "genrule(\n    name = \"upper\",\n    srcs = [\"changed.txt\"],\n    outs = [\"upper.txt\"],\n    \
+         cmd = \"tr a-z A-Z < $< > $@\",\n)\n\
+         genrule(\n    name = \"same\",\n    srcs = [\"kept.txt\"],\n    outs = [\"same.txt\"],\n    \
+         cmd = \"cp $< $@\",\n)\n",
     )
     .unwrap();
+    std::fs::write(ws.join("kept.txt"), "kept\n").unwrap();
     let logs: Vec<PathBuf> = ["one", "two"]
         .iter()
         .map(|v| tmp.path().join(format!("exec-{v}.json")))
         .collect();
-    for (value, log) in ["one", "two"].iter().zip(&logs) {
-        let extra = vec![
-            format!("--action_env=CONSOLE_VAR={value}"),
-            format!("--execution_log_json_file={}", log.display()),
-        ];
+    for (content, log) in ["one\n", "two\n"].iter().zip(&logs) {
+        std::fs::write(ws.join("changed.txt"), content).unwrap();
+        let extra = vec![format!("--execution_log_json_file={}", log.display())];
         let (ws, user_root, url) = (ws.clone(), user_root.clone(), server.http_url.clone());
         tokio::task::spawn_blocking(move || bazel_build(&ws, &user_root, &url, &extra))
             .await
@@ -391,14 +391,19 @@ async fn explain_page_names_the_changed_action_env() {
         )
         .await;
     let report = report.as_str().unwrap().to_string();
+    eprintln!("[web_browser] /ui/explain said:\n{report}");
     let misses = browser.text_of("#misses").await.unwrap_or_default();
-    assert!(misses.contains("CONSOLE_VAR"), "{report}");
     assert!(misses.contains("root cause"), "{report}");
+    assert!(misses.contains("changed.txt"), "{report}");
+    assert!(misses.contains("upper.txt"), "{report}");
+    assert!(
+        !misses.contains("kept.txt"),
+        "an unchanged input is named: {report}"
+    );
     assert!(
         !misses.contains("same.txt"),
-        "an unchanged action is not listed: {report}"
+        "an unchanged action is listed: {report}"
     );
-    eprintln!("[web_browser] /ui/explain said:\n{report}");
     let (shots, _keep) = screenshot_dir();
     browser.fit_height(1280).await;
     std::fs::write(

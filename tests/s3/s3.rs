@@ -445,3 +445,36 @@ async fn the_design_deployment_gets_its_credentials_from_the_environment() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// BLAKE3 entries go to the bucket under `blake3/` (SHA-256 keys keep
+/// bazel-remote's layout), and a second replica reads them back through
+/// S3 by their BLAKE3 names only.
+#[tokio::test]
+async fn blake3_entries_have_their_own_bucket_namespace() {
+    use bazel_cache_digest::DigestFunction;
+    let s3 = S3Server::start();
+    let a = start(&s3, None, &[], None);
+    let data = blob(200_000, 77);
+    let h = Hash::of_with(DigestFunction::Blake3, &data).to_hex();
+    let sha = Hash::of(&data).to_hex();
+    assert_eq!(put(&a, &format!("/blake3/cas/{h}"), &data).await, 200);
+    assert_eq!(put(&a, &format!("/cas/{sha}"), &data).await, 200);
+    wait_backend(&a, "uploads", Duration::from_secs(30), |b| {
+        b["UploadsPending"] == 0 && b["UploadsDone"] == 2
+    })
+    .await;
+    // zstd storage mode (the default): cas.v2 in both namespaces.
+    let object = s3.object_path(&format!("blake3/cas.v2/{}/{h}", &h[..2]));
+    assert!(object.exists(), "{} missing", object.display());
+    let sha_object = s3.object_path(&format!("cas.v2/{}/{sha}", &sha[..2]));
+    assert!(sha_object.exists(), "{} missing", sha_object.display());
+    assert!(!s3.object_path(&format!("cas.v2/{}/{h}", &h[..2])).exists());
+
+    let b = start(&s3, None, &[], None);
+    assert_eq!(
+        b.get_async(&format!("/blake3/cas/{h}")).await,
+        (200, data.clone())
+    );
+    // The BLAKE3 hex read as SHA-256 names nothing, locally or in the bucket.
+    assert_eq!(b.get_async(&format!("/cas/{h}")).await.0, 404);
+}

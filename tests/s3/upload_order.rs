@@ -110,7 +110,9 @@ async fn ac_entries_reach_the_bucket_after_their_outputs_even_after_kill_9() {
                 .iter()
                 .filter_map(|f| f.digest.as_ref())
                 .chain(ar.stdout_digest.as_ref())
-                .map(|d| Hash::from_hex(&d.hash).unwrap())
+                .map(|d| {
+                    Hash::from_hex(bazel_cache_digest::DigestFunction::Sha256, &d.hash).unwrap()
+                })
                 .collect();
             expected.push((key, bytes, outputs));
         }

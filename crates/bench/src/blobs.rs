@@ -1,7 +1,7 @@
 //! Deterministic blobs that cost the client almost nothing.
 //!
-//! A PUT must name the blob's SHA-256 before sending it, and every read is
-//! checked by hashing what comes back. Hashing and generating whole blobs
+//! A PUT must name the blob's hash (SHA-256 or BLAKE3, `--digest_function`)
+//! before sending it, and every read is checked by hashing what comes back. Hashing and generating whole blobs
 //! per request would put the client's CPU on the scale (client and server
 //! often share a machine), so a blob of a size class is:
 //!
@@ -10,8 +10,10 @@
 //! content[size-16..] = namespace (u64 LE) ++ index (u64 LE) (the blob's identity)
 //! ```
 //!
-//! The SHA-256 state after the whole 64-byte blocks of the shared part is
-//! computed once per class, so naming a blob hashes at most two blocks, and
+//! The hash state after the whole 64-byte blocks of the shared part is
+//! computed once per class and cloned for each blob, so naming a blob
+//! hashes at most two SHA-256 blocks (BLAKE3: the rest of its last 1 KiB
+//! chunk, which it keeps open until it knows the input goes on), and
 //! bodies are handed out as zero-copy slices of the base.
 //!
 //! The base is random by default, and repeats every 16 MiB at most, beyond
@@ -31,10 +33,9 @@ use std::ops::Range;
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
-use sha2::{Digest as _, Sha256};
 
 use crate::rng::Rng;
-use bazel_cache_digest::Hash;
+use bazel_cache_digest::{DigestFunction, Hash, Hasher};
 
 /// Bytes at the end of each blob that make it unique.
 pub(crate) const ID_LEN: u64 = 16;
@@ -81,8 +82,8 @@ pub struct SizeClass {
     size: u64,
     /// `min(size - ID_LEN, PERIOD)` bytes.
     base: Bytes,
-    /// SHA-256 state after `content[..prefix_len]`.
-    prefix: Sha256,
+    /// The hash state (of the class's function) after `content[..prefix_len]`.
+    prefix: Hasher,
     /// The shared part rounded down to whole 64-byte blocks.
     prefix_len: u64,
     /// The shared part as zstd frames, made on first use.
@@ -99,13 +100,22 @@ const HEX_CACHE: usize = 1024;
 
 impl SizeClass {
     /// The class of incompressible blobs of `size` bytes (at least
-    /// `ID_LEN`, 16). Costs one pass of SHA-256 over `size` bytes.
+    /// `ID_LEN`, 16), named by SHA-256. Costs one pass of SHA-256 over
+    /// `size` bytes.
     pub fn new(size: u64) -> Arc<SizeClass> {
         SizeClass::with_content(size, Content::Random)
     }
 
-    /// The class of blobs of `size` bytes made of `content`.
+    /// The class of blobs of `size` bytes made of `content`, named by
+    /// SHA-256.
     pub fn with_content(size: u64, content: Content) -> Arc<SizeClass> {
+        SizeClass::named_by(size, content, DigestFunction::Sha256)
+    }
+
+    /// The class of blobs of `size` bytes made of `content` whose names
+    /// (and reads' checks) are hashes of `function`. The content does not
+    /// depend on the function: the same blob under both names.
+    pub fn named_by(size: u64, content: Content, function: DigestFunction) -> Arc<SizeClass> {
         assert!(size >= ID_LEN, "blob size {size} below {ID_LEN}");
         let shared = size - ID_LEN;
         let mut base = vec![0; shared.min(PERIOD) as usize];
@@ -117,12 +127,12 @@ impl SizeClass {
         let mut class = SizeClass {
             size,
             base: Bytes::from(base),
-            prefix: Sha256::new(),
+            prefix: Hasher::new(function),
             prefix_len: shared / 64 * 64,
             zstd: OnceLock::new(),
             hex_cache: (0..HEX_CACHE).map(|_| OnceLock::new()).collect(),
         };
-        let mut prefix = Sha256::new();
+        let mut prefix = Hasher::new(function);
         for piece in class.shared_pieces(0..class.prefix_len, PERIOD as usize) {
             prefix.update(&piece);
         }
@@ -134,14 +144,19 @@ impl SizeClass {
         self.size
     }
 
-    /// The SHA-256 of blob `id`.
+    /// The digest function the class's blobs are named by.
+    pub(crate) fn function(&self) -> DigestFunction {
+        self.prefix.function()
+    }
+
+    /// The hash of blob `id` (of the class's function).
     pub(crate) fn hash(&self, id: BlobId) -> Hash {
         let mut h = self.prefix.clone();
         for piece in self.shared_pieces(self.prefix_len..self.size - ID_LEN, 64) {
             h.update(&piece);
         }
-        h.update(id.bytes());
-        Hash(h.finalize().into())
+        h.update(&id.bytes());
+        h.finish()
     }
 
     /// The hex form of [`SizeClass::hash`], cached for prefilled blobs.
@@ -369,6 +384,40 @@ mod tests {
                 let data = whole(&class, id);
                 assert_eq!(data.len() as u64, size);
                 assert_eq!(class.hash(id), Hash::of(&data), "size {size}");
+            }
+        }
+    }
+
+    #[test]
+    fn blake3_hash_matches_the_content_for_every_layout() {
+        // As above, and around BLAKE3's 1 KiB chunks.
+        let blake3 = DigestFunction::Blake3;
+        for size in [
+            16,
+            17,
+            80,
+            1024,
+            1040,
+            1041,
+            4096,
+            100_000,
+            1 << 20,
+            PERIOD + ID_LEN + 100,
+        ] {
+            for content in [Content::Random, Content::Compressible] {
+                let class = SizeClass::named_by(size, content, blake3);
+                assert_eq!(class.function(), blake3);
+                let id = BlobId {
+                    namespace: 42,
+                    index: size,
+                };
+                let data = whole(&class, id);
+                assert_eq!(class.hash(id), Hash::of_with(blake3, &data), "size {size}");
+                // The same bytes as the SHA-256 class's blob, another name.
+                let sha = SizeClass::with_content(size, content);
+                assert!(data == whole(&sha, id), "size {size}");
+                assert_ne!(class.hash(id), sha.hash(id));
+                assert_eq!(class.hex(id), class.hash(id).to_hex());
             }
         }
     }

@@ -5,8 +5,10 @@
 
 use std::sync::Arc;
 
+use prost::Message as _;
+
 use crate::action;
-use crate::blobs::{ABSENT, BlobId, SizeClass};
+use crate::blobs::{ABSENT, BlobId, Content, SizeClass};
 use crate::error::{BenchError, OpError};
 use crate::grpc::GrpcClient;
 use crate::http::HttpClient;
@@ -39,7 +41,13 @@ impl Client {
                 )?;
                 // One request first, so an unreachable server, a TLS or an
                 // auth problem stops the run with one clear line.
-                let probe = SizeClass::new(mix::MIN_BLOB_SIZE);
+                // Of the function chosen: a server that does not know its
+                // paths says so here.
+                let probe = SizeClass::named_by(
+                    mix::MIN_BLOB_SIZE,
+                    Content::Random,
+                    options.digest_function,
+                );
                 let absent = BlobId {
                     namespace: ABSENT,
                     index: 0,
@@ -107,14 +115,15 @@ impl Client {
     ) -> Result<u64, OpError> {
         let digest = action::action_digest(class, id);
         let result = action::action_result(class, id, prefilled);
+        let function = class.function();
         match self {
             Client::Http(h) => {
-                let (encoded, _) = action::encoded(&result);
-                h.ac_put(&digest.hash, encoded).await
+                let (encoded, _) = action::encoded(&result, function);
+                h.ac_put(function, &digest.hash, encoded).await
             }
             Client::Grpc(g) => {
-                let len = action::encoded(&result).0.len() as u64;
-                g.ac_write(worker, digest, result, len).await
+                let len = result.encoded_len() as u64;
+                g.ac_write(worker, function, digest, result, len).await
             }
         }
     }
@@ -129,7 +138,10 @@ impl Client {
         prefilled: u64,
     ) -> Result<u64, OpError> {
         let digest = action::action_digest(class, id);
-        let (encoded, hash) = action::encoded(&action::action_result(class, id, prefilled));
+        let (encoded, hash) = action::encoded(
+            &action::action_result(class, id, prefilled),
+            class.function(),
+        );
         let len = encoded.len() as u64;
         match self {
             Client::Http(h) => h.ac_get(&digest.hash, len, hash).await,

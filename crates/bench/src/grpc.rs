@@ -1,10 +1,13 @@
 //! The REAPI v2 client, as Bazel uses a `grpc://` cache: Capabilities once
-//! (for the batch limit and SHA-256 support), `BatchUpdateBlobs` /
+//! (for the batch limit and support for the digest function chosen),
+//! `BatchUpdateBlobs` /
 //! `BatchReadBlobs` for blobs that fit the announced
 //! `max_batch_total_size_bytes`, ByteStream `Write` / `Read` for the rest,
 //! `FindMissingBlobs` for presence. Instance names and basic auth
 //! (`authorization` metadata, as Bazel sends URL credentials) apply to every
-//! call.
+//! call. Every call names the digest function of the blobs it is about, as
+//! Bazel does with `--digest_function`: the `digest_function` field, and
+//! `blake3/` before the hash in ByteStream resource names.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +34,7 @@ use crate::mix::Op;
 use crate::options::Options;
 use crate::tls::Loaded;
 use crate::zstd_read::Verifier;
-use bazel_cache_digest::Hash;
+use bazel_cache_digest::{DigestFunction, Hash};
 
 /// The most blob bytes put in one batch call whatever the server announces:
 /// a default gRPC server refuses messages over 4 MiB, and the request needs
@@ -137,13 +140,13 @@ impl GrpcClient {
         let cache = caps.cache_capabilities.ok_or_else(|| {
             connect_error("the server announces no cache capabilities".to_owned())
         })?;
-        if !cache
-            .digest_functions
-            .contains(&(re::digest_function::Value::Sha256 as i32))
-        {
-            return Err(connect_error(
-                "the server does not announce SHA-256 digests".to_owned(),
-            ));
+        let function = options.digest_function;
+        if !cache.digest_functions.contains(&function.to_reapi()) {
+            return Err(connect_error(format!(
+                "the server does not announce {function} among its digest_functions \
+                 (--digest_function {})",
+                function.as_str()
+            )));
         }
         if cache.max_batch_total_size_bytes > 0 {
             client.batch_limit = BATCH_CEILING.min(cache.max_batch_total_size_bytes as u64);
@@ -233,10 +236,12 @@ impl GrpcClient {
         self.batches && ids.len() <= self.per_batch(class.size(), ids.len())
     }
 
-    /// `UpdateActionResult`; returns the ActionResult's encoded length.
+    /// `UpdateActionResult` of `action`, a digest of `function`; returns
+    /// the ActionResult's encoded length.
     pub(crate) async fn ac_write(
         &self,
         worker: usize,
+        function: DigestFunction,
         action: re::Digest,
         result: re::ActionResult,
         len: u64,
@@ -248,7 +253,7 @@ impl GrpcClient {
                 action_digest: Some(action),
                 action_result: Some(result),
                 results_cache_policy: None,
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                digest_function: function.to_reapi(),
             })
             .await
             .map_err(|s| OpError::grpc(what, &s))?;
@@ -256,7 +261,8 @@ impl GrpcClient {
     }
 
     /// `GetActionResult`, checked against the encoding of the ActionResult
-    /// stored (`len` bytes hashing to `expected`); returns its length.
+    /// stored (`len` bytes hashing to `expected`, whose function the action
+    /// digest is of too); returns its length.
     pub(crate) async fn ac_read(
         &self,
         worker: usize,
@@ -273,12 +279,12 @@ impl GrpcClient {
                 inline_stdout: false,
                 inline_stderr: false,
                 inline_output_files: Vec::new(),
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                digest_function: expected.function().to_reapi(),
             })
             .await
             .map_err(|s| OpError::grpc(what.clone(), &s))?
             .into_inner();
-        let mut hasher = bazel_cache_digest::Hasher::new();
+        let mut hasher = bazel_cache_digest::Hasher::new(expected.function());
         hasher.update(&result.encode_to_vec());
         check(&what, len, expected, hasher)
     }
@@ -296,7 +302,7 @@ impl GrpcClient {
             .find_missing_blobs(re::FindMissingBlobsRequest {
                 instance_name: self.instance.clone(),
                 blob_digests: digests,
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                digest_function: class.function().to_reapi(),
             })
             .await
             .map_err(|s| OpError::grpc("FindMissingBlobs", &s))?
@@ -346,7 +352,7 @@ impl GrpcClient {
             .batch_update_blobs(re::BatchUpdateBlobsRequest {
                 instance_name: self.instance.clone(),
                 requests,
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                digest_function: class.function().to_reapi(),
             })
             .await
             .map_err(|s| OpError::grpc("BatchUpdateBlobs", &s))?
@@ -383,7 +389,7 @@ impl GrpcClient {
                 } else {
                     Vec::new()
                 },
-                digest_function: re::digest_function::Value::Sha256 as i32,
+                digest_function: class.function().to_reapi(),
             })
             .await
             .map_err(|s| OpError::grpc("BatchReadBlobs", &s))?
@@ -408,7 +414,7 @@ impl GrpcClient {
                     "{what}: answered with zstd, which was not accepted"
                 )));
             }
-            let hasher = verify(&what, zstd_answer, [&r.data[..]])?;
+            let hasher = verify(&what, zstd_answer, hash.function(), [&r.data[..]])?;
             bytes += check(&what, class.size(), hash, hasher)?;
             answered[i] = true;
         }
@@ -507,7 +513,8 @@ impl GrpcClient {
             .await
             .map_err(|s| OpError::grpc(what.clone(), &s))?
             .into_inner();
-        let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(&what, e))?;
+        let mut verifier =
+            Verifier::new(zstd, hash.function()).map_err(|e| OpError::undecodable(&what, e))?;
         while let Some(msg) = stream
             .message()
             .await
@@ -524,14 +531,20 @@ impl GrpcClient {
     }
 }
 
-/// `blobs/{hash}/{size}` or `compressed-blobs/zstd/{hash}/{size}`.
+/// `blobs/[blake3/]{hash}/{size}` or
+/// `compressed-blobs/zstd/[blake3/]{hash}/{size}` (REAPI: the function is
+/// named for BLAKE3, omitted for SHA-256).
 fn blob_resource(hash: &Hash, size: u64, zstd: bool) -> String {
     let kind = if zstd {
         "compressed-blobs/zstd"
     } else {
         "blobs"
     };
-    format!("{kind}/{}/{size}", hash.to_hex())
+    format!(
+        "{kind}/{}{}/{size}",
+        hash.function().resource_segment(),
+        hash.to_hex()
+    )
 }
 
 fn zstd_tag(zstd: bool) -> &'static str {
@@ -546,13 +559,14 @@ fn compressor(zstd: bool) -> re::compressor::Value {
     }
 }
 
-/// Hashes `pieces` (decoded from zstd first if `zstd`).
+/// Hashes `pieces` with `function` (decoded from zstd first if `zstd`).
 fn verify<'a>(
     what: &str,
     zstd: bool,
+    function: DigestFunction,
     pieces: impl IntoIterator<Item = &'a [u8]>,
 ) -> Result<bazel_cache_digest::Hasher, OpError> {
-    let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(what, e))?;
+    let mut verifier = Verifier::new(zstd, function).map_err(|e| OpError::undecodable(what, e))?;
     for p in pieces {
         verifier
             .update(p)
@@ -582,4 +596,27 @@ fn blob_status(
         code: tonic::Code::from_i32(status.code),
         context: format!("{call} {blob}: {}", status.message),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resource_names_say_blake3_and_omit_sha256() {
+        let sha = Hash::of(b"x");
+        let blake3 = Hash::of_with(DigestFunction::Blake3, b"x");
+        assert_eq!(
+            blob_resource(&sha, 1, false),
+            format!("blobs/{}/1", sha.to_hex())
+        );
+        assert_eq!(
+            blob_resource(&blake3, 1, false),
+            format!("blobs/blake3/{}/1", blake3.to_hex())
+        );
+        assert_eq!(
+            blob_resource(&blake3, 1, true),
+            format!("compressed-blobs/zstd/blake3/{}/1", blake3.to_hex())
+        );
+    }
 }

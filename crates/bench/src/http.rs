@@ -24,7 +24,7 @@ use crate::error::{BenchError, OpError, chain};
 use crate::target::Target;
 use crate::tls::Loaded;
 use crate::zstd_read::Verifier;
-use bazel_cache_digest::{Hash, Hasher};
+use bazel_cache_digest::{DigestFunction, Hash, Hasher};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -82,11 +82,21 @@ impl HttpClient {
         Ok(HttpClient { client, base, auth })
     }
 
-    /// A request for `<base>/<kind>/<hash>` with the URL's credentials.
-    fn request(&self, method: Method, kind: &str, hash: &str) -> http::request::Builder {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(format!("{}/{kind}/{hash}", self.base));
+    /// A request for `<base>/[blake3/]<kind>/<hash>` with the URL's
+    /// credentials: SHA-256 at bazel-remote's paths, BLAKE3 under a
+    /// `blake3/` segment (spelled as REAPI resource names spell it).
+    fn request(
+        &self,
+        method: Method,
+        function: DigestFunction,
+        kind: &str,
+        hash: &str,
+    ) -> http::request::Builder {
+        let mut req = Request::builder().method(method).uri(format!(
+            "{}/{}{kind}/{hash}",
+            self.base,
+            function.resource_segment()
+        ));
         if let Some(auth) = &self.auth {
             req = req.header(AUTHORIZATION, auth.clone());
         }
@@ -142,7 +152,7 @@ impl HttpClient {
             StreamBody::new(futures_util::stream::iter(frames)).boxed()
         };
         let mut req = self
-            .request(Method::PUT, "cas", &hash.to_hex())
+            .request(Method::PUT, hash.function(), "cas", &hash.to_hex())
             .header(CONTENT_LENGTH, len);
         if zstd {
             req = req
@@ -155,7 +165,7 @@ impl HttpClient {
         Ok(size)
     }
 
-    /// Downloads blob `id` and checks its length and SHA-256 as the bytes
+    /// Downloads blob `id` and checks its length and hash as the bytes
     /// arrive; returns the bytes read.
     pub async fn get(&self, class: &Arc<SizeClass>, id: BlobId) -> Result<u64, OpError> {
         self.get_as(class, id, false).await
@@ -171,20 +181,25 @@ impl HttpClient {
     ) -> Result<u64, OpError> {
         let hash = class.hash(id);
         let what = format!("GET{} {}", if zstd { " zstd" } else { "" }, short(&hash));
-        let mut req = self.request(Method::GET, "cas", &hash.to_hex());
+        let mut req = self.request(Method::GET, hash.function(), "cas", &hash.to_hex());
         if zstd {
             req = req.header(ACCEPT_ENCODING, "zstd");
         }
         let req = req
             .body(Empty::new().boxed())
             .expect("method, URI and headers are valid");
-        let hasher = self.download(req, &what).await?;
+        let hasher = self.download(req, hash.function(), &what).await?;
         check(&what, class.size(), hash, hasher)
     }
 
     /// Sends a GET and decodes its body (`Content-Encoding: zstd` or none)
-    /// into a hasher as it arrives.
-    async fn download(&self, req: Request<Body>, what: &str) -> Result<Hasher, OpError> {
+    /// into a hasher of `function` as it arrives.
+    async fn download(
+        &self,
+        req: Request<Body>,
+        function: DigestFunction,
+        what: &str,
+    ) -> Result<Hasher, OpError> {
         let resp = self
             .client
             .request(req)
@@ -202,7 +217,8 @@ impl HttpClient {
             .headers()
             .get(CONTENT_ENCODING)
             .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"zstd"));
-        let mut verifier = Verifier::new(zstd).map_err(|e| OpError::undecodable(what, e))?;
+        let mut verifier =
+            Verifier::new(zstd, function).map_err(|e| OpError::undecodable(what, e))?;
         let mut body = resp.into_body();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| transport(&format!("{what} (body)"), &e))?;
@@ -215,11 +231,17 @@ impl HttpClient {
         verifier.finish().map_err(|e| OpError::undecodable(what, e))
     }
 
-    /// Stores an ActionResult (`PUT /ac/<action hash>`); returns its length.
-    pub(crate) async fn ac_put(&self, action: &str, encoded: Vec<u8>) -> Result<u64, OpError> {
+    /// Stores an ActionResult (`PUT /[blake3/]ac/<action hash>`, the
+    /// action hash being of `function`); returns its length.
+    pub(crate) async fn ac_put(
+        &self,
+        function: DigestFunction,
+        action: &str,
+        encoded: Vec<u8>,
+    ) -> Result<u64, OpError> {
         let len = encoded.len() as u64;
         let req = self
-            .request(Method::PUT, "ac", action)
+            .request(Method::PUT, function, "ac", action)
             .header(CONTENT_LENGTH, len)
             .body(Full::new(Bytes::from(encoded)).boxed())
             .expect("method, URI and headers are valid");
@@ -229,7 +251,8 @@ impl HttpClient {
     }
 
     /// Fetches an ActionResult and checks it is the one `expected` names
-    /// (its SHA-256 and length); returns its length.
+    /// (its hash and length); the action hash is of `expected`'s function.
+    /// Returns its length.
     pub(crate) async fn ac_get(
         &self,
         action: &str,
@@ -237,11 +260,12 @@ impl HttpClient {
         expected: Hash,
     ) -> Result<u64, OpError> {
         let what = format!("GET /ac/{}", &action[..16]);
+        let function = expected.function();
         let req = self
-            .request(Method::GET, "ac", action)
+            .request(Method::GET, function, "ac", action)
             .body(Empty::new().boxed())
             .expect("method, URI and headers are valid");
-        let hasher = self.download(req, &what).await?;
+        let hasher = self.download(req, function, &what).await?;
         check(&what, len, expected, hasher)
     }
 
@@ -250,7 +274,7 @@ impl HttpClient {
         let hash = class.hash(id);
         let what = || format!("HEAD {}", short(&hash));
         let req = self
-            .request(Method::HEAD, "cas", &hash.to_hex())
+            .request(Method::HEAD, hash.function(), "cas", &hash.to_hex())
             .body(Empty::new().boxed())
             .expect("method, URI and headers are valid");
         let resp = self
@@ -326,4 +350,31 @@ pub(crate) fn short(hash: &Hash) -> String {
 /// A failed exchange, named by what was being done.
 fn transport(what: &str, e: &dyn std::error::Error) -> OpError {
     OpError::Transport(format!("{what}: {}", chain(e)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_read_hashed_with_another_function_is_corrupt() {
+        let data = vec![7u8; 5000];
+        let blake3 = Hash::of_with(DigestFunction::Blake3, &data);
+        let hashed = |function| {
+            let mut h = Hasher::new(function);
+            h.update(&data);
+            h
+        };
+        assert_eq!(
+            check("GET", 5000, blake3, hashed(DigestFunction::Blake3)).unwrap(),
+            5000
+        );
+        for (name, hasher) in [
+            (blake3, hashed(DigestFunction::Sha256)),
+            (Hash::of(&data), hashed(DigestFunction::Blake3)),
+        ] {
+            let err = check("GET", 5000, name, hasher).unwrap_err();
+            assert!(matches!(err, OpError::Corrupt { .. }), "{err}");
+        }
+    }
 }

@@ -11,7 +11,11 @@
 //! a `--warmup`, reading the server's CPU time when the warm-up ends and
 //! after the last answer, then ask whether every acknowledged write is still
 //! there and read a few back. Every read is verified by hashing what comes
-//! back (zstd reads after decoding).
+//! back (zstd reads after decoding), with the digest function the blobs
+//! are named by (`--digest_function`: SHA-256 or BLAKE3).
+//!
+//! `--hash_rate` measures no cache: it prints how fast this machine hashes
+//! with each function, a reference for the throughput figures.
 //!
 //! # Layout
 //!
@@ -31,6 +35,7 @@
 //! * `http.rs`: the HTTP client (`PUT`/`GET`/`HEAD` under `/cas/` and `/ac/`), verifying what it reads.
 //! * `grpc.rs`: the REAPI v2 gRPC client (Capabilities, CAS batches, ByteStream, action cache).
 //! * `zstd_read.rs`: decoding zstd reads as they arrive, to hash what they decode to.
+//! * `hash_rate.rs`: `--hash_rate`, this machine's SHA-256 and BLAKE3 hashing rates.
 //! * `server_cpu.rs`: the server's CPU time, from its metrics page or `/proc`.
 //! * `tls.rs`: CA and client certificates, for rustls and tonic.
 //! * `runner.rs`: the load loop (`drive`): workers, warmup, when to stop; also used by `benches/`.
@@ -57,6 +62,7 @@ mod action;
 mod client;
 mod error;
 mod grpc;
+mod hash_rate;
 mod mix;
 mod options;
 mod rng;
@@ -106,6 +112,20 @@ pub fn main_named(program: &str, args: BenchArgs) -> ExitCode {
         eprintln!("{program}: {e}");
         ExitCode::from(2)
     };
+    if args.hash_rate {
+        return match hash_rate_time(&args) {
+            Ok(each) => {
+                let rate = hash_rate::measure(each);
+                if args.json {
+                    println!("{}", rate.json());
+                } else {
+                    print!("{}", rate.text());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e),
+        };
+    }
     let options = match Options::from_args(&args) {
         Ok(o) => o,
         Err(e) => return fail(e),
@@ -134,6 +154,24 @@ pub fn main_named(program: &str, args: BenchArgs) -> ExitCode {
     }
 }
 
+/// `--hash_rate`'s time per function: `--duration`, 2 s without it.
+fn hash_rate_time(args: &BenchArgs) -> Result<Duration, BenchError> {
+    let Some(d) = &args.duration else {
+        return Ok(Duration::from_secs(2));
+    };
+    match bazel_cache_digest::parse_go_duration(d) {
+        Ok(d) if !d.is_zero() && d <= Duration::from_secs(600) => Ok(d),
+        Ok(_) => Err(BenchError::Usage {
+            flag: "--duration",
+            message: "with --hash_rate, must be longer than 0 and at most 10m".to_owned(),
+        }),
+        Err(message) => Err(BenchError::Usage {
+            flag: "--duration",
+            message,
+        }),
+    }
+}
+
 /// A seed that differs between runs.
 pub(crate) fn time_seed() -> u64 {
     let nanos = std::time::SystemTime::now()
@@ -149,7 +187,7 @@ pub async fn run(options: &Options) -> Result<Report, BenchError> {
         .sizes
         .entries()
         .iter()
-        .map(|e| SizeClass::with_content(e.item, options.content))
+        .map(|e| SizeClass::named_by(e.item, options.content, options.digest_function))
         .collect();
     let client = Arc::new(Client::connect(options).await?);
     let cpu = Arc::new(Probe::connect(options).await?);

@@ -15,6 +15,7 @@ use crate::runner::Load;
 use crate::server_cpu::CpuSource;
 use crate::target::Target;
 use crate::tls::TlsFiles;
+use bazel_cache_digest::{DigestFunction, UnsupportedDigestFunction};
 
 /// The command line of `bazel-cache bench`, and of `bazel-cache-bench`.
 #[derive(Debug, Clone, Parser)]
@@ -23,6 +24,8 @@ use crate::tls::TlsFiles;
     rename_all = "snake_case",
     // As the server's flags: the last occurrence wins.
     args_override_self = true,
+    // A cache to measure, or only this machine's hashing rate.
+    group = clap::ArgGroup::new("what").required(true).args(["url", "hash_rate"]),
     about = "Measure a Bazel remote cache: throughput, latency percentiles and errors under a configurable load",
     after_help = "Reads are verified by hashing what comes back. The exit status is 0 when every \
                   request succeeded, 1 when some failed (the report says which), 2 when the run \
@@ -32,7 +35,7 @@ pub struct BenchArgs {
     /// The cache: http://, https://, grpc:// or grpcs:// host:port. user:password@ sends basic
     /// auth; an HTTP path is a prefix before /cas/.
     #[arg(value_name = "URL")]
-    pub url: String,
+    pub url: Option<String>,
     /// Workers, each with one request in flight.
     #[arg(long, value_name = "N", default_value_t = 16)]
     pub concurrency: usize,
@@ -67,6 +70,23 @@ pub struct BenchArgs {
     /// incompressible].
     #[arg(long)]
     pub compressible: bool,
+    /// The hash blobs are named by, as Bazel's --digest_function: sha256 (bazel-remote's
+    /// protocol) or blake3 (HTTP: /blake3/cas/ and /blake3/ac/ paths; gRPC: the
+    /// digest_function field and blobs/blake3/ resource names). Reads are verified with it.
+    #[arg(
+        long,
+        value_name = "FUNCTION",
+        alias = "digest-function",
+        default_value = "sha256",
+        value_parser = clap::builder::PossibleValuesParser::new(["sha256", "blake3"]),
+        ignore_case = true
+    )]
+    pub digest_function: String,
+    /// Measure nothing on the network: print this machine's single-threaded hashing rate of
+    /// SHA-256 and BLAKE3 (1 MiB updates, as the server hashes bodies) and exit; --duration is
+    /// the time per function [default: 2s]. No URL needed.
+    #[arg(long, alias = "hash-rate")]
+    pub hash_rate: bool,
     /// The server's Prometheus page, read before and after the measurement for
     /// process_cpu_seconds_total: the report gives the server's CPU per operation [default for
     /// http(s):// targets: /metrics on the same host and port].
@@ -187,6 +207,8 @@ pub struct Options {
     /// 0: ByteStream only.
     pub(crate) batch: usize,
     pub(crate) content: Content,
+    /// What blobs are named by and reads are checked with.
+    pub(crate) digest_function: DigestFunction,
     pub(crate) cpu: CpuSource,
     pub(crate) connections: usize,
     pub(crate) chunk_size: usize,
@@ -215,7 +237,11 @@ impl Options {
     }
 
     pub(crate) fn from_args(args: &BenchArgs) -> Result<Options, BenchError> {
-        let target = Target::parse(&args.url)?;
+        let url = args.url.as_deref().ok_or_else(|| BenchError::Usage {
+            flag: "URL",
+            message: "the cache to measure is missing".to_owned(),
+        })?;
+        let target = Target::parse(url)?;
         let duration = |flag: &'static str, s: &str| {
             config_duration(s).map_err(|message| BenchError::Usage { flag, message })
         };
@@ -297,6 +323,13 @@ impl Options {
                 message: "may not contain . or .. segments".to_owned(),
             });
         }
+        let digest_function =
+            args.digest_function
+                .parse()
+                .map_err(|e: UnsupportedDigestFunction| BenchError::Usage {
+                    flag: "--digest_function",
+                    message: e.to_string(),
+                })?;
         let cpu = CpuSource::from_args(&target, args.metrics_url.as_deref(), args.server_pid)?;
         Ok(Options {
             target,
@@ -317,6 +350,7 @@ impl Options {
             } else {
                 Content::Random
             },
+            digest_function,
             cpu,
             connections,
             chunk_size,
@@ -351,7 +385,15 @@ mod tests {
         assert_eq!(o.chunk_size, 1 << 20);
         assert!(o.mix.has(Op::Read) && o.mix.has(Op::Write) && !o.mix.has(Op::Find));
         assert_eq!((o.batch, o.content), (1, Content::Random));
+        assert_eq!(o.digest_function, DigestFunction::Sha256);
         assert_eq!(o.cpu, CpuSource::None);
+        // The digest function, in the spellings of this crate and of Bazel.
+        for spelling in ["--digest_function", "--digest-function"] {
+            for name in ["blake3", "BLAKE3"] {
+                let o = parse(&["http://h", spelling, name]).unwrap();
+                assert_eq!(o.digest_function, DigestFunction::Blake3);
+            }
+        }
         // --batch 0: ByteStream only; the issue's spellings of the CPU flags.
         let o = parse(&[
             "grpc://h:1",
@@ -382,8 +424,8 @@ mod tests {
                 .unwrap();
         for a in [&sub, &alone] {
             assert_eq!(
-                (a.url.as_str(), a.concurrency, a.json),
-                ("http://h:8080", 3, true)
+                (a.url.as_deref(), a.concurrency, a.json),
+                (Some("http://h:8080"), 3, true)
             );
         }
         // Not `bench`: the server's command line.
@@ -410,7 +452,7 @@ mod tests {
             from_command_line(["/opt/bin/bazel-cache", "bench", "--help"]).map(Option::unwrap),
         );
         assert!(
-            sub.contains("Usage: bazel-cache bench [OPTIONS] <URL>"),
+            sub.contains("Usage: bazel-cache bench [OPTIONS] <URL|--hash_rate>"),
             "{sub}"
         );
         let alone = help(from_standalone_command_line([
@@ -418,14 +460,15 @@ mod tests {
             "--help",
         ]));
         assert!(
-            alone.contains("Usage: bazel-cache-bench [OPTIONS] <URL>"),
+            alone.contains("Usage: bazel-cache-bench [OPTIONS] <URL|--hash_rate>"),
             "{alone}"
         );
         // Without a program name, the binaries' own names.
         let empty: [&str; 0] = [];
         let err = from_standalone_command_line(empty).unwrap_err();
         assert!(
-            err.to_string().contains("Usage: bazel-cache-bench <URL>"),
+            err.to_string()
+                .contains("Usage: bazel-cache-bench <URL|--hash_rate>"),
             "{err}"
         );
     }
@@ -451,6 +494,10 @@ mod tests {
             (&["http://h", "--sizes", "4KB"], "--sizes"),
             (&["http://h", "--prefill", "2000000"], "--prefill"),
             (&["http://h", "--mix", "delete"], "--mix"),
+            (
+                &["http://h", "--digest_function", "sha1"],
+                "invalid value 'sha1' for '--digest_function",
+            ),
             (
                 &["http://h", "--instance_name", "a/../b"],
                 "--instance_name",

@@ -29,6 +29,9 @@ pub struct Report {
     /// `http` or `grpc`.
     pub protocol: &'static str,
     pub instance_name: String,
+    /// What the blobs were named by and reads verified with: `sha256` or
+    /// `blake3`.
+    pub digest_function: &'static str,
     /// Workers, each with one request in flight.
     pub concurrency: usize,
     /// HTTP/2 connections (gRPC) or the connection pool's size (HTTP).
@@ -265,11 +268,12 @@ impl Report {
             .collect();
         let _ = writeln!(
             out,
-            "load     {:.1} s measured after {:.1} s warm-up; sizes {}; mix {}",
+            "load     {:.1} s measured after {:.1} s warm-up; sizes {}; mix {}; digests {}",
             self.elapsed_seconds,
             self.warmup_seconds,
             sizes.join(","),
-            mix.join(",")
+            mix.join(","),
+            self.digest_function
         );
         if self.prefill.blobs > 0 {
             let actions = match self.prefill.action_results {
@@ -402,6 +406,7 @@ pub(crate) fn build(
             Protocol::Grpc => "grpc",
         },
         instance_name: options.instance_name.clone(),
+        digest_function: options.digest_function.as_str(),
         concurrency: options.load.concurrency,
         connections: options.connections,
         batch: options.batch,

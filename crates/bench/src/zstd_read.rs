@@ -1,11 +1,12 @@
 //! Verifying a zstd read: the stream is decompressed as it arrives and what
 //! it decodes to is hashed, so a compressed read is checked exactly as an
-//! uncompressed one is (length and SHA-256 of the blob), with memory bounded
-//! by the decoder's window rather than the blob.
+//! uncompressed one is (length and hash of the blob, with the digest
+//! function the blob is named by), with memory bounded by the decoder's
+//! window rather than the blob.
 
 use zstd::stream::raw::{Decoder, InBuffer, Operation as _, OutBuffer};
 
-use bazel_cache_digest::Hasher;
+use bazel_cache_digest::{DigestFunction, Hasher};
 
 /// Decoded bytes are hashed from a buffer of this size.
 const OUT: usize = 128 << 10;
@@ -19,11 +20,12 @@ pub(crate) struct ZstdHasher {
 }
 
 impl ZstdHasher {
-    pub(crate) fn new() -> Result<ZstdHasher, String> {
+    /// Hashes what the stream decodes to with `function`.
+    pub(crate) fn new(function: DigestFunction) -> Result<ZstdHasher, String> {
         Ok(ZstdHasher {
             decoder: Decoder::new().map_err(|e| format!("zstd decoder: {e}"))?,
             out: vec![0; OUT],
-            hasher: Hasher::new(),
+            hasher: Hasher::new(function),
             frame_done: true,
         })
     }
@@ -66,11 +68,12 @@ pub(crate) enum Verifier {
 }
 
 impl Verifier {
-    pub(crate) fn new(zstd: bool) -> Result<Verifier, String> {
+    /// Checks with `function`, the one the blob read is named by.
+    pub(crate) fn new(zstd: bool, function: DigestFunction) -> Result<Verifier, String> {
         Ok(if zstd {
-            Verifier::Zstd(Box::new(ZstdHasher::new()?))
+            Verifier::Zstd(Box::new(ZstdHasher::new(function)?))
         } else {
-            Verifier::Identity(Hasher::new())
+            Verifier::Identity(Hasher::new(function))
         })
     }
 
@@ -96,6 +99,7 @@ impl Verifier {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bazel_cache_digest::Hash;
 
     #[test]
     fn decodes_concatenated_frames_fed_in_any_pieces() {
@@ -104,24 +108,47 @@ mod tests {
         let mut stream = zstd::encode_all(&a[..], 3).unwrap();
         stream.extend(zstd::encode_all(&b[..], 1).unwrap());
         let whole = [a, b].concat();
-        for piece in [1, 7, 4096, stream.len()] {
-            let mut h = ZstdHasher::new().unwrap();
-            for chunk in stream.chunks(piece) {
-                h.update(chunk).unwrap();
+        for function in DigestFunction::ALL {
+            for piece in [1, 7, 4096, stream.len()] {
+                let mut h = ZstdHasher::new(function).unwrap();
+                for chunk in stream.chunks(piece) {
+                    h.update(chunk).unwrap();
+                }
+                let hasher = h.finish().unwrap();
+                assert_eq!(hasher.len(), whole.len() as u64);
+                assert_eq!(hasher.finish(), Hash::of_with(function, &whole));
             }
-            let hasher = h.finish().unwrap();
-            assert_eq!(hasher.len(), whole.len() as u64);
-            assert_eq!(hasher.finish(), bazel_cache_digest::Hash::of(&whole));
         }
         // A frame that ends exactly as the output buffer fills, fed whole.
         let exact: Vec<u8> = (0..2 * OUT).map(|i| (i % 13) as u8).collect();
-        let mut h = ZstdHasher::new().unwrap();
+        let mut h = ZstdHasher::new(DigestFunction::Sha256).unwrap();
         h.update(&zstd::encode_all(&exact[..], 3).unwrap()).unwrap();
         assert_eq!(h.finish().unwrap().len(), exact.len() as u64);
-        let mut cut = ZstdHasher::new().unwrap();
+        let mut cut = ZstdHasher::new(DigestFunction::Sha256).unwrap();
         cut.update(&stream[..stream.len() / 2]).unwrap();
         assert!(cut.finish().is_err());
-        let mut bad = ZstdHasher::new().unwrap();
+        let mut bad = ZstdHasher::new(DigestFunction::Sha256).unwrap();
         assert!(bad.update(b"not zstd at all").is_err());
+    }
+
+    #[test]
+    fn a_read_checked_with_the_other_function_does_not_match() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i % 241) as u8).collect();
+        let stream = zstd::encode_all(&data[..], 3).unwrap();
+        for zstd in [false, true] {
+            let body = if zstd { &stream } else { &data };
+            let hash = |function| {
+                let mut v = Verifier::new(zstd, function).unwrap();
+                v.update(body).unwrap();
+                v.finish().unwrap().finish()
+            };
+            let (sha, blake3) = (DigestFunction::Sha256, DigestFunction::Blake3);
+            assert_eq!(hash(blake3), Hash::of_with(blake3, &data));
+            assert_eq!(hash(sha), Hash::of(&data));
+            // Same bytes, but a BLAKE3 name is never met by a SHA-256 read
+            // (nor the other way round): the hash carries its function.
+            assert_ne!(hash(sha), Hash::of_with(blake3, &data));
+            assert_ne!(hash(blake3), Hash::of(&data));
+        }
     }
 }

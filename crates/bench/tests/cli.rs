@@ -47,7 +47,7 @@ fn help_names_the_standalone_program() {
     expect(&output, 0);
     let help = text(&output.stdout);
     assert!(
-        help.contains("Usage: bazel-cache-bench [OPTIONS] <URL>"),
+        help.contains("Usage: bazel-cache-bench [OPTIONS] <URL|--hash_rate>"),
         "{help}"
     );
     assert!(!help.contains("bazel-cache bench"), "{help}");
@@ -58,6 +58,8 @@ fn help_names_the_standalone_program() {
         "--json",
         "--cacert",
         "--compressible",
+        "--digest_function",
+        "--hash_rate",
         "--metrics_url",
         "--server_pid",
         "ac-read",

@@ -8,9 +8,11 @@
 
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 
-use crate::hash::{DigestError, EMPTY_SHA256, Hash};
+use crate::function::DigestFunction;
+use crate::hash::{DigestError, Hash};
 
-/// A REAPI digest: hash plus logical (uncompressed) size in bytes.
+/// A REAPI digest: hash (which carries its function) plus logical
+/// (uncompressed) size in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest {
     pub hash: Hash,
@@ -26,25 +28,42 @@ pub enum ReapiDigestError {
     NegativeSize(i64),
     /// Only the empty blob has zero bytes: any other hash with size 0 is a
     /// client bug, and answering it (even "missing") would hide that.
-    #[error("size 0 with hash {0}: only the empty blob ({EMPTY_SHA256}) has size 0")]
+    #[error("size 0 with hash {0}: only the empty blob ({empty}) has size 0", empty = .0.function().empty_hash())]
     EmptyWithOtherHash(Hash),
 }
 
 impl Digest {
-    /// A digest that can name a blob: size 0 only with the empty blob's hash.
+    /// A digest that can name a blob: size 0 only with the empty blob's
+    /// hash (under the hash's own function).
     pub fn checked(hash: Hash, size: u64) -> Result<Digest, ReapiDigestError> {
-        if size == 0 && hash != EMPTY_SHA256 {
+        if size == 0 && !hash.is_empty_blob() {
             return Err(ReapiDigestError::EmptyWithOtherHash(hash));
         }
         Ok(Digest { hash, size })
     }
 
-    /// Parses a REAPI digest message into ours.
-    pub fn from_reapi(d: &re::Digest) -> Result<Digest, ReapiDigestError> {
-        let hash = Hash::from_hex(&d.hash)?;
+    /// Parses a REAPI digest message into ours; `function` is the
+    /// request's (its `digest_function` field or resource name): the message
+    /// itself does not say.
+    pub fn from_reapi(
+        function: DigestFunction,
+        d: &re::Digest,
+    ) -> Result<Digest, ReapiDigestError> {
+        let hash = Hash::from_hex(function, &d.hash)?;
         let size = u64::try_from(d.size_bytes)
             .map_err(|_| ReapiDigestError::NegativeSize(d.size_bytes))?;
         Digest::checked(hash, size)
+    }
+
+    /// `blobs/[blake3/]<hash>/<size>`: the tail of a ByteStream resource
+    /// name for this digest.
+    pub fn blobs_path(&self) -> String {
+        format!(
+            "blobs/{}{}/{}",
+            self.hash.function().resource_segment(),
+            self.hash,
+            self.size
+        )
     }
 
     /// The REAPI message for this digest.
@@ -59,6 +78,9 @@ impl Digest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hash::{EMPTY_BLAKE3, EMPTY_SHA256};
+
+    const SHA256: DigestFunction = DigestFunction::Sha256;
 
     #[test]
     fn reapi_digests_round_trip_and_bad_ones_say_why() {
@@ -66,13 +88,15 @@ mod tests {
             hash: Hash::of(b"abc"),
             size: 3,
         };
-        assert_eq!(Digest::from_reapi(&d.to_reapi()), Ok(d));
+        assert_eq!(Digest::from_reapi(SHA256, &d.to_reapi()), Ok(d));
         let negative = re::Digest {
             hash: d.hash.to_hex(),
             size_bytes: -1,
         };
         assert_eq!(
-            Digest::from_reapi(&negative).unwrap_err().to_string(),
+            Digest::from_reapi(SHA256, &negative)
+                .unwrap_err()
+                .to_string(),
             "negative size -1"
         );
         let short = re::Digest {
@@ -80,7 +104,7 @@ mod tests {
             size_bytes: 3,
         };
         assert_eq!(
-            Digest::from_reapi(&short),
+            Digest::from_reapi(SHA256, &short),
             Err(ReapiDigestError::Hash(DigestError::WrongLength(3)))
         );
         let upper = re::Digest {
@@ -88,7 +112,7 @@ mod tests {
             size_bytes: 3,
         };
         assert!(matches!(
-            Digest::from_reapi(&upper),
+            Digest::from_reapi(SHA256, &upper),
             Err(ReapiDigestError::Hash(DigestError::NotHex(_)))
         ));
     }
@@ -100,7 +124,7 @@ mod tests {
             size_bytes: 0,
         };
         assert_eq!(
-            Digest::from_reapi(&empty),
+            Digest::from_reapi(SHA256, &empty),
             Ok(Digest {
                 hash: EMPTY_SHA256,
                 size: 0
@@ -111,11 +135,24 @@ mod tests {
             size_bytes: 0,
         };
         assert_eq!(
-            Digest::from_reapi(&other),
+            Digest::from_reapi(SHA256, &other),
             Err(ReapiDigestError::EmptyWithOtherHash(Hash::of(b"abc")))
         );
         // The empty blob's hash with another size is merely absent, not impossible
         // to ask about: the size is the client's claim, checked on upload.
         assert!(Digest::checked(EMPTY_SHA256, 5).is_ok());
+        // Under BLAKE3 the empty blob is BLAKE3's, and SHA-256's empty hash
+        // read as BLAKE3 is just another hash.
+        let b3 = DigestFunction::Blake3;
+        let empty_b3 = re::Digest {
+            hash: EMPTY_BLAKE3.to_hex(),
+            size_bytes: 0,
+        };
+        assert_eq!(
+            Digest::from_reapi(b3, &empty_b3).map(|d| d.hash),
+            Ok(EMPTY_BLAKE3)
+        );
+        assert!(Digest::from_reapi(b3, &empty).is_err());
+        assert!(Digest::from_reapi(SHA256, &empty_b3).is_err());
     }
 }

@@ -6,7 +6,7 @@ use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
 use crate::{Store, StoreError, read_all};
-use bazel_cache_digest::{BlobKey, Digest};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction};
 
 pub use re::ActionResult;
 
@@ -24,17 +24,22 @@ pub enum AcError {
     BadPath { field: String, path: String },
 }
 
-/// Decodes and validates an ActionResult body.
-pub fn decode(bytes: &[u8]) -> Result<ActionResult, AcError> {
+/// Decodes and validates an ActionResult body. `function` is the AC key's:
+/// an ActionResult's digests use the function of the action that made it.
+pub fn decode(function: DigestFunction, bytes: &[u8]) -> Result<ActionResult, AcError> {
     let ar = ActionResult::decode(bytes)?;
-    validate(&ar)?;
+    validate(function, &ar)?;
     Ok(ar)
 }
 
-fn check_digest(field: impl FnOnce() -> String, d: &Option<re::Digest>) -> Result<(), AcError> {
+fn check_digest(
+    function: DigestFunction,
+    field: impl FnOnce() -> String,
+    d: &Option<re::Digest>,
+) -> Result<(), AcError> {
     match d {
         None => Ok(()),
-        Some(d) => Digest::from_reapi(d)
+        Some(d) => Digest::from_reapi(function, d)
             .map(|_| ())
             .map_err(|e| AcError::BadDigest {
                 field: field(),
@@ -55,14 +60,15 @@ fn check_path(field: impl FnOnce() -> String, path: &str) -> Result<(), AcError>
 
 /// The checks bazel-remote makes: every digest is well formed and every
 /// output path is relative. (Empty digests for stdout/stderr are allowed.)
-pub fn validate(ar: &ActionResult) -> Result<(), AcError> {
+pub fn validate(function: DigestFunction, ar: &ActionResult) -> Result<(), AcError> {
     for (i, f) in ar.output_files.iter().enumerate() {
         check_path(|| format!("output_files[{i}].path"), &f.path)?;
-        check_digest(|| format!("output_files[{i}].digest"), &f.digest)?;
+        check_digest(function, || format!("output_files[{i}].digest"), &f.digest)?;
     }
     for (i, d) in ar.output_directories.iter().enumerate() {
         check_path(|| format!("output_directories[{i}].path"), &d.path)?;
         check_digest(
+            function,
             || format!("output_directories[{i}].tree_digest"),
             &d.tree_digest,
         )?;
@@ -76,14 +82,14 @@ pub fn validate(ar: &ActionResult) -> Result<(), AcError> {
     for (i, l) in symlinks.enumerate() {
         check_path(|| format!("output symlink [{i}].path"), &l.path)?;
     }
-    check_digest(|| "stdout_digest".into(), &ar.stdout_digest)?;
-    check_digest(|| "stderr_digest".into(), &ar.stderr_digest)?;
+    check_digest(function, || "stdout_digest".into(), &ar.stdout_digest)?;
+    check_digest(function, || "stderr_digest".into(), &ar.stderr_digest)?;
     Ok(())
 }
 
 /// The CAS blobs an ActionResult points at directly: output files, output
 /// directory trees, stdout and stderr.
-pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
+pub fn referenced_blobs(function: DigestFunction, ar: &ActionResult) -> Vec<Digest> {
     let digests = ar
         .output_files
         .iter()
@@ -95,16 +101,21 @@ pub fn referenced_blobs(ar: &ActionResult) -> Vec<Digest> {
         )
         .chain(ar.stdout_digest.as_ref())
         .chain(ar.stderr_digest.as_ref());
-    digests.filter_map(|d| Digest::from_reapi(d).ok()).collect()
+    digests
+        .filter_map(|d| Digest::from_reapi(function, d).ok())
+        .collect()
 }
 
 /// The Trees of an ActionResult's output directories (those whose digest
 /// is well formed).
-pub fn tree_digests(ar: &ActionResult) -> impl Iterator<Item = Digest> + '_ {
+pub fn tree_digests(
+    function: DigestFunction,
+    ar: &ActionResult,
+) -> impl Iterator<Item = Digest> + '_ {
     ar.output_directories
         .iter()
         .filter_map(|d| d.tree_digest.as_ref())
-        .filter_map(|d| Digest::from_reapi(d).ok())
+        .filter_map(move |d| Digest::from_reapi(function, d).ok())
 }
 
 /// A stored Tree, decoded; `None` when it is absent, too large to be one,
@@ -117,14 +128,15 @@ pub async fn read_tree(store: &dyn Store, tree: &Digest) -> Result<Option<re::Tr
     }
 }
 
-/// Every file of a Tree (its root and its children), well-formed digests.
-pub fn tree_files(tree: &re::Tree) -> impl Iterator<Item = Digest> + '_ {
+/// Every file of a Tree (its root and its children), well-formed digests
+/// under the Tree's own function.
+pub fn tree_files(function: DigestFunction, tree: &re::Tree) -> impl Iterator<Item = Digest> + '_ {
     tree.root
         .iter()
         .chain(&tree.children)
         .flat_map(|d| &d.files)
         .filter_map(|f| f.digest.as_ref())
-        .filter_map(|d| Digest::from_reapi(d).ok())
+        .filter_map(move |d| Digest::from_reapi(function, d).ok())
 }
 
 /// Every blob the ActionResult needs that the CAS lacks: its direct
@@ -137,11 +149,12 @@ pub fn tree_files(tree: &re::Tree) -> impl Iterator<Item = Digest> + '_ {
 /// blobs found are refreshed there.
 pub async fn missing_blobs(
     store: &dyn Store,
+    function: DigestFunction,
     ar: &ActionResult,
 ) -> Result<Vec<Digest>, StoreError> {
-    let mut missing = store.find_missing(&referenced_blobs(ar)).await?;
+    let mut missing = store.find_missing(&referenced_blobs(function, ar)).await?;
     let mut files = Vec::new();
-    for tree_digest in tree_digests(ar) {
+    for tree_digest in tree_digests(function, ar) {
         if missing.contains(&tree_digest) {
             continue;
         }
@@ -149,7 +162,7 @@ pub async fn missing_blobs(
             missing.push(tree_digest);
             continue;
         };
-        files.extend(tree_files(&tree));
+        files.extend(tree_files(function, &tree));
     }
     files.sort_by_key(|d| (d.hash, d.size));
     files.dedup();
@@ -162,14 +175,20 @@ pub async fn missing_blobs(
 }
 
 /// True when every blob the ActionResult needs is in the store.
-pub async fn is_complete(store: &dyn Store, ar: &ActionResult) -> Result<bool, StoreError> {
-    Ok(missing_blobs(store, ar).await?.is_empty())
+pub async fn is_complete(
+    store: &dyn Store,
+    function: DigestFunction,
+    ar: &ActionResult,
+) -> Result<bool, StoreError> {
+    Ok(missing_blobs(store, function, ar).await?.is_empty())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bazel_cache_digest::Hash;
+
+    const SHA256: DigestFunction = DigestFunction::Sha256;
 
     fn digest_of(data: &[u8]) -> re::Digest {
         re::Digest {
@@ -190,16 +209,19 @@ mod tests {
             exit_code: 0,
             ..Default::default()
         };
-        let decoded = decode(&ar.encode_to_vec()).unwrap();
+        let decoded = decode(SHA256, &ar.encode_to_vec()).unwrap();
         assert_eq!(decoded, ar);
-        let refs = referenced_blobs(&ar);
+        let refs = referenced_blobs(SHA256, &ar);
         assert_eq!(refs.len(), 2);
         assert_eq!(refs[0].hash, Hash::of(b"a"));
     }
 
     #[test]
     fn invalid_results_are_rejected() {
-        assert!(matches!(decode(b"\xff\xff\xff"), Err(AcError::Decode(_))));
+        assert!(matches!(
+            decode(SHA256, b"\xff\xff\xff"),
+            Err(AcError::Decode(_))
+        ));
         let bad_hash = ActionResult {
             output_files: vec![re::OutputFile {
                 path: "a".into(),
@@ -212,7 +234,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            decode(&bad_hash.encode_to_vec()),
+            decode(SHA256, &bad_hash.encode_to_vec()),
             Err(AcError::BadDigest { .. })
         ));
         let abs = ActionResult {
@@ -223,7 +245,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            decode(&abs.encode_to_vec()),
+            decode(SHA256, &abs.encode_to_vec()),
             Err(AcError::BadPath { .. })
         ));
         let negative = ActionResult {
@@ -234,7 +256,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            decode(&negative.encode_to_vec()),
+            decode(SHA256, &negative.encode_to_vec()),
             Err(AcError::BadDigest { .. })
         ));
     }

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bazel_cache_digest::{BlobKey, Digest, EMPTY_SHA256, Hasher, Kind};
+use bazel_cache_digest::{BlobKey, Digest, Hasher, Kind};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::budget::{DEFAULT_MAX_BUFFER_MEMORY, DEFAULT_MEMORY_WAIT, MemoryBudget};
@@ -22,9 +22,9 @@ use crate::progress::ProgressGuard;
 use crate::zstd_decode;
 use crate::{Blob, BlobBody, Encoding, PutRequest, Store, StoreError, StoreStats};
 
-/// Whether `key` names the empty CAS blob.
+/// Whether `key` names the empty CAS blob (of its digest function).
 pub fn is_empty_blob(key: &BlobKey) -> bool {
-    key.kind == Kind::Cas && key.hash == EMPTY_SHA256
+    key.kind == Kind::Cas && key.hash.is_empty_blob()
 }
 
 /// Serves the empty blob without asking `inner`; passes everything else on.
@@ -74,7 +74,8 @@ impl<S: Store> EmptyBlob<S> {
             Encoding::Identity => Box::new(body),
             Encoding::Zstd => Box::new(zstd_decode::decoder(body, &self.memory).await?),
         };
-        let mut hasher = Hasher::new();
+        let function = req.key.hash.function();
+        let mut hasher = Hasher::new(function);
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             let n = reader.read(&mut buf).await.map_err(StoreError::body)?;
@@ -87,7 +88,7 @@ impl<S: Store> EmptyBlob<S> {
             return Ok(());
         }
         Err(StoreError::DigestMismatch {
-            expected: EMPTY_SHA256,
+            expected: function.empty_hash(),
             actual: hasher.finish(),
         })
     }
@@ -115,7 +116,7 @@ impl<S: Store> Store for EmptyBlob<S> {
     }
 
     async fn find_missing(&self, digests: &[Digest]) -> Result<Vec<Digest>, StoreError> {
-        let is_empty = |d: &Digest| d.hash == EMPTY_SHA256 && d.size == 0;
+        let is_empty = |d: &Digest| d.hash.is_empty_blob() && d.size == 0;
         if !digests.iter().any(is_empty) {
             return self.inner.find_missing(digests).await;
         }

@@ -14,6 +14,10 @@
 //! backend always uses `/cas/`, so it works against a real cache whatever
 //! the storage mode.
 //!
+//! BLAKE3 entries go to `{url}/blake3/ac/{hash}` and `{url}/blake3/cas/{hash}`,
+//! the paths this server's own HTTP front end takes them on (bazel-remote has
+//! no BLAKE3 and answers those with an error, which the queue reports).
+//!
 //! `touch` does nothing: the HTTP protocol has no way to refresh an entry
 //! without reading it, and the other cache keeps its own LRU order.
 
@@ -130,7 +134,13 @@ impl HttpBackend {
     }
 
     fn url(&self, key: &BlobKey) -> String {
-        format!("{}/{}/{}", self.base, key.kind.as_str(), key.hash)
+        format!(
+            "{}/{}{}/{}",
+            self.base,
+            key.hash.function().resource_segment(),
+            key.kind.as_str(),
+            key.hash
+        )
     }
 
     /// Sends one request; the response head within `timeout`.

@@ -18,8 +18,8 @@ use tonic::{Code, Request, Response, Status};
 use super::qualifiers::Qualifiers;
 use super::records::{self, Asset};
 use super::{check_uris, oldest, record_ids};
-use crate::grpc::{GrpcState, check_digest_function, rpc_status, store_status};
-use bazel_cache_digest::{BlobKey, Digest, Hash};
+use crate::grpc::{GrpcState, digest_function, rpc_status, store_status};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash};
 use bazel_cache_store::asset_download::{Downloaded, Downloader};
 use bazel_cache_store::{Encoding, PutBody, PutRequest, StoreError};
 
@@ -35,11 +35,11 @@ fn store_failure(e: StoreError) -> bazel_remote_apis::google::rpc::Status {
 }
 
 impl FetchService {
-    /// Stores a verified download in the CAS; the store checks the
-    /// SHA-256 again as it writes.
+    /// Stores a verified download in the CAS under the hash of the
+    /// requested function; the store checks it again as it writes.
     async fn store(&self, d: &Downloaded) -> Result<Digest, StoreError> {
         let digest = Digest {
-            hash: Hash(d.sha256),
+            hash: d.hash,
             size: d.size,
         };
         let file = tokio::fs::File::open(d.file.path()).await?;
@@ -62,7 +62,13 @@ impl FetchService {
         digest: Digest,
     ) -> Result<(), StoreError> {
         for id in record_ids(q.canonical_id.as_deref(), &req.uris) {
-            let key = records::record_key(Asset::Blob, &req.instance_name, id, &q.identity);
+            let key = records::record_key(
+                digest.hash.function(),
+                Asset::Blob,
+                &req.instance_name,
+                id,
+                &q.identity,
+            );
             records::write(self.state.store.as_ref(), key, Asset::Blob, digest).await?;
         }
         Ok(())
@@ -72,6 +78,7 @@ impl FetchService {
     /// CAS itself: no download needed.
     async fn cached(
         &self,
+        function: DigestFunction,
         req: &FetchBlobRequest,
         q: &Qualifiers,
     ) -> Result<Option<(String, Digest)>, StoreError> {
@@ -81,20 +88,23 @@ impl FetchService {
             .into_iter()
             .enumerate()
         {
-            let key = records::record_key(Asset::Blob, &req.instance_name, id, &q.identity);
+            let key =
+                records::record_key(function, Asset::Blob, &req.instance_name, id, &q.identity);
             if let Some(digest) = records::lookup(store, &key, Asset::Blob, oldest).await? {
                 let uri = req.uris.get(i).unwrap_or(&req.uris[0]).clone();
                 return Ok(Some((uri, digest)));
             }
         }
         // Content named by its SHA-256 is the same whoever stored it, but
-        // only when the client accepts content of any age.
+        // only when the client accepts content of any age (and names its
+        // blobs with SHA-256: a BLAKE3 name needs the bytes).
         if oldest.is_none()
+            && function == DigestFunction::Sha256
             && let Some(sha256) = q.sha256()
-            && let Some(size) = store.contains(&BlobKey::cas(Hash(sha256))).await?
+            && let Some(size) = store.contains(&BlobKey::cas(Hash::sha256(sha256))).await?
         {
             let digest = Digest {
-                hash: Hash(sha256),
+                hash: Hash::sha256(sha256),
                 size,
             };
             self.record_all(req, q, digest).await?;
@@ -112,7 +122,7 @@ impl Fetch for FetchService {
     ) -> Result<Response<FetchBlobResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
+        let function = digest_function(req.digest_function)?;
         check_uris(&req.uris)?;
         let q = Qualifiers::parse(&req.qualifiers)?;
         let respond = |status: bazel_remote_apis::google::rpc::Status,
@@ -127,7 +137,7 @@ impl Fetch for FetchService {
                 ..Default::default()
             }))
         };
-        match self.cached(&req, &q).await {
+        match self.cached(function, &req, &q).await {
             Ok(Some((uri, digest))) => return respond(rpc_status(Code::Ok, ""), uri, Some(digest)),
             Ok(None) => {}
             Err(e) => return respond(store_failure(e), String::new(), None),
@@ -151,7 +161,7 @@ impl Fetch for FetchService {
         for (i, uri) in req.uris.iter().enumerate() {
             let downloaded = match self
                 .downloader
-                .download(&permit, uri, &q.headers_for(i), timeout)
+                .download(&permit, uri, &q.headers_for(i), timeout, function)
                 .await
             {
                 Ok(d) => d,
@@ -163,7 +173,7 @@ impl Fetch for FetchService {
             if !q.accepts(&downloaded) {
                 failures.push(format!(
                     "{uri}: checksum.sri does not match the content (sha256 {})",
-                    Hash(downloaded.sha256)
+                    Hash::sha256(downloaded.sha256)
                 ));
                 continue;
             }
@@ -193,7 +203,7 @@ impl Fetch for FetchService {
     ) -> Result<Response<FetchDirectoryResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
+        let function = digest_function(req.digest_function)?;
         check_uris(&req.uris)?;
         let q = Qualifiers::parse(&req.qualifiers)?;
         let oldest = oldest(req.oldest_content_accepted.as_ref());
@@ -202,7 +212,13 @@ impl Fetch for FetchService {
             .into_iter()
             .enumerate()
         {
-            let key = records::record_key(Asset::Directory, &req.instance_name, id, &q.identity);
+            let key = records::record_key(
+                function,
+                Asset::Directory,
+                &req.instance_name,
+                id,
+                &q.identity,
+            );
             let found = records::lookup(store, &key, Asset::Directory, oldest)
                 .await
                 .map_err(store_status)?;

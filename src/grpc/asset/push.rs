@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::qualifiers::Qualifiers;
 use super::records::{self, Asset};
 use super::{check_uris, record_ids};
-use crate::grpc::{GrpcState, check_digest_function, parse_digest, store_status};
+use crate::grpc::{GrpcState, digest_function, parse_digest, store_status};
 use bazel_cache_digest::Digest;
 
 pub(crate) struct PushService {
@@ -43,7 +43,7 @@ impl PushService {
             )));
         }
         for id in record_ids(q.canonical_id.as_deref(), uris) {
-            let key = records::record_key(asset, instance, id, &q.identity);
+            let key = records::record_key(digest.hash.function(), asset, instance, id, &q.identity);
             records::write(store, key, asset, digest)
                 .await
                 .map_err(store_status)?;
@@ -60,8 +60,8 @@ impl Push for PushService {
     ) -> Result<Response<PushBlobResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digest = parse_digest(req.blob_digest.as_ref(), "blob_digest")?;
+        let function = digest_function(req.digest_function)?;
+        let digest = parse_digest(function, req.blob_digest.as_ref(), "blob_digest")?;
         self.record(
             Asset::Blob,
             &req.instance_name,
@@ -79,8 +79,12 @@ impl Push for PushService {
     ) -> Result<Response<PushDirectoryResponse>, Status> {
         (self.state.on_request)();
         let req = request.into_inner();
-        check_digest_function(req.digest_function)?;
-        let digest = parse_digest(req.root_directory_digest.as_ref(), "root_directory_digest")?;
+        let function = digest_function(req.digest_function)?;
+        let digest = parse_digest(
+            function,
+            req.root_directory_digest.as_ref(),
+            "root_directory_digest",
+        )?;
         self.record(
             Asset::Directory,
             &req.instance_name,

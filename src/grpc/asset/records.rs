@@ -13,7 +13,7 @@ use bazel_remote_apis::google::protobuf::Timestamp;
 use prost::Message;
 use sha2::Digest as _;
 
-use bazel_cache_digest::{BlobKey, Digest, Hash};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash};
 use bazel_cache_store::{Encoding, PutBody, PutRequest, Store, StoreError, read_all};
 
 /// What a record points at: FetchBlob/PushBlob record blobs,
@@ -27,7 +27,13 @@ pub(super) enum Asset {
 /// The AC key of a record: the request's instance, its kind, the URI (or
 /// `bazel.canonical_id`, which names the content whatever the URL) and the
 /// identity qualifiers, each length-prefixed so no two requests collide.
+///
+/// A record of a BLAKE3 request lives in the BLAKE3 namespace under the
+/// same bytes (and names a BLAKE3 digest): a client asking for one
+/// function never gets a digest of the other. SHA-256 record keys are
+/// what they were before BLAKE3.
 pub(super) fn record_key(
+    function: DigestFunction,
     asset: Asset,
     instance: &str,
     id: &str,
@@ -49,7 +55,7 @@ pub(super) fn record_key(
         field(name);
         field(value);
     }
-    BlobKey::ac(Hash(h.finalize().into()))
+    BlobKey::ac(Hash::new(function, h.finalize().into()))
 }
 
 /// Writes a record (replacing an older one).
@@ -129,7 +135,7 @@ pub(super) async fn lookup(
             .first()
             .and_then(|d| d.tree_digest.clone()),
     };
-    let Some(digest) = digest.and_then(|d| Digest::from_reapi(&d).ok()) else {
+    let Some(digest) = digest.and_then(|d| Digest::from_reapi(key.hash.function(), &d).ok()) else {
         return Ok(None);
     };
     Ok(present(store, digest).await?.then_some(digest))

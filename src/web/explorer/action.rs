@@ -8,11 +8,12 @@ use http::{Response, StatusCode};
 
 use super::listing::tree_listing;
 use super::{
-    PREVIEW, cas_link, head_of, parse_hash, parse_query, preview, reapi_link, store_failed,
+    PREVIEW, cas_link, download_path, head_of, parse_hash, parse_query, preview, reapi_link,
+    store_failed,
 };
 use crate::http::{Body, HttpState};
 use crate::web::html::{bytes, error_page, esc, html, utc};
-use bazel_cache_digest::{BlobKey, Digest, Kind};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Kind};
 use bazel_cache_store::action_result::{self as ac, MAX_ACTION_RESULT_BYTES};
 use bazel_cache_store::read_all;
 
@@ -22,6 +23,7 @@ const INLINE_OUTPUT: u64 = 64 * 1024;
 /// stdout or stderr: inline bytes, or the first 64 KiB of the blob.
 async fn output_stream(
     state: &HttpState,
+    function: DigestFunction,
     name: &str,
     raw: &[u8],
     digest: Option<&re::Digest>,
@@ -34,17 +36,17 @@ async fn output_stream(
             esc(&String::from_utf8_lossy(shown))
         );
     }
-    let Some(Ok(d)) = digest.map(Digest::from_reapi) else {
+    let Some(Ok(d)) = digest.map(|d| Digest::from_reapi(function, d)) else {
         return format!("<h3>{name}</h3><p class=\"quiet\">empty</p>");
     };
     if d.size == 0 {
         return format!("<h3>{name}</h3><p class=\"quiet\">empty</p>");
     }
     let link = format!(
-        "<a href=\"/cas/{h}\">whole blob ({})</a> · {}",
+        "<a href=\"{}\">whole blob ({})</a> · {}",
+        download_path(&d.hash),
         bytes(d.size),
         cas_link(&d),
-        h = d.hash.to_hex()
     );
     match head_of(state, d.hash, INLINE_OUTPUT).await {
         Ok(Some((data, size))) => {
@@ -73,10 +75,11 @@ pub(in crate::web) async fn action(
     hash: &str,
     query: Option<&str>,
 ) -> Response<Body> {
-    if let Err(e) = parse_query(query) {
-        return error_page(StatusCode::BAD_REQUEST, &e);
-    }
-    let hash = match parse_hash(hash) {
+    let function = match parse_query(query) {
+        Ok(q) => q.function,
+        Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
+    };
+    let hash = match parse_hash(function, hash) {
         Ok(h) => h,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };
@@ -91,7 +94,7 @@ pub(in crate::web) async fn action(
         }
         Err(e) => return store_failed(e),
     };
-    let ar = match ac::decode(&data) {
+    let ar = match ac::decode(function, &data) {
         Ok(ar) => ar,
         Err(e) => {
             return html(
@@ -109,7 +112,7 @@ pub(in crate::web) async fn action(
             );
         }
     };
-    let missing = match ac::missing_blobs(&*state.store, &ar).await {
+    let missing = match ac::missing_blobs(&*state.store, function, &ar).await {
         Ok(m) => m,
         Err(e) => return store_failed(e),
     };
@@ -157,8 +160,11 @@ pub(in crate::web) async fn action(
          <th>digest</th><th>executable</th><th></th></tr>",
     );
     for f in &ar.output_files {
-        let download = match f.digest.as_ref().map(Digest::from_reapi) {
-            Some(Ok(d)) => format!("<a href=\"/cas/{}\" download>download</a>", d.hash.to_hex()),
+        let download = match f.digest.as_ref().map(|d| Digest::from_reapi(function, d)) {
+            Some(Ok(d)) => format!(
+                "<a href=\"{}\" download>download</a>",
+                download_path(&d.hash)
+            ),
             _ => String::new(),
         };
         let _ = write!(
@@ -166,7 +172,7 @@ pub(in crate::web) async fn action(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{download}</td></tr>",
             esc(&f.path),
             bytes(f.digest.as_ref().map_or(0, |d| d.size_bytes.max(0) as u64)),
-            reapi_link(f.digest.as_ref()),
+            reapi_link(function, f.digest.as_ref()),
             if f.is_executable { "yes" } else { "" },
         );
     }
@@ -178,9 +184,13 @@ pub(in crate::web) async fn action(
                 out,
                 "<h3>{}</h3><p>Tree {}</p>",
                 esc(&d.path),
-                reapi_link(d.tree_digest.as_ref())
+                reapi_link(function, d.tree_digest.as_ref())
             );
-            let tree = match d.tree_digest.as_ref().map(Digest::from_reapi) {
+            let tree = match d
+                .tree_digest
+                .as_ref()
+                .map(|t| Digest::from_reapi(function, t))
+            {
                 Some(Ok(t)) => ac::read_tree(&*state.store, &t).await,
                 _ => Ok(None),
             };
@@ -189,7 +199,7 @@ pub(in crate::web) async fn action(
                     let _ = write!(
                         out,
                         "<table class=\"tree\"><tr><th>path</th><th>size</th><th>digest</th><th>executable</th></tr>{}</table>",
-                        tree_listing(&tree, &d.path)
+                        tree_listing(function, &tree, &d.path)
                     );
                 }
                 Ok(None) => {
@@ -220,7 +230,25 @@ pub(in crate::web) async fn action(
         }
         out.push_str("</table>");
     }
-    out.push_str(&output_stream(state, "stdout", &ar.stdout_raw, ar.stdout_digest.as_ref()).await);
-    out.push_str(&output_stream(state, "stderr", &ar.stderr_raw, ar.stderr_digest.as_ref()).await);
+    out.push_str(
+        &output_stream(
+            state,
+            function,
+            "stdout",
+            &ar.stdout_raw,
+            ar.stdout_digest.as_ref(),
+        )
+        .await,
+    );
+    out.push_str(
+        &output_stream(
+            state,
+            function,
+            "stderr",
+            &ar.stderr_raw,
+            ar.stderr_digest.as_ref(),
+        )
+        .await,
+    );
     html(StatusCode::OK, "Action result", &out)
 }

@@ -8,7 +8,10 @@ use http::{Response, StatusCode};
 use prost::Message;
 
 use super::listing::{directory_listing, plausible_directory, tree_listing};
-use super::{PREVIEW, SNIFF_LIMIT, head_of, parse_hash, parse_query, preview, store_failed};
+use super::{
+    PREVIEW, SNIFF_LIMIT, download_path, head_of, parse_hash, parse_query, preview, store_failed,
+    ui_cas,
+};
 use crate::http::{Body, HttpState};
 use crate::web::html::{bytes, error_page, esc, html};
 use bazel_cache_digest::BlobKey;
@@ -24,7 +27,7 @@ pub(in crate::web) async fn blob(
         Ok(q) => q,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };
-    let hash = match parse_hash(hash) {
+    let hash = match parse_hash(q.function, hash) {
         Ok(h) => h,
         Err(e) => return error_page(StatusCode::BAD_REQUEST, &e),
     };
@@ -34,11 +37,18 @@ pub(in crate::web) async fn blob(
         Err(e) => return store_failed(e),
     };
     let mut out = format!(
-        "<h1>CAS blob <code>{hash}</code></h1><p><span id=\"blob-size\">{}</span> ({size} bytes) · \
-         <a href=\"/cas/{hash}\" download>download</a> · view as \
-         <a href=\"?as=directory\">Directory</a> · <a href=\"?as=tree\">Tree</a> · \
-         <a href=\"?as=blob\">bytes</a></p>",
-        bytes(size)
+        "<h1>CAS blob <code>{hex}</code> <small>{function}</small></h1>\
+         <p><span id=\"blob-size\">{}</span> ({size} bytes) · \
+         <a href=\"{}\" download>download</a> · view as \
+         <a href=\"{}\">Directory</a> · <a href=\"{}\">Tree</a> · \
+         <a href=\"{}\">bytes</a></p>",
+        bytes(size),
+        download_path(&hash),
+        ui_cas(&hash, Some("directory")),
+        ui_cas(&hash, Some("tree")),
+        ui_cas(&hash, Some("blob")),
+        hex = hash.to_hex(),
+        function = hash.function(),
     );
     let want = q.list_as.as_deref();
     let try_proto = match want {
@@ -53,23 +63,26 @@ pub(in crate::web) async fn blob(
                     .then(|| re::Tree::decode(data.as_slice()).ok())
                     .flatten()
                     .filter(|t| {
-                        want == Some("tree") || t.root.as_ref().is_some_and(plausible_directory)
+                        want == Some("tree")
+                            || t.root
+                                .as_ref()
+                                .is_some_and(|r| plausible_directory(q.function, r))
                     });
                 if let Some(tree) = tree {
                     let _ = write!(
                         out,
                         "<h2>Tree</h2><table class=\"tree\"><tr><th>path</th><th>size</th><th>digest</th><th>executable</th></tr>{}</table>",
-                        tree_listing(&tree, ".")
+                        tree_listing(q.function, &tree, ".")
                     );
                     return html(StatusCode::OK, "CAS blob", &out);
                 }
                 let dir = (want != Some("tree"))
                     .then(|| re::Directory::decode(data.as_slice()).ok())
                     .flatten()
-                    .filter(|d| want == Some("directory") || plausible_directory(d));
+                    .filter(|d| want == Some("directory") || plausible_directory(q.function, d));
                 if let Some(dir) = dir {
                     out.push_str("<h2>Directory</h2>");
-                    out.push_str(&directory_listing(&dir));
+                    out.push_str(&directory_listing(q.function, &dir));
                     return html(StatusCode::OK, "CAS blob", &out);
                 }
                 if let Some(w) = want {

@@ -8,19 +8,19 @@ use std::fmt::Write as _;
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use prost::Message;
 
-use super::reapi_link;
+use super::{reapi_link, ui_cas};
 use crate::web::html::esc;
-use bazel_cache_digest::{Digest, Hash};
+use bazel_cache_digest::{Digest, DigestFunction, Hash};
 
 /// Most files listed per output directory.
 const MAX_LISTED: usize = 2000;
 
-fn directory_digest(d: &re::Directory) -> Hash {
-    Hash::of(&d.encode_to_vec())
+fn directory_digest(function: DigestFunction, d: &re::Directory) -> Hash {
+    Hash::of_with(function, &d.encode_to_vec())
 }
 
 /// The rows of a Directory's files and symlinks, names after `prefix`.
-fn entry_rows(out: &mut String, prefix: &str, dir: &re::Directory) {
+fn entry_rows(out: &mut String, function: DigestFunction, prefix: &str, dir: &re::Directory) {
     for f in &dir.files {
         let _ = write!(
             out,
@@ -28,7 +28,7 @@ fn entry_rows(out: &mut String, prefix: &str, dir: &re::Directory) {
             esc(prefix),
             esc(&f.name),
             f.digest.as_ref().map_or(0, |d| d.size_bytes),
-            reapi_link(f.digest.as_ref()),
+            reapi_link(function, f.digest.as_ref()),
             if f.is_executable { "yes" } else { "" }
         );
     }
@@ -44,11 +44,11 @@ fn entry_rows(out: &mut String, prefix: &str, dir: &re::Directory) {
 }
 
 /// Every file of a Tree with its path, depth first, at most [`MAX_LISTED`].
-pub(super) fn tree_listing(tree: &re::Tree, prefix: &str) -> String {
+pub(super) fn tree_listing(function: DigestFunction, tree: &re::Tree, prefix: &str) -> String {
     let children: HashMap<Hash, &re::Directory> = tree
         .children
         .iter()
-        .map(|c| (directory_digest(c), c))
+        .map(|c| (directory_digest(function, c), c))
         .collect();
     let mut rows = String::new();
     let mut listed = 0;
@@ -61,12 +61,12 @@ pub(super) fn tree_listing(tree: &re::Tree, prefix: &str) -> String {
             return rows;
         }
         listed += dir.files.len();
-        entry_rows(&mut rows, &format!("{path}/"), dir);
+        entry_rows(&mut rows, function, &format!("{path}/"), dir);
         for sub in dir.directories.iter().rev() {
             let child = sub
                 .digest
                 .as_ref()
-                .and_then(|d| Digest::from_reapi(d).ok())
+                .and_then(|d| Digest::from_reapi(function, d).ok())
                 .and_then(|d| children.get(&d.hash).map(|c| (d.hash, *c)));
             match child {
                 Some((h, c)) if seen.insert(h) => stack.push((format!("{path}/{}", sub.name), c)),
@@ -89,34 +89,35 @@ fn valid_name(n: &str) -> bool {
     !n.is_empty() && !n.contains('/') && n != "." && n != ".."
 }
 
-pub(super) fn plausible_directory(d: &re::Directory) -> bool {
+pub(super) fn plausible_directory(function: DigestFunction, d: &re::Directory) -> bool {
     let entries = d.files.len() + d.directories.len() + d.symlinks.len();
     entries > 0
         && d.files.iter().all(|f| {
             valid_name(&f.name)
                 && f.digest
                     .as_ref()
-                    .is_some_and(|d| Digest::from_reapi(d).is_ok())
+                    .is_some_and(|d| Digest::from_reapi(function, d).is_ok())
         })
         && d.directories.iter().all(|s| {
             valid_name(&s.name)
                 && s.digest
                     .as_ref()
-                    .is_some_and(|d| Digest::from_reapi(d).is_ok())
+                    .is_some_and(|d| Digest::from_reapi(function, d).is_ok())
         })
         && d.symlinks.iter().all(|l| valid_name(&l.name))
 }
 
-pub(super) fn directory_listing(d: &re::Directory) -> String {
+pub(super) fn directory_listing(function: DigestFunction, d: &re::Directory) -> String {
     let mut out = String::from(
         "<table class=\"listing\"><tr><th>name</th><th>size</th><th>digest</th><th>executable</th></tr>",
     );
     for sub in &d.directories {
-        let link = match sub.digest.as_ref().map(Digest::from_reapi) {
+        let link = match sub.digest.as_ref().map(|d| Digest::from_reapi(function, d)) {
             Some(Ok(dd)) => format!(
-                "<a href=\"/ui/cas/{h}?as=directory\">{h}</a>/{}",
+                "<a href=\"{}\">{}</a>/{}",
+                ui_cas(&dd.hash, Some("directory")),
+                dd.hash.to_hex(),
                 dd.size,
-                h = dd.hash.to_hex()
             ),
             _ => "–".to_string(),
         };
@@ -126,7 +127,7 @@ pub(super) fn directory_listing(d: &re::Directory) -> String {
             esc(&sub.name)
         );
     }
-    entry_rows(&mut out, "", d);
+    entry_rows(&mut out, function, "", d);
     out.push_str("</table>");
     out
 }

@@ -30,7 +30,7 @@ use tokio::io::AsyncReadExt;
 
 use super::html::{error_page, esc};
 use crate::http::{Body, HttpState};
-use bazel_cache_digest::{BlobKey, Digest, Hash};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash, UnsupportedDigestFunction};
 use bazel_cache_store::StoreError;
 
 /// How much of a CAS blob is shown.
@@ -38,22 +38,25 @@ pub(super) const PREVIEW: u64 = 4096;
 /// Largest blob tried as a Directory or Tree without `?as=`.
 pub(super) const SNIFF_LIMIT: u64 = 1024 * 1024;
 
-/// The query's `digest_function` and `as`; only SHA-256 until the store
-/// has other digest functions.
+/// The query: `digest_function` (SHA-256 unless it says `blake3`: the
+/// function is part of a blob's name) and `as`.
 pub(super) struct Query {
+    pub(super) function: DigestFunction,
     pub(super) list_as: Option<String>,
 }
 
 pub(super) fn parse_query(query: Option<&str>) -> Result<Query, String> {
-    let mut q = Query { list_as: None };
+    let mut q = Query {
+        function: DigestFunction::Sha256,
+        list_as: None,
+    };
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         match k {
-            "digest_function" if v.eq_ignore_ascii_case("sha256") => {}
             "digest_function" => {
-                return Err(format!(
-                    "digest_function {v:?} is not supported here; use sha256"
-                ));
+                q.function = v
+                    .parse()
+                    .map_err(|e: UnsupportedDigestFunction| e.to_string())?;
             }
             "as" if matches!(v, "directory" | "tree" | "blob") => q.list_as = Some(v.to_string()),
             "as" => return Err(format!("as={v:?}: use directory, tree or blob")),
@@ -63,8 +66,35 @@ pub(super) fn parse_query(query: Option<&str>) -> Result<Query, String> {
     Ok(q)
 }
 
-pub(super) fn parse_hash(s: &str) -> Result<Hash, String> {
-    Hash::from_hex(s).map_err(|e| format!("{s:?} is not a SHA-256 hash: {e}"))
+pub(super) fn parse_hash(function: DigestFunction, s: &str) -> Result<Hash, String> {
+    Hash::from_hex(function, s).map_err(|e| format!("{s:?} is not a {function} hash: {e}"))
+}
+
+/// The console page of a CAS blob, `as` a listing when given; BLAKE3
+/// blobs carry their function in the query.
+pub(super) fn ui_cas(hash: &Hash, list_as: Option<&str>) -> String {
+    let mut url = format!("/ui/cas/{}", hash.to_hex());
+    let mut sep = '?';
+    if let Some(a) = list_as {
+        url.push_str(&format!("{sep}as={a}"));
+        sep = '&';
+    }
+    if hash.function() != DigestFunction::Sha256 {
+        url.push_str(&format!(
+            "{sep}digest_function={}",
+            hash.function().as_str()
+        ));
+    }
+    url
+}
+
+/// The HTTP protocol's path of a CAS blob (`/cas/…`, `/blake3/cas/…`).
+pub(super) fn download_path(hash: &Hash) -> String {
+    format!(
+        "/{}cas/{}",
+        hash.function().resource_segment(),
+        hash.to_hex()
+    )
 }
 
 pub(super) fn store_failed(e: StoreError) -> Response<Body> {
@@ -76,15 +106,17 @@ pub(super) fn store_failed(e: StoreError) -> Response<Body> {
 }
 
 pub(super) fn cas_link(d: &Digest) -> String {
-    let h = d.hash.to_hex();
     format!(
-        "<a class=\"digest\" href=\"/ui/cas/{h}\">{h}</a>/{}",
+        "<a class=\"digest\" href=\"{}\">{}</a>/{}",
+        ui_cas(&d.hash, None),
+        d.hash.to_hex(),
         d.size
     )
 }
 
-pub(super) fn reapi_link(d: Option<&re::Digest>) -> String {
-    match d.map(Digest::from_reapi) {
+/// A digest of a message of `function`'s action, as a link.
+pub(super) fn reapi_link(function: DigestFunction, d: Option<&re::Digest>) -> String {
+    match d.map(|d| Digest::from_reapi(function, d)) {
         Some(Ok(d)) => cas_link(&d),
         Some(Err(e)) => format!("<span class=\"bad\">{}</span>", esc(&e.to_string())),
         None => "–".to_string(),

@@ -177,7 +177,7 @@ async fn malformed_resource_names() {
     let reads = [
         format!("blobs/{}/1", h.to_uppercase()),
         format!("blobs/{}/1", &h[..60]),
-        format!("blobs/blake3/{h}/1"),
+        format!("blobs/sha384/{h}/1"),
         format!("compressed-blobs/gzip/{h}/1"),
         format!("blobs/{h}"),
         format!("blobs/{h}/-1"),
@@ -197,9 +197,9 @@ async fn malformed_resource_names() {
     let e = assert_code(
         read(&mut c, &reads[2]).await,
         Code::InvalidArgument,
-        "blake3",
+        "sha384",
     );
-    assert!(e.message().contains("blake3"), "{}", e.message());
+    assert!(e.message().contains("sha384"), "{}", e.message());
     let e = assert_code(read(&mut c, &reads[3]).await, Code::InvalidArgument, "gzip");
     assert!(e.message().contains("gzip"), "{}", e.message());
     // `sha256/` may be given, though clients must omit it.
@@ -212,7 +212,7 @@ async fn malformed_resource_names() {
 
     let writes = [
         format!("uploads/u/blobs/{}/1", h.to_uppercase()),
-        format!("uploads/u/blobs/blake3/{h}/1"),
+        format!("uploads/u/blobs/md5/{h}/1"),
         format!("uploads/u/compressed-blobs/gzip/{h}/1"),
         format!("uploads/u/blobs/{h}"),
         format!("uploads//blobs/{h}/1"),

@@ -224,7 +224,7 @@ async fn large_streamed_upload() {
     let s = Server::start_grpc(&[]);
     let mut c = client(&s).await;
     let chunk = |i: usize| support::noise(MIB, 1000 + i as u64);
-    let mut hasher = bazel_cache_digest::Hasher::new();
+    let mut hasher = bazel_cache_digest::Hasher::new(bazel_cache_digest::DigestFunction::Sha256);
     for i in 0..CHUNKS {
         hasher.update(&chunk(i));
     }
@@ -256,7 +256,7 @@ async fn large_streamed_upload() {
         .await
         .unwrap()
         .into_inner();
-    let mut back = bazel_cache_digest::Hasher::new();
+    let mut back = bazel_cache_digest::Hasher::new(bazel_cache_digest::DigestFunction::Sha256);
     while let Some(msg) = stream.message().await.unwrap() {
         assert!(msg.data.len() <= MIB);
         back.update(&msg.data);

@@ -7,7 +7,7 @@ use super::helpers::{
     KIB, MIB, MODES, ac, assert_absent, assert_serves, assert_stats_match_disk, cas, config,
     final_path, open, put_ok, random_bytes, text_bytes, tmp_files,
 };
-use bazel_cache_digest::BlobKey;
+use bazel_cache_digest::{BlobKey, DigestFunction, Hash};
 use bazel_cache_store::{Encoding, Store};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -127,7 +127,8 @@ async fn recovery_restores_blobs_whose_index_commit_was_not_durable() {
     }
 }
 
-/// A lost index over existing blob directories is rebuilt from the files.
+/// A lost index over existing blob directories is rebuilt from the files,
+/// BLAKE3's tree (`dir/blake3/…`) included.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_index_is_rebuilt_from_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -138,12 +139,22 @@ async fn lost_index_is_rebuilt_from_files() {
         .map(|i| text_bytes(3000 + 10 * i as usize, i))
         .map(|d| (cas(&d), d))
         .chain([(ac("y"), random_bytes(200, 2))])
+        .chain((0..3u64).map(|i| {
+            let d = text_bytes(5000 + i as usize, 100 + i);
+            let key = BlobKey::cas(Hash::of_with(DigestFunction::Blake3, &d));
+            (key, d)
+        }))
+        .chain([(
+            BlobKey::ac(Hash::of_with(DigestFunction::Blake3, b"y")),
+            random_bytes(300, 3),
+        )])
         .collect();
     for (k, d) in &blobs {
         put_ok(&store, *k, d).await;
     }
     let stats = store.stats();
     store.close().await;
+    assert!(root.join("blake3/cas").is_dir() && root.join("blake3/ac").is_dir());
     std::fs::remove_file(root.join("index.redb")).unwrap();
 
     let store = open(&cfg).await;

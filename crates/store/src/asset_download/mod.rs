@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use bazel_cache_digest::{DigestFunction, Hash, Hasher};
 use bytes::Bytes;
 use futures_util::TryStreamExt;
 use http_body_util::{BodyExt, Empty};
@@ -90,11 +91,13 @@ pub struct Busy;
 pub struct DownloadPermit(#[allow(dead_code)] OwnedSemaphorePermit);
 
 /// A downloaded body in a temporary file (removed when dropped) and its
-/// hashes.
+/// hashes: the SRI ones, and its CAS name under the requested function.
 #[derive(Debug)]
 pub struct Downloaded {
     pub file: TempFile,
     pub size: u64,
+    /// The body's hash under the digest function the request named.
+    pub hash: Hash,
     pub sha256: [u8; 32],
     pub sha384: [u8; 48],
     pub sha512: [u8; 64],
@@ -185,16 +188,18 @@ impl Downloader {
     }
 
     /// Downloads `url` with `headers`, following redirects, within
-    /// `timeout` (capped by the configured one).
+    /// `timeout` (capped by the configured one); the body is named with
+    /// `function`.
     pub async fn download(
         &self,
         _permit: &DownloadPermit,
         url: &str,
         headers: &[(String, String)],
         timeout: Option<Duration>,
+        function: DigestFunction,
     ) -> Result<Downloaded, DownloadError> {
         let limit = timeout.map_or(self.opts.timeout, |t| t.min(self.opts.timeout));
-        match tokio::time::timeout(limit, self.follow(url, headers)).await {
+        match tokio::time::timeout(limit, self.follow(url, headers, function)).await {
             Ok(result) => result,
             Err(_) => Err(DownloadError::Timeout(limit)),
         }
@@ -204,6 +209,7 @@ impl Downloader {
         &self,
         url: &str,
         headers: &[(String, String)],
+        function: DigestFunction,
     ) -> Result<Downloaded, DownloadError> {
         let first = parse_url(url)?;
         let mut uri = first.clone();
@@ -245,13 +251,17 @@ impl Downloader {
             if !status.is_success() {
                 return Err(DownloadError::Status(status.as_u16()));
             }
-            return self.save(resp.into_body()).await;
+            return self.save(resp.into_body(), function).await;
         }
         Err(DownloadError::TooManyRedirects)
     }
 
     /// Streams the body into a temporary file, hashing it.
-    async fn save(&self, body: hyper::body::Incoming) -> Result<Downloaded, DownloadError> {
+    async fn save(
+        &self,
+        body: hyper::body::Incoming,
+        function: DigestFunction,
+    ) -> Result<Downloaded, DownloadError> {
         let limit = self.opts.max_size;
         if http_body::Body::size_hint(&body)
             .exact()
@@ -284,6 +294,9 @@ impl Downloader {
             sha2::Sha384::new(),
             sha2::Sha512::new(),
         );
+        // SHA-256 is computed for the SRI check anyway; another function
+        // needs a hasher of its own.
+        let mut named = (function != DigestFunction::Sha256).then(|| Hasher::new(function));
         let mut size = 0u64;
         loop {
             let n = reader
@@ -301,13 +314,18 @@ impl Downloader {
             s256.update(data);
             s384.update(data);
             s512.update(data);
+            if let Some(h) = named.as_mut() {
+                h.update(data);
+            }
             out.write_all(data).await?;
         }
         out.flush().await?;
+        let sha256 = array(&s256.finalize());
         Ok(Downloaded {
             file,
             size,
-            sha256: array(&s256.finalize()),
+            hash: named.map_or(Hash::sha256(sha256), Hasher::finish),
+            sha256,
             sha384: array(&s384.finalize()),
             sha512: array(&s512.finalize()),
         })

@@ -37,6 +37,8 @@ pub async fn split(
     if found.size != blob.size || found.encoding != Encoding::Identity {
         return Ok(None);
     }
+    // Chunks are named with the blob's own digest function.
+    let function = blob.hash.function();
     let window = (cdc.max_size() as u64).min(blob.size) + READ_SIZE as u64;
     let _held = memory.reserve(MemoryUse::ReadBuffer, window).await?;
     let mut reader = found.body.into_reader();
@@ -57,7 +59,7 @@ pub async fn split(
         let cutter = cdc.clone();
         let (mut window, len, hash) = tokio::task::spawn_blocking(move || {
             let (len, _) = cutter.cut(&pending);
-            let hash = Hash::of(&pending[..len]);
+            let hash = Hash::of_with(function, &pending[..len]);
             (pending, len, hash)
         })
         .await

@@ -179,7 +179,7 @@ pub(super) fn open(layout: &Layout, stats: &SharedStats) -> Result<Opened, Store
         } else {
             // A new index over existing blob directories (index deleted, or an
             // older layout) must adopt what is there.
-            !Kind::ALL.iter().any(|k| layout.kind_dir(*k).exists())
+            !Layout::namespaces().any(|(f, k)| layout.kind_dir(f, k).exists())
         };
         stats
             .stored

@@ -45,7 +45,7 @@ use self::presence::{Presence, Probe, minute_of, minutes_since};
 use crate::progress::{CutCounts, ProgressGuard};
 use crate::proxy::{LocalTier, Written};
 use crate::{Blob, BlobReader, Encoding, PutBody, PutRequest, Store, StoreError, StoreStats};
-use bazel_cache_digest::{BlobKey, Digest, Kind};
+use bazel_cache_digest::{BlobKey, Digest};
 
 pub use self::adopt::{AdoptProgress, AdoptionStatus};
 use self::config::ZSTD_LEVEL;
@@ -125,8 +125,9 @@ impl DiskStore {
         stats.max.store(cfg.max_size_bytes, Ordering::Relaxed);
         let opened = index::open(&layout, &stats)?;
         // Shard directories are made once, on first use of `dir`; a restart
-        // skips 512 mkdirs (the writer re-creates a shard if one goes missing).
-        if Kind::ALL.iter().any(|k| !layout.kind_dir(*k).is_dir()) {
+        // skips 1024 mkdirs (the writer re-creates a shard if one goes
+        // missing). A `dir` from before BLAKE3 gets its BLAKE3 tree here.
+        if Layout::namespaces().any(|(f, k)| !layout.kind_dir(f, k).is_dir()) {
             for dir in layout.shard_dirs() {
                 std::fs::create_dir_all(dir)?;
             }

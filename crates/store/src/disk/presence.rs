@@ -3,7 +3,7 @@
 //! answers without a B-tree descent in the index for every digest: a hit
 //! or a miss costs a look at one or two cache lines.
 //!
-//! Entry: the first 8 bytes of the SHA-256 (a fingerprint) → the blob's
+//! Entry: the first 8 bytes of the hash ([`Hash::fingerprint`]) → the blob's
 //! size and when it was last used (for the LRU touch rate limit). Two
 //! different stored and asked-for hashes share a fingerprint with
 //! probability 2^-64 per pair, and must also share the size to be
@@ -59,7 +59,7 @@ pub(super) struct Presence {
 }
 
 fn fingerprint(hash: &Hash) -> u64 {
-    u64::from_le_bytes(hash.0[..8].try_into().expect("8 bytes"))
+    hash.fingerprint()
 }
 
 /// The shard of a fingerprint (its top bits) and its key in that shard's

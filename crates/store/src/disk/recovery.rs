@@ -43,8 +43,8 @@ pub(super) fn reconcile(
         ran: true,
         ..Default::default()
     };
-    for kind in Kind::ALL {
-        for shard in std::fs::read_dir(layout.kind_dir(kind))? {
+    for (function, kind) in Layout::namespaces() {
+        for shard in std::fs::read_dir(layout.kind_dir(function, kind))? {
             let shard = shard?;
             if !shard.file_type()?.is_dir() {
                 continue;
@@ -55,8 +55,9 @@ pub(super) fn reconcile(
                 }
                 let file = file?;
                 let name = file.file_name();
-                let Some((key, encoding)) =
-                    name.to_str().and_then(|n| Layout::parse_file_name(kind, n))
+                let Some((key, encoding)) = name
+                    .to_str()
+                    .and_then(|n| Layout::parse_file_name(function, kind, n))
                 else {
                     tracing::warn!(path = %file.path().display(), "ignoring a file that is not a blob");
                     continue;
@@ -121,7 +122,7 @@ fn verify(path: &Path, key: &BlobKey, encoding: Encoding) -> io::Result<u64> {
         Encoding::Identity => Box::new(file),
         Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(file)?),
     };
-    let mut hasher = Hasher::new();
+    let mut hasher = Hasher::new(key.hash.function());
     let mut buf = vec![0u8; 256 * 1024];
     loop {
         let n = reader.read(&mut buf)?;

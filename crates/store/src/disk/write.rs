@@ -133,7 +133,7 @@ impl DiskStore {
             .reserve(MemoryUse::UploadBuffer, held as u64 + encoder)
             .await?;
         let mut work = Work {
-            hasher: Hasher::new(),
+            hasher: Hasher::new(key.hash.function()),
             sink: None,
             create: tmp.map(|path| (path, wanted)),
             parts: Vec::new(),
@@ -253,7 +253,7 @@ impl Work {
     #[cfg(test)]
     pub(super) fn for_test() -> Work {
         Work {
-            hasher: Hasher::new(),
+            hasher: Hasher::new(bazel_cache_digest::DigestFunction::Sha256),
             sink: None,
             create: None,
             parts: Vec::new(),

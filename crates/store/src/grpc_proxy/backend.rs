@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use bazel_cache_digest::{BlobKey, Digest, Hash, Kind};
+use bazel_cache_digest::{BlobKey, Digest, DigestFunction, Hash, Kind};
 use bazel_remote_apis::build::bazel::remote::execution::v2 as re;
 use bazel_remote_apis::google::bytestream as bs;
 use bytes::Bytes;
@@ -26,11 +26,11 @@ use tonic::metadata::MetadataValue;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status};
 
-use super::sizes::KnownSizes;
 use crate::BlobReader;
 use crate::action_result::{self, MAX_ACTION_RESULT_BYTES};
 use crate::backend_url::{PemFiles, UrlBackendConfig};
 use crate::progress::ProgressGuard;
+use crate::proxy::expiring_map::ExpiringMap;
 use crate::proxy::{Backend, BackendError, Download, Presence, Upload};
 
 use bs::byte_stream_client::ByteStreamClient;
@@ -51,17 +51,20 @@ const MAX_MESSAGE: usize = MAX_ACTION_RESULT_BYTES as usize + 1024;
 /// 2 MiB at most, gRPC peers expect 4 MiB), so a download holds little
 /// memory at a time.
 const MAX_READ_MESSAGE: usize = 16 << 20;
-/// Blob sizes remembered (see `sizes.rs`), about 64 bytes each: 16 MiB at
-/// most. A size is needed only between the ActionResult (or
+/// Blob sizes remembered, in the proxy's bounded ring map (a few tens of
+/// bytes each). A size is needed only between the ActionResult (or
 /// FindMissingBlobs) that names a blob and the read that follows.
 const KNOWN_SIZES: usize = 1 << 18;
+/// A blob's size never changes; entries leave by being the oldest of a
+/// full map, and this only bounds how long an unused one lingers.
+const SIZE_TTL: Duration = Duration::from_secs(24 * 3600);
 
 pub struct GrpcBackend {
     channel: Channel,
     /// `grpc[s]://host:port`, without credentials.
     base: String,
     authorization: Option<MetadataValue<tonic::metadata::Ascii>>,
-    sizes: KnownSizes,
+    sizes: ExpiringMap<u64>,
     /// Makes upload resource names unique within this process.
     uploads: AtomicU64,
 }
@@ -106,7 +109,7 @@ impl GrpcBackend {
             channel: endpoint.connect_lazy(),
             base: cfg.display_url(),
             authorization,
-            sizes: KnownSizes::new(KNOWN_SIZES),
+            sizes: ExpiringMap::new(KNOWN_SIZES),
             uploads: AtomicU64::new(0),
         })
     }
@@ -135,9 +138,9 @@ impl GrpcBackend {
     }
 
     /// Remembers the sizes of the blobs an ActionResult references.
-    fn learn(&self, ar: &re::ActionResult) {
-        for d in action_result::referenced_blobs(ar) {
-            self.sizes.insert(d.hash, d.size);
+    fn learn(&self, function: DigestFunction, ar: &re::ActionResult) {
+        for d in action_result::referenced_blobs(function, ar) {
+            self.sizes.insert(&BlobKey::cas(d.hash), d.size, SIZE_TTL);
         }
     }
 
@@ -152,13 +155,14 @@ impl GrpcBackend {
     async fn get_action_result(&self, hash: &Hash) -> Result<Option<re::ActionResult>, Status> {
         let req = re::GetActionResultRequest {
             action_digest: Some(Self::action_digest(hash)),
+            digest_function: hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.action_cache();
         match within(REQUEST_TIMEOUT, client.get_action_result(self.request(req))).await {
             Ok(ar) => {
                 let ar = ar.into_inner();
-                self.learn(&ar);
+                self.learn(hash.function(), &ar);
                 Ok(Some(ar))
             }
             Err(s) if s.code() == Code::NotFound => Ok(None),
@@ -169,6 +173,7 @@ impl GrpcBackend {
     async fn find_missing(&self, d: &Digest) -> Result<Presence, Status> {
         let req = re::FindMissingBlobsRequest {
             blob_digests: vec![d.to_reapi()],
+            digest_function: d.hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.cas();
@@ -179,7 +184,7 @@ impl GrpcBackend {
         .await?
         .into_inner();
         Ok(if answer.missing_blob_digests.is_empty() {
-            self.sizes.insert(d.hash, d.size);
+            self.sizes.insert(&BlobKey::cas(d.hash), d.size, SIZE_TTL);
             Presence::Present { size: Some(d.size) }
         } else {
             Presence::Absent
@@ -188,7 +193,7 @@ impl GrpcBackend {
 
     async fn read(&self, d: Digest) -> Result<Option<Download>, Status> {
         let req = bs::ReadRequest {
-            resource_name: format!("blobs/{}/{}", d.hash, d.size),
+            resource_name: d.blobs_path(),
             read_offset: 0,
             read_limit: 0,
         };
@@ -224,7 +229,8 @@ impl GrpcBackend {
 
     async fn write(&self, hash: Hash, upload: Upload) -> Result<(), Status> {
         let size = upload.size;
-        let resource_name = format!("uploads/{}/blobs/{hash}/{size}", self.upload_id(&hash));
+        let digest = Digest { hash, size };
+        let resource_name = format!("uploads/{}/{}", self.upload_id(&hash), digest.blobs_path());
         let requests = WriteRequests::new(upload.into_identity_reader(), size, resource_name);
         let mib = u32::try_from(size >> 20).unwrap_or(u32::MAX);
         let timeout = REQUEST_TIMEOUT.saturating_add(WRITE_TIME_PER_MIB.saturating_mul(mib));
@@ -238,7 +244,7 @@ impl GrpcBackend {
                 answer.committed_size
             )));
         }
-        self.sizes.insert(hash, size);
+        self.sizes.insert(&BlobKey::cas(hash), size, SIZE_TTL);
         Ok(())
     }
 
@@ -264,6 +270,7 @@ impl GrpcBackend {
         let req = re::UpdateActionResultRequest {
             action_digest: Some(Self::action_digest(&hash)),
             action_result: Some(ar),
+            digest_function: hash.function().to_reapi(),
             ..Default::default()
         };
         let mut client = self.action_cache();
@@ -294,7 +301,7 @@ impl GrpcBackend {
             .map(|d| d.as_nanos())
             .unwrap_or_default();
         let mut seed = Vec::with_capacity(64);
-        seed.extend_from_slice(&hash.0);
+        seed.extend_from_slice(hash.bytes());
         seed.extend_from_slice(&nanos.to_le_bytes());
         seed.extend_from_slice(&n.to_le_bytes());
         seed.extend_from_slice(&std::process::id().to_le_bytes());
@@ -423,9 +430,22 @@ impl Backend for GrpcBackend {
     fn locate(&self, key: &BlobKey) -> String {
         match key.kind {
             Kind::Ac => format!("{} actionResult {}", self.base, key.hash),
-            Kind::Cas => match self.sizes.get(&key.hash) {
-                Some(size) => format!("{}/blobs/{}/{size}", self.base, key.hash),
-                None => format!("{}/blobs/{}", self.base, key.hash),
+            Kind::Cas => match self.sizes.get(&BlobKey::cas(key.hash)) {
+                Some(size) => format!(
+                    "{}/{}",
+                    self.base,
+                    Digest {
+                        hash: key.hash,
+                        size
+                    }
+                    .blobs_path()
+                ),
+                None => format!(
+                    "{}/blobs/{}{}",
+                    self.base,
+                    key.hash.function().resource_segment(),
+                    key.hash
+                ),
             },
         }
     }
@@ -439,7 +459,7 @@ impl Backend for GrpcBackend {
                 Ok(None) => Presence::Absent,
                 Err(s) => return Err(status_error(s)),
             }),
-            Kind::Cas => match self.sizes.get(&key.hash) {
+            Kind::Cas => match self.sizes.get(&BlobKey::cas(key.hash)) {
                 Some(size) => {
                     self.head_digest(&Digest {
                         hash: key.hash,
@@ -475,7 +495,7 @@ impl Backend for GrpcBackend {
                 }))
             }
             Kind::Cas => {
-                let Some(size) = self.sizes.get(&key.hash) else {
+                let Some(size) = self.sizes.get(&BlobKey::cas(key.hash)) else {
                     tracing::debug!(hash = %key.hash, "grpc_proxy: size unknown, cannot ask for the blob");
                     return Ok(None);
                 };

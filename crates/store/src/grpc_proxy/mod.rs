@@ -10,7 +10,7 @@
 //!
 //! REAPI names a blob by hash **and size**, and the proxy asks for blobs by
 //! hash alone (an HTTP `GET /cas/{hash}` carries no size). The sizes come
-//! from what this backend has seen (`sizes.rs`): the blobs an ActionResult
+//! from what this backend has seen (kept in the proxy's `ExpiringMap`): the blobs an ActionResult
 //! fetched or uploaded through it references, the digests of
 //! FindMissingBlobs, uploads. That is every blob a build reads after an
 //! action cache hit; a blob whose size was never seen is a miss, never an
@@ -24,9 +24,11 @@
 //! # Layout
 //! - `backend.rs`: [`GrpcBackend`], the [`Backend`](crate::proxy::Backend)
 //!   over tonic clients
-//! - `sizes.rs`: the bounded map of blob sizes seen
+//!
+//! The sizes of blobs seen (REAPI names a blob by hash and size; the proxy
+//! asks by hash) are kept in the proxy's bounded
+//! [`ExpiringMap`](crate::proxy::expiring_map::ExpiringMap).
 
 mod backend;
-mod sizes;
 
 pub use backend::GrpcBackend;

@@ -34,15 +34,17 @@ const MAX_SHARDS: usize = 64;
 type Fingerprint = [u64; 2];
 
 fn fingerprint(key: &BlobKey) -> Fingerprint {
-    let h = &key.hash.0;
+    let h = key.hash.bytes();
     let word = |i: usize| {
         let mut b = [0u8; 8];
         b.copy_from_slice(&h[i * 8..i * 8 + 8]);
         u64::from_le_bytes(b)
     };
+    // `Hash::fingerprint` is word 0 told apart by digest function.
+    let first = key.hash.fingerprint();
     match key.kind {
-        Kind::Cas => [word(0), word(1)],
-        Kind::Ac => [!word(0), !word(1)],
+        Kind::Cas => [first, word(1)],
+        Kind::Ac => [!first, !word(1)],
     }
 }
 

@@ -18,7 +18,7 @@
 //!   interval (`timestamp_refresh.rs`).
 
 mod backend;
-mod expiring_map;
+pub(crate) mod expiring_map;
 mod local;
 mod ordering;
 mod presence_cache;

@@ -175,13 +175,14 @@ impl ProxyStore {
         let Some(bytes) = read_all(local, key, MAX_ACTION_RESULT_BYTES).await? else {
             return Ok(Vec::new());
         };
-        let Ok(ar) = action_result::decode(&bytes) else {
+        let function = key.hash.function();
+        let Ok(ar) = action_result::decode(function, &bytes) else {
             return Ok(Vec::new());
         };
-        let mut blobs = action_result::referenced_blobs(&ar);
-        for tree in action_result::tree_digests(&ar) {
+        let mut blobs = action_result::referenced_blobs(function, &ar);
+        for tree in action_result::tree_digests(function, &ar) {
             if let Ok(Some(tree)) = action_result::read_tree(local, &tree).await {
-                blobs.extend(action_result::tree_files(&tree));
+                blobs.extend(action_result::tree_files(function, &tree));
             }
         }
         // The empty blob is never stored or uploaded (`empty_blob.rs`).

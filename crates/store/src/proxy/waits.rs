@@ -26,9 +26,7 @@ use bazel_cache_digest::{BlobKey, Hash, Kind};
 const RECENT_UPLOADS: usize = 1 << 16;
 
 fn fingerprint(hash: &Hash) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&hash.0[..8]);
-    u64::from_le_bytes(b)
+    hash.fingerprint()
 }
 
 #[derive(Default)]

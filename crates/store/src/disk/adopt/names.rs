@@ -12,7 +12,7 @@
 //! concurrent writes of one key. load.go's pattern also admits a size on
 //! `.v1` names; it is accepted and checked.
 
-use bazel_cache_digest::Hash;
+use bazel_cache_digest::{DigestFunction, Hash};
 
 /// The three trees of a bazel-remote `dir`, in the order they are read.
 pub(super) const TREES: [(&str, Tree); 3] = [
@@ -50,7 +50,8 @@ pub(super) fn parse(tree: Tree, name: &str) -> Option<(Hash, Form)> {
     if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
         return None;
     }
-    let hash = Hash::from_hex(hex).ok()?;
+    // bazel-remote names blobs with SHA-256 only.
+    let hash = Hash::from_hex(DigestFunction::Sha256, hex).ok()?;
     let fields: Vec<&str> = rest.strip_prefix('-')?.split('-').collect();
     let (size, random) = match fields.as_slice() {
         [random] => (None, *random),
@@ -89,7 +90,7 @@ mod tests {
     #[test]
     fn parses_what_bazel_remote_writes_and_nothing_else() {
         let h = "9c".repeat(32);
-        let hash = Hash::from_hex(&h).unwrap();
+        let hash = Hash::from_hex(DigestFunction::Sha256, &h).unwrap();
         let casblob = Form::CasBlob { size: 1234 };
         assert_eq!(
             parse(Tree::Cas, &format!("{h}-1234-012345678")),

@@ -9,7 +9,7 @@ use std::path::Path;
 use super::names::{Form, Tree};
 use crate::Encoding;
 use crate::s3::casblob::{self, CHUNK_TABLE_OFFSET, Compression};
-use bazel_cache_digest::{Hash, Hasher};
+use bazel_cache_digest::{DigestFunction, Hash, Hasher};
 
 /// Largest zstd window an adopted blob may use: the one our read path
 /// allows (zstd_decode.rs), so what verifies here can be served.
@@ -70,7 +70,8 @@ pub(super) fn verify(
                 return Err(Refused::Unsupported(format!("an AC entry of {len} bytes")));
             }
             let bytes = std::fs::read(path)?;
-            match crate::action_result::decode(&bytes) {
+            // bazel-remote names blobs with SHA-256 only.
+            match crate::action_result::decode(DigestFunction::Sha256, &bytes) {
                 Ok(_) => Ok(Verified {
                     size: bytes.len() as u64,
                     encoding: Encoding::Identity,
@@ -136,7 +137,7 @@ fn casblob(mut file: File, len: u64, hash: &Hash, size: u64) -> Result<Verified,
 /// Reads `input` to its end: its bytes must hash to `hash` and be `size`
 /// long. A read error of a `decoding` input is about the content.
 fn hashes_to(mut input: impl Read, hash: &Hash, size: u64, decoding: bool) -> Result<(), Refused> {
-    let mut hasher = Hasher::new();
+    let mut hasher = Hasher::new(hash.function());
     let mut buf = vec![0u8; 256 << 10];
     loop {
         let n = match input.read(&mut buf) {

@@ -31,7 +31,11 @@ const KIB: usize = 1024;
 /// Incompressible bytes, different for every seed: a chain of SHA-256s.
 fn blob(len: usize, seed: u8) -> Vec<u8> {
     (0u32..)
-        .flat_map(|i| Hash::of(&[&[seed][..], &i.to_le_bytes()].concat()).0)
+        .flat_map(|i| {
+            Hash::of(&[&[seed][..], &i.to_le_bytes()].concat())
+                .bytes()
+                .to_vec()
+        })
         .take(len)
         .collect()
 }

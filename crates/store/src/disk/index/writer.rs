@@ -16,6 +16,7 @@ use super::accounting::{Reservation, SharedStats, Totals};
 use super::committer::{Change, Committer, Meta, ToCommitter};
 use super::pending::Pending;
 use super::*;
+use bazel_cache_digest::{DigestFunction, Hash};
 
 /// A finished blob that the writer moves into place and indexes.
 pub(in crate::disk) struct Insert {
@@ -242,9 +243,7 @@ impl Writer {
         Ok(Writer {
             pause_in_group_commit,
             presence,
-            presence_cursor: BlobKey::cas(bazel_cache_digest::Hash([0; 32]))
-                .to_bytes()
-                .to_vec(),
+            presence_cursor: BlobKey::cas(Hash::sha256([0; 32])).to_bytes().to_vec(),
             durable: GroupSync::new(layout.tmp_dir())?,
             index,
             layout,
@@ -340,6 +339,7 @@ impl Writer {
             let txn = self.index.db.begin_read().map_err(index_err)?;
             let table = txn.open_table(ENTRIES).map_err(index_err)?;
             let mut last = None;
+            let mut jump = None;
             let mut n = 0;
             for row in table
                 .range(self.presence_cursor.as_slice()..)
@@ -350,6 +350,9 @@ impl Writer {
                     continue;
                 };
                 if key.kind != Kind::Cas {
+                    // The AC keys between two functions' CAS keys: go on
+                    // from the next function's first CAS key, if any.
+                    jump = Some(next_cas_start(k.value()));
                     break;
                 }
                 let entry = match self.index.pending.get(&key) {
@@ -365,8 +368,12 @@ impl Writer {
                     break;
                 }
             }
-            match last {
-                Some(mut key) if n == PRESENCE_SLICE => {
+            match (jump, last) {
+                (Some(Some(start)), _) => {
+                    self.presence_cursor = start;
+                    Ok(false)
+                }
+                (_, Some(mut key)) if n == PRESENCE_SLICE => {
                     // The smallest key after `key`.
                     key.push(0);
                     self.presence_cursor = key;
@@ -795,6 +802,15 @@ impl Writer {
     }
 }
 
+/// The first CAS key (index byte form) of a digest function whose keys
+/// sort after `key`: where the presence map's load goes on after AC keys.
+fn next_cas_start(key: &[u8]) -> Option<Vec<u8>> {
+    DigestFunction::ALL
+        .into_iter()
+        .map(|f| BlobKey::cas(Hash::new(f, [0; 32])).to_bytes().to_vec())
+        .find(|start| start.as_slice() > key)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -804,7 +820,7 @@ mod tests {
     fn touches_keep_the_order_of_each_keys_last_read() {
         let key = |b: u8| BlobKey {
             kind: Kind::Cas,
-            hash: Hash([b; 32]),
+            hash: Hash::sha256([b; 32]),
         };
         // Read 9, 1, 5, then 9 again: 9 is the most recent, 1 the oldest.
         let got = in_order_of_last_use(vec![key(9), key(1), key(5), key(9)]);
