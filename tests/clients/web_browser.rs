@@ -14,10 +14,13 @@
 //! 4. With htpasswd on, the browser without credentials gets the 401 and no
 //!    console page.
 //!
-//! The screenshots in docs/images come from this test:
+//! 5. `/ui/explain`: two real builds with one source file changed; their
+//!    execution logs uploaded through the form; the report names the file.
+//!
+//! The screenshots in docs/images come from these tests:
 //! `BAZEL_CACHE_SCREENSHOT_DIR=docs/images` (scripts/screenshot.sh) writes
-//! `console-overview.png` and `console-action.png` there; otherwise they go
-//! to a temporary directory.
+//! `console-overview.png`, `console-action.png` and `console-explain.png`
+//! there; otherwise they go to a temporary directory.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -393,7 +396,7 @@ async fn explain_page_names_the_changed_source() {
     let report = report.as_str().unwrap().to_string();
     eprintln!("[web_browser] /ui/explain said:\n{report}");
     let misses = browser.text_of("#misses").await.unwrap_or_default();
-    assert!(misses.contains("root cause"), "{report}");
+    assert!(misses.to_lowercase().contains("root cause"), "{report}");
     assert!(misses.contains("changed.txt"), "{report}");
     assert!(misses.contains("upper.txt"), "{report}");
     assert!(
