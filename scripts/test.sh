@@ -31,6 +31,8 @@ export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 missing=()
 command -v bazel >/dev/null 2>&1 || missing+=(bazel-bootstrap)      # Bazel 4.2.3: tests/clients
 command -v ccache >/dev/null 2>&1 || missing+=(ccache)               # ccache's layout=bazel remote storage: tests/clients
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)           # the browser of tests/clients/web_browser.rs
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver) # its WebDriver server
 command -v gcc >/dev/null 2>&1 || missing+=(build-essential)         # the C/C++ the clients compile; cargo install
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)             # certificates for the TLS tests
 command -v htpasswd >/dev/null 2>&1 || missing+=(apache2-utils)      # htpasswd entries: tests/api/auth.rs

@@ -25,6 +25,8 @@
 //! - `grpc/`: REAPI v2 cache services and ByteStream, translated likewise.
 //! - `metrics/`: Prometheus `/metrics` and the access log, as layers and
 //!   collectors around the front ends and over the stores' counters.
+//! - `web/`: the web console (`/`, `/ui/`): overview, charts, action
+//!   result explorer, cache-miss explanation; served by the HTTP front end.
 //! - `log_writer.rs`: log lines written out in batches by a thread.
 //! - `malloc_trim.rs`: gives memory freed after a burst back to the OS.
 //! - `sd_notify.rs`: systemd readiness.
@@ -40,3 +42,4 @@ pub(crate) mod metrics;
 pub(crate) mod reload;
 pub(crate) mod sd_notify;
 pub mod server;
+pub mod web;

@@ -9,6 +9,8 @@ use std::process::ExitCode;
 use bazel_cache::config::{self, Config, LogFormat, LogTimezone, Mode};
 use bazel_cache::server::Server;
 use bazel_cache_store::Store as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
     // `bench` is a client: it runs before (and without) the server's configuration.
@@ -119,11 +121,15 @@ fn init_logging(config: &Config) -> bazel_cache::log_writer::Guard {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     // Timestamps are UTC (RFC 3339) unless log_timezone is "none"; "local"
     // is accepted but logged as UTC, which log collectors expect anyway.
+    // The web console's "Recent errors" copies warnings and errors.
+    let recent = bazel_cache::web::recent_errors::layer();
     match (config.log_format, config.log_timezone) {
-        (LogFormat::Json, LogTimezone::None) => builder.json().without_time().init(),
-        (LogFormat::Json, _) => builder.json().init(),
-        (LogFormat::Text, LogTimezone::None) => builder.without_time().init(),
-        (LogFormat::Text, _) => builder.init(),
+        (LogFormat::Json, LogTimezone::None) => {
+            builder.json().without_time().finish().with(recent).init()
+        }
+        (LogFormat::Json, _) => builder.json().finish().with(recent).init(),
+        (LogFormat::Text, LogTimezone::None) => builder.without_time().finish().with(recent).init(),
+        (LogFormat::Text, _) => builder.finish().with(recent).init(),
     }
     guard
 }

@@ -19,6 +19,7 @@ use crate::http::{self, HttpOptions, HttpState};
 use crate::listen::tls::{self, TlsError};
 use crate::listen::{self, ConnectionLimits, Listener, Port};
 use crate::metrics::{CountingStore, Metrics, MetricsOptions};
+use crate::web::WebState;
 use bazel_cache_store::EmptyBlob;
 use bazel_cache_store::asset_download::{AddressPolicy, Downloader, DownloaderOptions};
 use bazel_cache_store::budget::{DEFAULT_MEMORY_WAIT, MemoryBudget};
@@ -408,6 +409,22 @@ impl Server {
             endpoint_metrics = self.config.enable_endpoint_metrics,
             "Prometheus metrics on /metrics"
         );
+        let web = self.config.web_console.then(|| {
+            let store = self.store.clone();
+            let web = Arc::new(WebState::new(
+                self.config.tls.is_some(),
+                self.grpc_addr().map(|a| a.port()),
+                self.auth.uses_basic_auth(),
+                Box::new(move || store.evictions()),
+                self.presence.clone(),
+                self.proxy.clone().map(|proxy| {
+                    Box::new(move || proxy.queue_stats().pending.load(Ordering::Relaxed))
+                        as Box<dyn Fn() -> u64 + Send + Sync>
+                }),
+            ));
+            web.history.spawn_sampler(&metrics);
+            web
+        });
         let last_request = Arc::new(AtomicU64::new(unix_now()));
         let touched = last_request.clone();
         let state = Arc::new(HttpState {
@@ -439,6 +456,7 @@ impl Server {
                 let store = self.store.clone();
                 Box::new(move |body| store.guard_upload(body))
             },
+            web,
         });
         self.auth.spawn_reloader();
         if let Some(cert) = &self.server_cert {

@@ -119,6 +119,7 @@ pub(crate) const ACCESS_LOG_LEVEL: &str = "all";
 pub(crate) const LOG_TIMEZONE: &str = "UTC";
 pub(crate) const LOG_FORMAT: &str = "text";
 pub(crate) const ENABLE_ENDPOINT_METRICS: bool = false;
+pub(crate) const WEB_CONSOLE: bool = true;
 /// bazel-remote's default histogram buckets, in seconds; defined by the
 /// store's histogram, which the metrics use without a config too.
 pub(crate) const DURATION_BUCKETS: [f64; 10] = bazel_cache_store::histogram::DEFAULT_BUCKETS;

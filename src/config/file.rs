@@ -62,6 +62,7 @@ pub(super) struct Schema {
     pub log_timezone: Option<String>,
     pub log_format: Option<String>,
     pub enable_endpoint_metrics: Option<bool>,
+    pub web_console: Option<bool>,
     pub endpoint_metrics_duration_buckets: Option<Vec<Seconds>>,
     pub http_metrics_prefix: Option<bool>,
 

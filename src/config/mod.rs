@@ -181,6 +181,8 @@ pub struct Config {
     pub log_format: LogFormat,
     pub log_timezone: LogTimezone,
     pub enable_endpoint_metrics: bool,
+    /// The web console on `/` and `/ui/` of the HTTP port (`src/web/`).
+    pub web_console: bool,
     /// Histogram buckets (seconds) for endpoint metrics, sorted ascending.
     pub endpoint_metrics_duration_buckets: Vec<f64>,
     /// Prefix HTTP metric names with `bazel_remote`.

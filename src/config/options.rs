@@ -453,6 +453,14 @@ pub(super) static OPTIONS: &[Opt] = &[
         heading: LOGS,
     },
     Opt {
+        key: "web_console",
+        env: &["BAZEL_REMOTE_WEB_CONSOLE"],
+        kind: Kind::Bool,
+        default: DefaultHelp::Value(|| defaults::WEB_CONSOLE.to_string()),
+        help: "Serve the web console (/ and /ui/) on the HTTP port.",
+        heading: LOGS,
+    },
+    Opt {
         key: "enable_endpoint_metrics",
         env: &["BAZEL_REMOTE_ENABLE_ENDPOINT_METRICS"],
         kind: Kind::Bool,

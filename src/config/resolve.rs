@@ -282,6 +282,7 @@ impl Resolver<'_> {
             enable_endpoint_metrics: s
                 .enable_endpoint_metrics
                 .unwrap_or(defaults::ENABLE_ENDPOINT_METRICS),
+            web_console: s.web_console.unwrap_or(defaults::WEB_CONSOLE),
             endpoint_metrics_duration_buckets,
             http_metrics_prefix: s
                 .http_metrics_prefix

@@ -84,6 +84,8 @@ pub struct HttpState {
     /// body the front end reads itself before it puts it: an action-cache
     /// entry it validates. Bodies handed to the store are guarded there.
     pub guard_upload: Box<dyn Fn(BlobReader) -> BlobReader + Send + Sync>,
+    /// The web console on `/` and `/ui/`, unless `web_console: false`.
+    pub web: Option<Arc<crate::web::WebState>>,
 }
 
 /// What a request knows of its connection.
@@ -169,7 +171,12 @@ async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respo
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let endpoint = Endpoint::of(&path);
+    let console = state.web.is_some() && crate::web::is_console_path(&path);
+    let endpoint = if console {
+        Endpoint::Console
+    } else {
+        Endpoint::of(&path)
+    };
     let bytes_in = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -182,7 +189,21 @@ async fn handle(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respo
     };
     let resp = close_after_refused_body(&method, version, resp);
     let http_metrics = state.metrics.http();
-    http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
+    if !console {
+        http_metrics.record_lookup(&method, &path, state.options.validate_ac, resp.status());
+    }
+    if let Some(traffic) = state.metrics.traffic()
+        && endpoint == Endpoint::Cache
+    {
+        let bytes_out = if method == Method::HEAD {
+            0
+        } else {
+            http_body::Body::size_hint(resp.body()).exact().unwrap_or(0)
+        };
+        traffic
+            .http
+            .record(bytes_in.unwrap_or(0), bytes_out, started.elapsed());
+    }
     let timer = http_metrics.record(endpoint, &method, resp.status(), started);
     if state.options.access_log {
         access_log::http_request(&method, &path, &resp, bytes_in, &conn.peer, started);
@@ -203,6 +224,20 @@ async fn route(state: &HttpState, req: Request<Incoming>, conn: &Conn) -> Respon
             Method::GET | Method::HEAD => metrics_page(state).await,
             _ => method_not_allowed("GET, HEAD"),
         },
+        path if state.web.is_some() && crate::web::is_console_path(path) => {
+            // The console shows what reads show: it asks for read access,
+            // whatever the method (its one POST, /ui/explain, stores nothing).
+            match authorize_as(state, &req, conn, Access::Read).await {
+                Ok(()) => {
+                    let web = state.web.clone().expect("checked above");
+                    crate::web::handle(state, &web, req).await
+                }
+                Err(denied) => {
+                    discard_small_body(req.into_body()).await;
+                    unauthorized(state, denied)
+                }
+            }
+        }
         _ => match authorize(state, &req, conn).await {
             Ok(()) => cache::handle(state, req).await,
             Err(denied) => {
@@ -293,13 +328,23 @@ fn close_after_refused_body(
 /// Applies [`Authenticator`] to a cache request: GET and HEAD read,
 /// everything else (PUT, and methods the cache will refuse) writes.
 async fn authorize(state: &HttpState, req: &Request<Incoming>, conn: &Conn) -> Result<(), Denied> {
-    if !state.auth.enabled() {
-        return Ok(());
-    }
     let access = match *req.method() {
         Method::GET | Method::HEAD => Access::Read,
         _ => Access::Write,
     };
+    authorize_as(state, req, conn, access).await
+}
+
+/// [`authorize`] for a given access.
+async fn authorize_as(
+    state: &HttpState,
+    req: &Request<Incoming>,
+    conn: &Conn,
+    access: Access,
+) -> Result<(), Denied> {
+    if !state.auth.enabled() {
+        return Ok(());
+    }
     let authorization = req
         .headers()
         .get(header::AUTHORIZATION)

@@ -22,6 +22,7 @@ use super::access_log::AccessRecord;
 use super::counting_store::IN_ACTION_CACHE_RPC;
 use super::histogram::{AtomicHistogram, Buckets, HistogramFamily};
 use super::lookups::{LookupKind, LookupMethod, Lookups};
+use super::traffic::Traffic;
 
 /// Every RPC this server serves: (service, method, go-grpc-prometheus's
 /// `grpc_type`). Calls of other paths are not counted (as in grpc-go, whose
@@ -108,6 +109,8 @@ pub struct GrpcMetrics {
     pub(super) handling: HistogramFamily<GrpcLabels>,
     series: Box<[MethodSeries]>,
     lookups: Arc<Lookups>,
+    /// The web console's per-protocol counters, when it is on.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl GrpcMetrics {
@@ -121,7 +124,13 @@ impl GrpcMetrics {
                 .map(|_| MethodSeries::default())
                 .collect(),
             lookups,
+            traffic: None,
         }
+    }
+
+    pub(super) fn with_traffic(mut self, traffic: Option<Arc<Traffic>>) -> Self {
+        self.traffic = traffic;
+        self
     }
 
     fn labels(index: usize) -> GrpcLabels {
@@ -147,7 +156,10 @@ impl GrpcMetrics {
         Some((self.clone(), index, Instant::now()))
     }
 
-    fn finish(&self, index: usize, code: i32, elapsed: Duration) {
+    fn finish(&self, index: usize, code: i32, elapsed: Duration, bytes: (u64, u64)) {
+        if let Some(traffic) = &self.traffic {
+            traffic.grpc.record(bytes.0, bytes.1, elapsed);
+        }
         let code_index = usize::try_from(code)
             .ok()
             .filter(|c| *c < GRPC_CODES.len())
@@ -181,6 +193,10 @@ impl GrpcMetrics {
 struct GrpcCall {
     metered: Option<(Arc<GrpcMetrics>, usize, Instant)>,
     log: Option<AccessRecord>,
+    /// Request bytes received, when counted (access log, console).
+    bytes_in: Option<Arc<AtomicU64>>,
+    /// Response bytes sent so far.
+    sent: u64,
 }
 
 impl GrpcCall {
@@ -192,7 +208,11 @@ impl GrpcCall {
 
     fn finish(&mut self, code: i32) {
         if let Some((metrics, index, started)) = self.metered.take() {
-            metrics.finish(index, code, started.elapsed());
+            let bytes_in = self
+                .bytes_in
+                .as_ref()
+                .map_or(0, |b| b.load(Ordering::Relaxed));
+            metrics.finish(index, code, started.elapsed(), (bytes_in, self.sent));
         }
         if let Some(log) = self.log.take() {
             let status = usize::try_from(code)
@@ -282,17 +302,23 @@ where
         let log = self
             .access_log
             .then(|| AccessRecord::new(&req, bytes_in.clone()));
-        let counting = log.is_some();
+        let counting = log.is_some() || self.metrics.as_ref().is_some_and(|m| m.traffic.is_some());
+        let bytes_in = counting.then_some(bytes_in);
         let req = req.map(|inner| CountedBody {
             inner,
-            bytes: counting.then_some(bytes_in),
+            bytes: bytes_in.clone(),
         });
         let future = self.inner.call(req);
         Box::pin(async move {
             if metered.is_none() && log.is_none() {
                 return future.await.map(|resp| resp.map(MeteredBody::plain));
             }
-            let mut call = GrpcCall { metered, log };
+            let mut call = GrpcCall {
+                metered,
+                log,
+                bytes_in,
+                sent: 0,
+            };
             let result = if call.is_action_cache() {
                 IN_ACTION_CACHE_RPC.scope((), future).await
             } else {
@@ -377,11 +403,11 @@ impl<B: HttpBody<Data = Bytes> + Unpin> HttpBody for MeteredBody<B> {
         let polled = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         match &polled {
             Some(Ok(frame)) => {
-                if let (Some(data), Some(log)) = (
-                    frame.data_ref(),
-                    self.call.as_mut().and_then(|c| c.log.as_mut()),
-                ) {
-                    log.sent(data.len() as u64);
+                if let (Some(data), Some(call)) = (frame.data_ref(), self.call.as_mut()) {
+                    call.sent += data.len() as u64;
+                    if let Some(log) = call.log.as_mut() {
+                        log.sent(data.len() as u64);
+                    }
                 }
                 if let Some(code) = frame.trailers_ref().and_then(grpc_status)
                     && let Some(mut call) = self.call.take()
@@ -425,6 +451,8 @@ mod tests {
         let mut call = GrpcCall {
             metered: m.start("/build.bazel.remote.execution.v2.ActionCache/GetActionResult"),
             log: None,
+            bytes_in: None,
+            sent: 0,
         };
         assert!(call.is_action_cache());
         call.finish(CODE_NOT_FOUND);
@@ -438,6 +466,8 @@ mod tests {
         drop(GrpcCall {
             metered: m.start("/grpc.health.v1.Health/Watch"),
             log: None,
+            bytes_in: None,
+            sent: 0,
         });
         let mut registry = Registry::default();
         registry.register("grpc_server_handled", "h", m.handled.clone());

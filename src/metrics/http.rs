@@ -27,6 +27,8 @@ pub(crate) enum Endpoint {
     Cache = 0,
     Status = 1,
     Metrics = 2,
+    /// The web console's pages (`handler="console"`).
+    Console = 3,
 }
 
 impl Endpoint {
@@ -66,7 +68,7 @@ fn method_label(method: &Method) -> &'static str {
 /// Status codes this server answers with, whose series are cached.
 const CACHED_CODES: [u16; 6] = [200, 400, 404, 405, 500, 507];
 const CACHED_METHODS: usize = 3; // GET, HEAD, PUT
-const ENDPOINTS: usize = 3;
+const ENDPOINTS: usize = 4;
 
 #[derive(Clone)]
 struct HttpSeries {
@@ -110,6 +112,7 @@ impl HttpMetrics {
                     Endpoint::Cache => method,
                     Endpoint::Status => "status",
                     Endpoint::Metrics => "metrics",
+                    Endpoint::Console => "console",
                 },
                 method,
             };

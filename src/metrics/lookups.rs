@@ -43,6 +43,15 @@ pub(super) struct LookupLabels {
     status: &'static str,
 }
 
+/// Lookup counts summed for the web console.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct LookupTotals {
+    pub(crate) ac_hits: u64,
+    pub(crate) ac_misses: u64,
+    pub(crate) cas_hits: u64,
+    pub(crate) cas_misses: u64,
+}
+
 /// `bazel_remote_incoming_requests_total{method,kind,status}`: cache
 /// lookups by outcome (`hit` or `miss`), as bazel-remote counts them.
 pub(crate) struct Lookups {
@@ -85,6 +94,27 @@ impl Lookups {
                 status: if hit { "hit" } else { "miss" },
             })
         })
+    }
+
+    /// Hits and misses so far, AC (validated or raw) and CAS (get and
+    /// contains together), for the web console's hit-ratio charts.
+    pub(crate) fn totals(&self) -> LookupTotals {
+        let mut t = LookupTotals::default();
+        for method in [LookupMethod::Get, LookupMethod::Contains] {
+            for kind in [LookupKind::Ac, LookupKind::Raw, LookupKind::Cas] {
+                let index = (method as usize * 3 + kind as usize) * 2;
+                let n = |i: usize| self.cells[i].get().map_or(0, Counter::get);
+                let (hits, misses) = (n(index + 1), n(index));
+                if kind == LookupKind::Cas {
+                    t.cas_hits += hits;
+                    t.cas_misses += misses;
+                } else {
+                    t.ac_hits += hits;
+                    t.ac_misses += misses;
+                }
+            }
+        }
+        t
     }
 
     pub(super) fn record(&self, method: LookupMethod, kind: LookupKind, hit: bool) {

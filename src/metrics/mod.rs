@@ -36,7 +36,10 @@
 //! - `counting_store.rs`: the store decorator that counts gRPC lookups;
 //! - `http.rs`: the per-request HTTP series;
 //! - `grpc.rs`: the tower layer behind the `grpc_server_*` series;
-//! - `access_log.rs`: the access-log lines of both front ends.
+//! - `access_log.rs`: the access-log lines of both front ends;
+//! - `traffic.rs`: requests, bytes and latency per protocol for the web
+//!   console's charts (with `web_console`, which also keeps the lookup and
+//!   gRPC counters running, unexported, without endpoint metrics).
 
 pub(crate) mod access_log;
 mod connections;
@@ -48,6 +51,7 @@ mod lookups;
 mod process;
 mod proxy_caches;
 mod store_collector;
+pub(crate) mod traffic;
 
 use std::fmt::{self, Write as _};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,7 +69,8 @@ use bazel_cache_store::s3::S3Backend;
 pub(crate) use counting_store::CountingStore;
 pub(crate) use grpc::{GrpcMetrics, GrpcMetricsLayer};
 pub(crate) use http::{Endpoint, HttpMetrics};
-pub(crate) use lookups::Lookups;
+pub(crate) use lookups::{LookupTotals, Lookups};
+pub(crate) use traffic::Traffic;
 
 use histogram::Buckets;
 use store_collector::{S3Refs, StoreCollector};
@@ -91,6 +96,8 @@ pub(crate) struct MetricsOptions {
     /// queries it); without the prefix option the same histogram is also
     /// exported under bazel-remote's unprefixed name.
     pub(crate) http_metrics_prefix: bool,
+    /// `web_console`: count traffic for its charts ([`Traffic`], lookups).
+    pub(crate) console: bool,
 }
 
 impl Default for MetricsOptions {
@@ -99,6 +106,7 @@ impl Default for MetricsOptions {
             endpoint_metrics: false,
             duration_buckets: DEFAULT_BUCKETS.to_vec(),
             http_metrics_prefix: false,
+            console: false,
         }
     }
 }
@@ -109,6 +117,7 @@ impl MetricsOptions {
             endpoint_metrics: config.enable_endpoint_metrics,
             duration_buckets: config.endpoint_metrics_duration_buckets.clone(),
             http_metrics_prefix: config.http_metrics_prefix,
+            console: config.web_console,
         }
     }
 }
@@ -127,6 +136,8 @@ pub struct Metrics {
     /// Last use of the least recently used entry (Unix seconds; 0 = empty),
     /// refreshed by each scrape before encoding.
     oldest_access: Arc<AtomicU64>,
+    /// Per-protocol traffic for the web console, with `console`.
+    traffic: Option<Arc<Traffic>>,
 }
 
 impl fmt::Debug for Metrics {
@@ -152,13 +163,19 @@ impl Metrics {
         let mut registry = Registry::default();
         let buckets = Buckets(opts.duration_buckets.clone().into());
 
-        let lookups = opts.endpoint_metrics.then(|| {
+        // The console's hit ratios read the lookup counts, so with it they
+        // are kept (but only exported with endpoint metrics).
+        let traffic = opts.console.then(|| Arc::new(Traffic::default()));
+        let counted = opts.endpoint_metrics || opts.console;
+        let lookups = counted.then(|| {
             let lookups = Arc::new(Lookups::new());
-            registry.register(
-                "bazel_remote_incoming_requests",
-                "The number of incoming cache requests",
-                lookups.family.clone(),
-            );
+            if opts.endpoint_metrics {
+                registry.register(
+                    "bazel_remote_incoming_requests",
+                    "The number of incoming cache requests",
+                    lookups.family.clone(),
+                );
+            }
             lookups
         });
 
@@ -180,11 +197,17 @@ impl Metrics {
             }
         }
 
-        let grpc = opts.endpoint_metrics.then(|| {
-            let grpc = Arc::new(GrpcMetrics::new(
-                &buckets,
-                lookups.clone().expect("lookups exist with endpoint metrics"),
-            ));
+        let grpc = counted.then(|| {
+            let grpc = Arc::new(
+                GrpcMetrics::new(
+                    &buckets,
+                    lookups.clone().expect("lookups exist with endpoint metrics"),
+                )
+                .with_traffic(traffic.clone()),
+            );
+            if !opts.endpoint_metrics {
+                return grpc;
+            }
             registry.register(
                 "grpc_server_started",
                 "Total number of RPCs started on the server",
@@ -219,6 +242,7 @@ impl Metrics {
             s3,
             url_proxy: None,
             oldest_access,
+            traffic,
         }
     }
 
@@ -269,7 +293,13 @@ impl Metrics {
         self.grpc.clone()
     }
 
-    /// `bazel_remote_incoming_requests_total`, with endpoint metrics.
+    /// Per-protocol traffic, with the web console.
+    pub(crate) fn traffic(&self) -> Option<&Arc<Traffic>> {
+        self.traffic.as_ref()
+    }
+
+    /// `bazel_remote_incoming_requests_total`, with endpoint metrics (or
+    /// the web console: counted, not exported).
     pub(crate) fn lookups(&self) -> Option<Arc<Lookups>> {
         self.lookups.clone()
     }

@@ -748,3 +748,32 @@ fn a_renewed_certificate_is_served_without_a_restart() {
     let (_, stderr) = server.output();
     assert!(stderr.contains("TLS certificate reloaded"), "{stderr}");
 }
+
+/// The web console over mTLS: the `.bazelrc` lines say `grpcs://` and
+/// `https://`, and without a client certificate there is no page.
+#[test]
+fn console_over_mtls_names_tls_schemes_and_needs_the_certificate() {
+    let p = pki();
+    let server = start(&tls_args(&p, true));
+    let url = format!("{}/", server.http_url);
+    let ok = curl_tls("GET", &url, None, &cert_args(&p.ca, Some(&p.client)));
+    assert_eq!(ok.code, 200, "{}", String::from_utf8_lossy(&ok.body));
+    let page = String::from_utf8_lossy(&ok.body);
+    let port = server.http_url.rsplit(':').next().unwrap();
+    assert!(
+        page.contains(&format!("build --remote_cache=https://127.0.0.1:{port}\n")),
+        "{page}"
+    );
+    assert!(
+        page.contains("build --remote_cache=grpcs://127.0.0.1:"),
+        "{page}"
+    );
+    let refused = curl_tls("GET", &url, None, &cert_args(&p.ca, None));
+    assert!(
+        refused.code == 0 || refused.code == 403 || refused.code == 401,
+        "no certificate: {} {}",
+        refused.code,
+        String::from_utf8_lossy(&refused.body)
+    );
+    assert!(!String::from_utf8_lossy(&refused.body).contains("bazelrc"));
+}

@@ -29,3 +29,4 @@ mod logs;
 mod metrics;
 mod remote_asset;
 mod url_proxies;
+mod web;

@@ -27,3 +27,4 @@ mod rolling_restart;
 mod s3;
 mod s3_client;
 mod upload_order;
+mod web;

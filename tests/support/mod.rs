@@ -3,8 +3,9 @@
 //! HTTP and file-system utilities, digests of test data; and, in
 //! submodules, S3 (`s3`: an s3s-fs server), certificates (`pki`), the
 //! Prometheus text format and PromQL (`prometheus`), the OpenTofu module
-//! evaluator (`tofu`) and what the deploy checks share (`deploy`), and the
-//! server run the way the NixOS module's unit runs it (`unit`).
+//! evaluator (`tofu`) and what the deploy checks share (`deploy`), the
+//! server run the way the NixOS module's unit runs it (`unit`), and a
+//! WebDriver client for headless Chromium (`webdriver`).
 //!
 //! The test binaries are `tests/<group>/main.rs` (api, store, s3, clients,
 //! deploy, bench) and `tests/s3_tls.rs`; each includes this module with
@@ -736,3 +737,4 @@ pub(crate) mod prometheus;
 pub(crate) mod s3;
 pub(crate) mod tofu;
 pub(crate) mod unit;
+pub(crate) mod webdriver;

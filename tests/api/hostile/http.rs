@@ -126,7 +126,13 @@ fn hostile_http_requests_get_their_status_and_change_nothing() {
         ),
         ("/metricsx", request("GET", "/metricsx", &[], b""), 404),
         // Unknown paths and methods.
-        ("root", request("GET", "/", &[], b""), 404),
+        // `/` is the web console's overview (on by default).
+        ("root", request("GET", "/", &[], b""), 200),
+        (
+            "console, unknown page",
+            request("GET", "/ui/nope", &[], b""),
+            404,
+        ),
         ("/ac alone", request("GET", "/ac", &[], b""), 400),
         ("/cas/ no hash", request("GET", "/cas/", &[], b""), 400),
         (
