@@ -417,10 +417,6 @@ impl Server {
                 self.auth.uses_basic_auth(),
                 Box::new(move || store.evictions()),
                 self.presence.clone(),
-                self.proxy.clone().map(|proxy| {
-                    Box::new(move || proxy.queue_stats().pending.load(Ordering::Relaxed))
-                        as Box<dyn Fn() -> u64 + Send + Sync>
-                }),
             ));
             web.history.spawn_sampler(&metrics);
             web

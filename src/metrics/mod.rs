@@ -357,8 +357,12 @@ impl Metrics {
                 out,
                 "# HELP bazel_cache_{backend}_proxy_upload_queue_length Uploads queued for the backend and not yet done\n\
                  # TYPE bazel_cache_{backend}_proxy_upload_queue_length gauge\n\
-                 bazel_cache_{backend}_proxy_upload_queue_length {}\n",
-                n(&proxy.queue_stats().pending)
+                 bazel_cache_{backend}_proxy_upload_queue_length {}\n\
+                 # HELP bazel_cache_{backend}_proxy_upload_queue_oldest_age_seconds How long the oldest upload still queued for the backend has waited (0 when none waits)\n\
+                 # TYPE bazel_cache_{backend}_proxy_upload_queue_oldest_age_seconds gauge\n\
+                 bazel_cache_{backend}_proxy_upload_queue_oldest_age_seconds {}\n",
+                n(&proxy.queue_stats().pending),
+                proxy.queue_stats().oldest_age().as_secs()
             );
         }
         out

@@ -298,6 +298,12 @@ impl Collector for StoreCollector {
         )?;
         gauge(
             &mut enc,
+            "bazel_cache_s3_upload_queue_oldest_age_seconds",
+            "How long the oldest upload still queued for S3 has waited (0 when none waits): how far behind S3 is",
+            q.oldest_age().as_secs(),
+        )?;
+        gauge(
+            &mut enc,
             "bazel_cache_s3_ac_uploads_waiting",
             "AC entries whose upload waits for the upload of CAS blobs they reference",
             proxy.ac_uploads_waiting() as u64,

@@ -1,12 +1,10 @@
 //! The last hour of traffic for the charts: a ring of [`CAPACITY`]
 //! 10-second samples, filled by one sampler task from the cumulative
-//! counters (`metrics::Traffic`, the lookup counts). The same task notes
-//! when the proxy's upload queue was last empty. Memory is fixed (360
+//! counters (`metrics::Traffic`, the lookup counts). Memory is fixed (360
 //! small samples); the page reads a copy under a mutex the sampler takes
 //! once per 10 s, so no request path ever waits on it.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -91,58 +89,20 @@ fn sample(at: u64, now: &Reading, before: &Reading, secs: f64) -> Sample {
     }
 }
 
-/// The ring of samples, and when the proxy's upload queue was last seen
-/// empty.
+/// The ring of samples.
 pub(crate) struct History {
     samples: Mutex<VecDeque<Sample>>,
-    /// Uploads queued in the proxy tier, when there is one.
-    queue_pending: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
-    /// Unix seconds at which the queue was last seen empty; 0 if it has
-    /// not been since start (it held uploads persisted by an earlier run).
-    queue_empty_at: AtomicU64,
 }
 
 impl Default for History {
     fn default() -> Self {
-        History::new(None)
+        History {
+            samples: Mutex::new(VecDeque::with_capacity(CAPACITY)),
+        }
     }
 }
 
 impl History {
-    pub(crate) fn new(queue_pending: Option<Box<dyn Fn() -> u64 + Send + Sync>>) -> History {
-        let history = History {
-            samples: Mutex::new(VecDeque::with_capacity(CAPACITY)),
-            queue_pending,
-            queue_empty_at: AtomicU64::new(0),
-        };
-        history.watch_queue();
-        history
-    }
-
-    /// Notes the time if the upload queue is empty now.
-    fn watch_queue(&self) {
-        if self.queue_pending.as_ref().is_some_and(|p| p() == 0) {
-            self.queue_empty_at
-                .store(bazel_cache_store::unix_now(), Ordering::Relaxed);
-        }
-    }
-
-    /// How long the upload queue has held uploads, to the sampler's 10 s:
-    /// an upper bound of its oldest item's age (the store keeps no
-    /// enqueue times). `None` without a queue or when it is empty;
-    /// `Some(None)` when it has not been empty since start.
-    pub(crate) fn queue_busy_for(&self) -> Option<Option<Duration>> {
-        self.watch_queue();
-        let pending = self.queue_pending.as_ref().map(|p| p())?;
-        if pending == 0 {
-            return None;
-        }
-        let at = self.queue_empty_at.load(Ordering::Relaxed);
-        Some(
-            (at > 0).then(|| Duration::from_secs(bazel_cache_store::unix_now().saturating_sub(at))),
-        )
-    }
-
     pub(crate) fn push(&self, s: Sample) {
         let mut samples = lock(&self.samples);
         if samples.len() == CAPACITY {
@@ -174,7 +134,6 @@ impl History {
                 let (Some(m), Some(h)) = (metrics.upgrade(), history.upgrade()) else {
                     return;
                 };
-                h.watch_queue();
                 let now = read(&m);
                 let secs = last.elapsed().as_secs_f64().max(1.0);
                 last = tokio::time::Instant::now();
@@ -190,22 +149,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn queue_busy_since_last_seen_empty() {
-        let pending = Arc::new(AtomicU64::new(3));
-        let p = pending.clone();
-        let h = History::new(Some(Box::new(move || p.load(Ordering::Relaxed))));
-        // Never seen empty: busy since before start.
-        assert_eq!(h.queue_busy_for(), Some(None));
-        pending.store(0, Ordering::Relaxed);
-        assert_eq!(h.queue_busy_for(), None);
-        pending.store(1, Ordering::Relaxed);
-        assert!(matches!(h.queue_busy_for(), Some(Some(d)) if d < Duration::from_secs(5)));
-    }
-
-    #[test]
     fn ring_is_bounded_and_ordered() {
         let h = History::default();
-        assert_eq!(h.queue_busy_for(), None);
         for i in 0..(CAPACITY as u64 + 5) {
             h.push(Sample {
                 at: i,

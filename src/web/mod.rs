@@ -78,11 +78,10 @@ impl WebState {
         basic_auth: bool,
         evictions: Box<dyn Fn() -> u64 + Send + Sync>,
         presence: Option<Arc<PresenceCache>>,
-        queue_pending: Option<Box<dyn Fn() -> u64 + Send + Sync>>,
     ) -> WebState {
         WebState {
             started: Instant::now(),
-            history: Arc::new(History::new(queue_pending)),
+            history: Arc::new(History::default()),
             tls,
             grpc_port,
             basic_auth,

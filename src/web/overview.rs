@@ -107,6 +107,12 @@ pub(super) fn live(state: &HttpState, web: &WebState) -> String {
     if let Some(status) = &state.backend_status {
         out.push_str("<section class=\"card\" id=\"backend\"><h2>Proxy tier</h2><table>");
         if let serde_json::Value::Object(fields) = status() {
+            // How far behind the backend is, in words: the oldest queued
+            // upload's wait (the queue keeps each entry's enqueue time).
+            let oldest = fields
+                .get("UploadQueueOldestAgeSeconds")
+                .and_then(|v| v.as_u64())
+                .filter(|_| fields.get("UploadsPending").and_then(|v| v.as_u64()) > Some(0));
             for (k, v) in fields {
                 let v = match v {
                     serde_json::Value::String(s) => s,
@@ -114,11 +120,16 @@ pub(super) fn live(state: &HttpState, web: &WebState) -> String {
                 };
                 row(&mut out, &k, &v);
             }
-        }
-        match web.history.queue_busy_for() {
-            Some(Some(d)) => row(&mut out, "queue non-empty for", &duration(d)),
-            Some(None) => row(&mut out, "queue non-empty for", "since before start"),
-            None => {}
+            if let Some(secs) = oldest {
+                row(
+                    &mut out,
+                    "oldest queued upload",
+                    &format!(
+                        "waiting for {}",
+                        duration(std::time::Duration::from_secs(secs))
+                    ),
+                );
+            }
         }
         if let Some(p) = &web.presence {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);

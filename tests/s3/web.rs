@@ -38,7 +38,11 @@ async fn overview_shows_the_s3_tier_and_no_secret() {
     }
     assert!(!page.contains(&s3.secret_key), "the secret key leaked");
     assert!(!page.contains(&s3.access_key), "the access key is shown");
-    assert!(!card.contains("queue non-empty"), "{card}");
+    assert!(!card.contains("oldest queued upload"), "{card}");
+    assert!(
+        card.contains("<th>UploadQueueOldestAgeSeconds</th><td>0</td>"),
+        "{card}"
+    );
 
     // S3 down: the upload waits in the queue, and the card says so.
     let mut s3 = s3;
@@ -57,5 +61,23 @@ async fn overview_shows_the_s3_tier_and_no_secret() {
         .text()
         .await
         .unwrap();
-    assert!(page.contains("<th>queue non-empty for</th>"), "{page}");
+    assert!(
+        page.contains("<th>oldest queued upload</th><td>waiting for "),
+        "{page}"
+    );
+    // The same figure for Prometheus, present while an upload waits.
+    let metrics = async_client()
+        .get(format!("{}/metrics", server.http_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("bazel_cache_s3_upload_queue_oldest_age_seconds ")),
+        "{metrics}"
+    );
 }

@@ -206,6 +206,9 @@ impl ProxyStore {
             "UploadRetries": n(&q.retries),
             "UploadsWaitedForBlobs": n(&q.waited),
             "UploadsWaitingForBlobs": self.ac_uploads_waiting(),
+            // How far behind the backend is: the oldest queued upload's
+            // wait, 0 when none waits.
+            "UploadQueueOldestAgeSeconds": q.oldest_age().as_secs(),
         })
     }
 

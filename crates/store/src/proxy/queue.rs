@@ -11,9 +11,11 @@
 //! or fails a client's write because the backend is behind.
 //!
 //! The writer also keeps the in-memory [`Waits`] in step with the table, so
-//! an ActionResult can wait for the CAS blobs still queued (`ordering.rs`).
+//! an ActionResult can wait for the CAS blobs still queued (`ordering.rs`),
+//! and counts entries per enqueue second, so the age of the oldest queued
+//! upload (how far behind the backend is) is known without a table scan.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +51,19 @@ pub struct QueueStats {
     /// Times an AC entry was set aside to wait for the upload of blobs it
     /// references.
     pub waited: AtomicU64,
+    /// Unix seconds at which the oldest entry still queued was queued; 0
+    /// when the queue is empty.
+    pub oldest_queued_at: AtomicU64,
+}
+
+impl QueueStats {
+    /// How long the oldest queued upload has waited; zero when none waits.
+    pub fn oldest_age(&self) -> Duration {
+        match self.oldest_queued_at.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            at => Duration::from_secs(unix_now().saturating_sub(at)),
+        }
+    }
 }
 
 enum Op {
@@ -77,6 +92,7 @@ impl UploadQueue {
         let (work_tx, work_rx) = mpsc::unbounded_channel();
         let stats = Arc::new(QueueStats::default());
         let mut waits = Waits::default();
+        let mut queued_at = QueuedAt::default();
         {
             let txn = db.begin_write().map_err(err)?;
             txn.open_table(PENDING).map_err(err)?;
@@ -87,13 +103,15 @@ impl UploadQueue {
                 .pending
                 .store(table.len().map_err(err)?, Ordering::Relaxed);
             for row in table.iter().map_err(err)? {
-                let (k, _) = row.map_err(err)?;
+                let (k, at) = row.map_err(err)?;
+                queued_at.add(at.value());
                 if let Some(key) = BlobKey::from_bytes(k.value()) {
                     waits.queued(&key);
                     let _ = work_tx.send(key);
                 }
             }
         }
+        queued_at.publish(&stats);
         let pending = stats.pending.load(Ordering::Relaxed);
         if pending > 0 {
             tracing::info!(pending, "resuming uploads queued by a previous run");
@@ -106,6 +124,7 @@ impl UploadQueue {
             stats: stats.clone(),
             work_tx: work_tx.clone(),
             waits: waits.clone(),
+            queued_at,
         };
         let writer = std::thread::Builder::new()
             .name("upload-queue".into())
@@ -197,16 +216,44 @@ enum Change {
     Left(BlobKey, bool),
 }
 
+/// How many queued entries were queued in each second (the table's
+/// values), so the oldest is the first key: a few bytes per distinct
+/// second, however many entries.
+#[derive(Default)]
+struct QueuedAt(BTreeMap<u64, u64>);
+
+impl QueuedAt {
+    fn add(&mut self, at: u64) {
+        *self.0.entry(at).or_default() += 1;
+    }
+
+    fn remove(&mut self, at: u64) {
+        if let Some(n) = self.0.get_mut(&at) {
+            *n -= 1;
+            if *n == 0 {
+                self.0.remove(&at);
+            }
+        }
+    }
+
+    fn publish(&self, stats: &QueueStats) {
+        let oldest = self.0.keys().next().copied().unwrap_or(0);
+        stats.oldest_queued_at.store(oldest, Ordering::Relaxed);
+    }
+}
+
 struct QueueWriter {
     db: Database,
     max_queued: u64,
     stats: Arc<QueueStats>,
     work_tx: mpsc::UnboundedSender<BlobKey>,
     waits: Arc<std::sync::Mutex<Waits>>,
+    /// Only this thread changes it, with the table.
+    queued_at: QueuedAt,
 }
 
 impl QueueWriter {
-    fn run(self, mut rx: mpsc::Receiver<Op>) {
+    fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         while let Some(op) = rx.blocking_recv() {
             let mut batch = vec![op];
             while batch.len() < MAX_BATCH {
@@ -221,7 +268,7 @@ impl QueueWriter {
         }
     }
 
-    fn apply(&self, batch: Vec<Op>) -> Result<(), StoreError> {
+    fn apply(&mut self, batch: Vec<Op>) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(err)?;
         let adds = batch.iter().any(|op| matches!(op, Op::Add(..)));
         if !adds {
@@ -232,6 +279,9 @@ impl QueueWriter {
         let mut replies = Vec::new();
         // Rows added and removed, in batch order (a key may do both).
         let mut changes = Vec::new();
+        // Enqueue seconds added and removed, applied once the commit holds.
+        let now = unix_now();
+        let mut times = Vec::new();
         let mut seen = HashSet::new();
         {
             let mut table = txn.open_table(PENDING).map_err(err)?;
@@ -247,7 +297,8 @@ impl QueueWriter {
                         } else if len >= self.max_queued {
                             false
                         } else {
-                            table.insert(k.as_slice(), unix_now()).map_err(err)?;
+                            table.insert(k.as_slice(), now).map_err(err)?;
+                            times.push((now, true));
                             len += 1;
                             changes.push(Change::Queued(key));
                             true
@@ -255,11 +306,12 @@ impl QueueWriter {
                         replies.push((reply, accepted));
                     }
                     Op::Done(key, uploaded) => {
-                        if table
+                        let removed = table
                             .remove(key.to_bytes().as_slice())
                             .map_err(err)?
-                            .is_some()
-                        {
+                            .map(|at| at.value());
+                        if let Some(at) = removed {
+                            times.push((at, false));
                             len -= 1;
                             changes.push(Change::Left(key, uploaded));
                         }
@@ -269,6 +321,14 @@ impl QueueWriter {
             self.stats.pending.store(len, Ordering::Relaxed);
         }
         txn.commit().map_err(err)?;
+        for (at, added) in times {
+            if added {
+                self.queued_at.add(at);
+            } else {
+                self.queued_at.remove(at);
+            }
+        }
+        self.queued_at.publish(&self.stats);
         // After the commit and before any reply: a client acknowledged for
         // a blob finds it pending when its ActionResult is checked.
         let mut scheduled = Vec::new();
@@ -335,6 +395,61 @@ mod tests {
         let mut want = vec![keys[1], keys[2], keys[4]];
         want.sort();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn the_oldest_enqueue_second_is_the_first_still_counted() {
+        let stats = QueueStats::default();
+        let mut at = QueuedAt::default();
+        at.publish(&stats);
+        assert_eq!(stats.oldest_queued_at.load(Ordering::Relaxed), 0);
+        for t in [500, 300, 300, 400] {
+            at.add(t);
+        }
+        at.publish(&stats);
+        assert_eq!(stats.oldest_queued_at.load(Ordering::Relaxed), 300);
+        at.remove(300);
+        at.publish(&stats);
+        assert_eq!(stats.oldest_queued_at.load(Ordering::Relaxed), 300);
+        at.remove(300);
+        at.publish(&stats);
+        assert_eq!(stats.oldest_queued_at.load(Ordering::Relaxed), 400);
+        at.remove(400);
+        at.remove(500);
+        // A removal of a second never counted changes nothing.
+        at.remove(42);
+        at.publish(&stats);
+        assert_eq!(stats.oldest_queued_at.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.oldest_age(), Duration::ZERO);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_oldest_enqueue_time_is_persisted_and_follows_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (BlobKey::cas(Hash::of(b"a")), BlobKey::cas(Hash::of(b"b")));
+        let first = {
+            let q = UploadQueue::open(dir.path(), 10).unwrap();
+            assert!(q.add(a).await.unwrap());
+            let first = q.stats.oldest_queued_at.load(Ordering::Relaxed);
+            assert!(first > 0 && first <= unix_now());
+            assert!(q.add(b).await.unwrap());
+            // A later entry does not make the oldest younger.
+            assert_eq!(q.stats.oldest_queued_at.load(Ordering::Relaxed), first);
+            first
+        };
+        // Reopened: the enqueue time read back from the table, not the
+        // time of the restart.
+        {
+            let q = UploadQueue::open(dir.path(), 10).unwrap();
+            assert_eq!(q.stats.oldest_queued_at.load(Ordering::Relaxed), first);
+            q.uploaded(a).await;
+            q.uploaded(b).await;
+            // Dropping the queue lets its writer apply both.
+        }
+        let q = UploadQueue::open(dir.path(), 10).unwrap();
+        assert_eq!(q.stats.pending.load(Ordering::Relaxed), 0);
+        assert_eq!(q.stats.oldest_queued_at.load(Ordering::Relaxed), 0);
+        assert_eq!(q.stats.oldest_age(), Duration::ZERO);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
