@@ -6,7 +6,12 @@ use std::time::Duration;
 
 use super::s3::{put, start, wait_backend};
 use crate::support::s3::S3Server;
-use crate::support::{async_client, cas_path as cas};
+use crate::support::{Server, cas_path as cas};
+
+/// `GET path` on `server`: the body as text.
+async fn text(server: &Server, path: &str) -> String {
+    String::from_utf8(server.get_async(path).await.1).unwrap()
+}
 
 #[tokio::test]
 async fn overview_shows_the_s3_tier_and_no_secret() {
@@ -18,14 +23,7 @@ async fn overview_shows_the_s3_tier_and_no_secret() {
         b["UploadsDone"] == 1
     })
     .await;
-    let page = async_client()
-        .get(format!("{}/", server.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text(&server, "/").await;
     let card = &page[page.find("id=\"backend\"").expect("the proxy card")..];
     let card = &card[..card.find("</section>").unwrap()];
     for field in [
@@ -53,27 +51,13 @@ async fn overview_shows_the_s3_tier_and_no_secret() {
         b["UploadsPending"] == 1
     })
     .await;
-    let page = async_client()
-        .get(format!("{}/ui/overview/live", server.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = text(&server, "/ui/overview/live").await;
     assert!(
         page.contains("<th>oldest queued upload</th><td>waiting for "),
         "{page}"
     );
     // The same figure for Prometheus, present while an upload waits.
-    let metrics = async_client()
-        .get(format!("{}/metrics", server.http_url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = text(&server, "/metrics").await;
     assert!(
         metrics
             .lines()

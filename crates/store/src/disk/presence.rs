@@ -58,10 +58,6 @@ pub(super) struct Presence {
     loaded: AtomicBool,
 }
 
-fn fingerprint(hash: &Hash) -> u64 {
-    hash.fingerprint()
-}
-
 /// The shard of a fingerprint (its top bits) and its key in that shard's
 /// table: the other bits, shifted up so that keys order as fingerprints
 /// do and spread over all of `u64`, with the low bit set so no key is
@@ -94,7 +90,7 @@ impl Presence {
     }
 
     pub(super) fn probe(&self, hash: &Hash) -> Probe {
-        let (shard, key) = locate(fingerprint(hash));
+        let (shard, key) = locate(hash.fingerprint());
         match read(&self.shards[shard]).get(key) {
             Some(v) if v & SIZE_MASK == SIZE_MASK => Probe::Unknown,
             Some(v) => Probe::Present {
@@ -108,13 +104,13 @@ impl Presence {
 
     /// Records a stored blob (the writer, after its commit).
     pub(super) fn insert(&self, hash: &Hash, size: u64, unix_secs: u64) {
-        let (shard, key) = locate(fingerprint(hash));
+        let (shard, key) = locate(hash.fingerprint());
         write(&self.shards[shard]).insert(key, pack(size, minute_of(unix_secs)));
     }
 
     /// Forgets a blob (the writer, before the commit that drops it).
     pub(super) fn remove(&self, hash: &Hash) {
-        let (shard, key) = locate(fingerprint(hash));
+        let (shard, key) = locate(hash.fingerprint());
         write(&self.shards[shard]).remove(key);
     }
 

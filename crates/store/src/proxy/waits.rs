@@ -25,10 +25,6 @@ use bazel_cache_digest::{BlobKey, Hash, Kind};
 /// no HEAD to know they are in the backend.
 const RECENT_UPLOADS: usize = 1 << 16;
 
-fn fingerprint(hash: &Hash) -> u64 {
-    hash.fingerprint()
-}
-
 #[derive(Default)]
 pub(super) struct Waits {
     /// Queued CAS blobs (fingerprint → how many queued keys share it).
@@ -45,7 +41,7 @@ impl Waits {
     /// A key entered the queue.
     pub(super) fn queued(&mut self, key: &BlobKey) {
         if key.kind == Kind::Cas {
-            *self.pending.entry(fingerprint(&key.hash)).or_default() += 1;
+            *self.pending.entry(key.hash.fingerprint()).or_default() += 1;
         }
     }
 
@@ -55,7 +51,7 @@ impl Waits {
         if key.kind != Kind::Cas {
             return Vec::new();
         }
-        let fp = fingerprint(&key.hash);
+        let fp = key.hash.fingerprint();
         if uploaded {
             if self.uploaded[0].len() >= RECENT_UPLOADS {
                 self.uploaded[1] = std::mem::take(&mut self.uploaded[0]);
@@ -90,7 +86,7 @@ impl Waits {
     pub(super) fn park(&mut self, ac: BlobKey, blobs: &[Hash]) -> bool {
         let mut waiting = HashSet::new();
         for hash in blobs {
-            let fp = fingerprint(hash);
+            let fp = hash.fingerprint();
             if self.pending.contains_key(&fp) && waiting.insert(fp) {
                 self.waiters.entry(fp).or_default().push(ac);
             }
@@ -104,7 +100,7 @@ impl Waits {
 
     /// Whether this queue uploaded `hash` lately.
     pub(super) fn recently_uploaded(&self, hash: &Hash) -> bool {
-        let fp = fingerprint(hash);
+        let fp = hash.fingerprint();
         self.uploaded.iter().any(|g| g.contains(&fp))
     }
 
