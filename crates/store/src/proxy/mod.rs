@@ -282,13 +282,11 @@ impl ProxyStore {
     async fn upload_with_retries(&self, key: BlobKey) {
         match self.upload(&key).await {
             Ok(true) => {
-                self.queue.stats.uploaded.fetch_add(1, Ordering::Relaxed);
                 self.forget_attempts(&key);
                 self.queue.uploaded(key).await;
             }
             Ok(false) => {
                 // Evicted locally before it could be uploaded.
-                self.queue.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                 self.forget_attempts(&key);
                 self.queue.done(key).await;
             }
@@ -303,7 +301,6 @@ impl ProxyStore {
                 if !e.retryable && attempt >= MAX_CLIENT_ERROR_ATTEMPTS {
                     let object = self.backend.locate(&key);
                     tracing::error!(object, error = %e, "the backend keeps refusing this upload; giving up on it");
-                    self.queue.stats.abandoned.fetch_add(1, Ordering::Relaxed);
                     self.forget_attempts(&key);
                     self.queue.done(key).await;
                     return;

@@ -131,10 +131,7 @@ impl ProxyStore {
                 blobs = shown.join(", "),
                 "AC entry not uploaded: blobs it references are in neither the backend nor this replica's queue; it stays in the local cache only"
             );
-            self.queue
-                .stats
-                .abandoned
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            // Counted as abandoned by the queue as it drops the row.
             self.queue.done(key).await;
             return false;
         }

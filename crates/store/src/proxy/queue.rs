@@ -340,7 +340,18 @@ impl QueueWriter {
                         waits.queued(&key);
                         scheduled.push(key);
                     }
-                    Change::Left(key, uploaded) => scheduled.extend(waits.left(&key, uploaded)),
+                    Change::Left(key, uploaded) => {
+                        // Counted here, after `pending` went down in the
+                        // same batch: whoever sees an upload done or
+                        // abandoned also sees it gone from the queue.
+                        let counter = if uploaded {
+                            &self.stats.uploaded
+                        } else {
+                            &self.stats.abandoned
+                        };
+                        counter.fetch_add(1, Ordering::Relaxed);
+                        scheduled.extend(waits.left(&key, uploaded));
+                    }
                 }
             }
         }
