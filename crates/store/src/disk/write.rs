@@ -283,19 +283,38 @@ impl Work {
     }
 
     /// Hashes and stores what is pending; `last` also closes the file.
+    ///
+    /// In groups of at most [`CHUNK`] bytes, each hashed and then written
+    /// while it is still in the CPU's cache. Pending data can be one
+    /// MiB-sized piece (a ByteStream message); hashing all of it and then
+    /// writing all of it read it from memory twice, and cost a 1 MiB
+    /// ByteStream Write about 10 % more CPU than the same bytes as an HTTP
+    /// body, which arrive in small pieces. Files and zstd frames come out
+    /// the same size as an HTTP upload's.
     fn step(&mut self, last: bool) -> io::Result<()> {
         if let Some((path, encoding)) = self.create.take() {
             self.sink = Some(FileSink::create(path, encoding)?);
         }
-        let mut pieces: Vec<&[u8]> = self.parts.iter().map(|p| &p[..]).collect();
-        if !self.buf.is_empty() {
-            pieces.push(&self.buf);
+        let mut pieces: Vec<&[u8]> = Vec::with_capacity(self.parts.len() + 1);
+        for p in self.parts.iter().map(|p| &p[..]).chain([&self.buf[..]]) {
+            pieces.extend(p.chunks(CHUNK));
         }
-        for p in &pieces {
-            self.hasher.update(p);
-        }
-        if let Some(sink) = self.sink.as_mut() {
-            sink.write_parts(&pieces)?;
+        let mut group_start = 0;
+        let mut group_len = 0;
+        for i in 0..=pieces.len() {
+            let next = pieces.get(i).map_or(0, |p| p.len());
+            if i == pieces.len() || (group_len > 0 && group_len + next > CHUNK) {
+                let group = &pieces[group_start..i];
+                for p in group {
+                    self.hasher.update(p);
+                }
+                if let Some(sink) = self.sink.as_mut() {
+                    sink.write_parts(group)?;
+                }
+                group_start = i;
+                group_len = 0;
+            }
+            group_len += next;
         }
         self.parts.clear();
         self.buf.clear();
