@@ -138,6 +138,7 @@ pub async fn serve(
         .http2_max_pending_accept_reset_streams(Some(defaults::H2_MAX_PENDING_ACCEPT_RESET_STREAMS))
         .http2_max_local_error_reset_streams(Some(defaults::H2_MAX_LOCAL_ERROR_RESET_STREAMS))
         .http2_max_header_list_size(defaults::H2_MAX_HEADER_LIST_SIZE)
+        .max_frame_size(defaults::H2_MAX_FRAME_SIZE)
         // Outermost: a call counts on its connection (the idle timeout)
         // from its first to its last byte, whatever the layers below do.
         .layer(ActivityLayer)

@@ -46,11 +46,15 @@
 //! over (uploads.rs says why). The registry's lock (a `std::sync::Mutex`) is
 //! taken when a stream starts or ends, never per chunk.
 //!
-//! Files: this one holds the service and QueryWriteStatus; `read.rs` the
-//! Read path; `write.rs` the Write protocol, in named steps; `uploads.rs`
-//! the registry of resumable uploads that Write and QueryWriteStatus share.
+//! Files: this one holds the service and QueryWriteStatus; `server.rs`
+//! routes the three methods to it, with the `Bytes`-carrying messages of
+//! `messages.rs`; `read.rs` the Read path; `write.rs` the Write protocol,
+//! in named steps; `uploads.rs` the registry of resumable uploads that
+//! Write and QueryWriteStatus share.
 
+mod messages;
 mod read;
+mod server;
 mod uploads;
 mod write;
 
@@ -58,10 +62,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bazel_remote_apis::google::bytestream::byte_stream_server::{ByteStream, ByteStreamServer};
 use bazel_remote_apis::google::bytestream::{
-    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, ReadResponse, WriteRequest,
-    WriteResponse,
+    QueryWriteStatusRequest, QueryWriteStatusResponse, ReadRequest, WriteResponse,
 };
 use futures_util::Stream;
 use tonic::{Request, Response, Status, Streaming};
@@ -69,6 +71,8 @@ use tonic::{Request, Response, Status, Streaming};
 use super::resource::{self, quote};
 use super::{GrpcState, MAX_MESSAGE_SIZE, store_status};
 use bazel_cache_digest::BlobKey;
+use messages::{ReadResponse, WriteRequest};
+pub(crate) use server::ByteStreamServer;
 use uploads::Uploads;
 
 /// Most uploads registered (in progress or awaiting resumption) at once.
@@ -78,11 +82,9 @@ const MAX_IDLE_UPLOADS: usize = 1_000;
 /// How long an interrupted upload waits to be resumed before it is aborted.
 const UPLOAD_TTL: Duration = Duration::from_secs(600);
 
-pub(super) fn service(state: Arc<GrpcState>) -> ByteStreamServer<ByteStreamService> {
+pub(super) fn service(state: Arc<GrpcState>) -> ByteStreamServer {
     let uploads = Uploads::new(MAX_UPLOADS, MAX_IDLE_UPLOADS, UPLOAD_TTL);
     ByteStreamServer::new(ByteStreamService::new(state, uploads))
-        .max_decoding_message_size(MAX_MESSAGE_SIZE)
-        .max_encoding_message_size(MAX_MESSAGE_SIZE)
 }
 
 /// The ByteStream service: the gRPC front end's shared state and the
@@ -103,10 +105,7 @@ impl ByteStreamService {
 
 type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
 
-#[tonic::async_trait]
-impl ByteStream for ByteStreamService {
-    type ReadStream = ReadStream;
-
+impl ByteStreamService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {
         (self.state.on_request)();
         read::read(&self.state, request).await

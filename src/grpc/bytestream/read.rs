@@ -31,12 +31,13 @@ use std::io;
 
 use async_compression::Level;
 use async_compression::tokio::bufread::ZstdEncoder;
-use bazel_remote_apis::google::bytestream::{ReadRequest, ReadResponse};
+use bazel_remote_apis::google::bytestream::ReadRequest;
 use tokio::io::{AsyncReadExt, BufReader};
 use tonic::{Request, Response, Status};
 
 use super::super::resource::{self, quote};
 use super::super::{GrpcState, store_status};
+use super::messages::ReadResponse;
 use super::{ReadStream, named};
 use bazel_cache_digest::BlobKey;
 use bazel_cache_store::budget::{
@@ -210,10 +211,8 @@ fn file_chunks(file: BlobFile, name: String, buffers: ReadBuffers) -> ReadStream
     let ReadBuffers { chunk, reservation } = buffers;
     let stream = file.into_chunks(chunk).map(move |read| {
         let _held = &reservation;
-        read.map(|data| ReadResponse {
-            data: Vec::from(data),
-        })
-        .map_err(|e| read_error(&name, &e))
+        read.map(|data| ReadResponse { data })
+            .map_err(|e| read_error(&name, &e))
     });
     Box::pin(stream)
 }
@@ -253,7 +252,7 @@ fn chunks(
             return None;
         }
         let next = (!eof).then_some((reader, expected, name));
-        Some((Ok(ReadResponse { data }), next))
+        Some((Ok(ReadResponse { data: data.into() }), next))
     });
     Box::pin(futures_util::StreamExt::map(stream, move |item| {
         let _held = &reservation;

@@ -434,12 +434,11 @@ mod tests {
     //! They drive the registry through the real service, over a socket.
 
     use bazel_remote_apis::google::bytestream::byte_stream_client::ByteStreamClient;
-    use bazel_remote_apis::google::bytestream::byte_stream_server::ByteStreamServer;
     use bazel_remote_apis::google::bytestream::{QueryWriteStatusRequest, WriteRequest};
     use tonic::Code;
     use tonic::transport::Channel;
 
-    use super::super::ByteStreamService;
+    use super::super::{ByteStreamServer, ByteStreamService};
     use super::*;
     use crate::grpc::{GrpcOptions, GrpcState};
     use bazel_cache_digest::Hash;

@@ -18,8 +18,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bazel_remote_apis::google::bytestream::{WriteRequest, WriteResponse};
-use bytes::Bytes;
+use bazel_remote_apis::google::bytestream::WriteResponse;
 use tokio::sync::{OwnedMutexGuard, mpsc};
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
@@ -27,6 +26,7 @@ use tonic::{Response, Status, Streaming};
 
 use super::super::resource::{self, quote};
 use super::super::store_status;
+use super::messages::WriteRequest;
 use super::uploads::{Attachment, Chunk, Pipe, Upload, lock};
 use super::{ByteStreamService, named};
 use bazel_cache_digest::BlobKey;
@@ -261,7 +261,7 @@ impl Feed {
                     .await
                     .map_err(|e| named(name, store_status(StoreError::MemoryExhausted(e))))?;
                 let chunk = Chunk {
-                    data: Bytes::from(msg.data),
+                    data: msg.data,
                     held,
                 };
                 tokio::select! {
