@@ -136,3 +136,43 @@ async fn touch_interval_limits_lru_updates() {
     assert_eq!(store.lru_order().unwrap(), keys);
     store.close().await;
 }
+
+/// Evicted files are removed by the reaper threads after the writes that
+/// evicted them are acknowledged (reaper.rs). A blob written again right
+/// after its eviction, while its old file may still wait for removal,
+/// must keep its new file: the writer claims the path first. (Whether a
+/// removal is still waiting depends on timing here; reaper.rs tests the
+/// claim itself step by step.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_written_again_right_after_its_eviction_keeps_its_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let store = open(&config(root, 7 * KIB, Encoding::Identity)).await;
+    let blob = |seed| random_bytes(3 * KIB as usize, seed);
+    let (a, b) = (blob(1), blob(2));
+    let (ka, kb) = (cas(&a), cas(&b));
+    // Two fit. Each round's new blob evicts one of them, and writing A and
+    // B again evicts again: mostly A or B right after their eviction (reads
+    // reorder the LRU as their touches land, so not always).
+    put_ok(&store, ka, &a).await;
+    put_ok(&store, kb, &b).await;
+    let evictions = store.evictions();
+    for round in 0..200u64 {
+        let filler = blob(1000 + round);
+        put_ok(&store, cas(&filler), &filler).await;
+        put_ok(&store, ka, &a).await;
+        put_ok(&store, kb, &b).await;
+        assert_serves(&store, &ka, &a).await;
+        assert_serves(&store, &kb, &b).await;
+    }
+    assert!(
+        store.evictions() >= evictions + 300,
+        "too few evictions to test anything: {}",
+        store.evictions() - evictions
+    );
+    store.flush().await.unwrap();
+    assert_serves(&store, &ka, &a).await;
+    assert_serves(&store, &kb, &b).await;
+    assert_stats_match_disk(&store, root);
+    store.close().await;
+}

@@ -28,6 +28,7 @@ mod accounting;
 mod committer;
 mod pending;
 mod reader;
+mod reaper;
 mod writer;
 
 use std::sync::Arc;

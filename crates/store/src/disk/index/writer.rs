@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::accounting::{Reservation, SharedStats, Totals};
 use super::committer::{Change, Committer, Meta, ToCommitter};
 use super::pending::Pending;
+use super::reaper::Reaper;
 use super::*;
 use bazel_cache_digest::{DigestFunction, Hash};
 
@@ -136,6 +137,8 @@ pub(in crate::disk) struct Writer {
     evict_from: u64,
     to_committer: Option<std::sync::mpsc::Sender<ToCommitter>>,
     committer: Option<std::thread::JoinHandle<()>>,
+    /// Removes the files of evicted and replaced entries (reaper.rs).
+    reaper: Reaper,
     /// When writes refused by [`Writer::keep_up`] were last logged.
     refusals_reported: Option<Instant>,
 }
@@ -146,7 +149,8 @@ struct Decided {
     changes: Vec<Change>,
     /// The latest decision per key.
     decisions: HashMap<BlobKey, Option<Entry>>,
-    unlink: Vec<PathBuf>,
+    /// Files to remove, with their sizes on disk.
+    unlink: Vec<(PathBuf, u64)>,
     totals: Totals,
     next_seq: u64,
     evict_from: u64,
@@ -254,6 +258,7 @@ impl Writer {
             evict_from: 0,
             to_committer: Some(to_committer),
             committer: Some(committer),
+            reaper: Reaper::start()?,
             refusals_reported: None,
         })
     }
@@ -297,6 +302,9 @@ impl Writer {
             });
             self.apply(batch);
             if let Some((clean, done)) = shutdown {
+                // Every file the index no longer names is gone before the
+                // index may be marked as matching the files.
+                self.reaper.finish();
                 // The committer commits everything durably, marks the
                 // index, then answers.
                 self.send(ToCommitter::Shutdown { clean, done });
@@ -450,7 +458,11 @@ impl Writer {
             let touches = in_order_of_last_use(touches);
             self.apply_changes(inserts, &touches, &forgets);
         }
-        // After this batch's changes, which the committer receives first.
+        // After this batch's changes, which the committer receives first,
+        // and after the files they drop are gone.
+        if !flushes.is_empty() {
+            self.reaper.wait_idle();
+        }
         for done in flushes {
             self.send(ToCommitter::Flush(done));
         }
@@ -504,7 +516,14 @@ impl Writer {
             }
         }
         // ...then moved into place: a rename that fails is reported to its
-        // writer and never indexed.
+        // writer and never indexed. A final path whose evicted file still
+        // waits for the reaper is cleared first (reaper.rs).
+        let dests: Vec<PathBuf> = inserts
+            .iter()
+            .filter(|(ins, _)| ins.origin != Origin::Recovered)
+            .map(|(ins, _)| self.layout.blob_path(&ins.key, ins.encoding))
+            .collect();
+        self.reaper.claim(dests.iter().map(PathBuf::as_path));
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
         let mut keys = std::collections::HashSet::new();
@@ -513,6 +532,8 @@ impl Writer {
             drop(ins.reservation.take());
             let dest = self.layout.blob_path(&ins.key, ins.encoding);
             match ins.origin {
+                // Found by recovery while evicted since: about to go.
+                Origin::Recovered if self.reaper.is_waiting(&dest) => continue,
                 Origin::Recovered => {}
                 Origin::Write => {
                     if let Err(e) = rename_into_shard(&ins.from, &dest) {
@@ -660,7 +681,7 @@ impl Writer {
                 d.overwritten += old.stored;
                 let old_path = self.layout.blob_path(&ins.key, old.encoding);
                 if &old_path != dest {
-                    d.unlink.push(old_path);
+                    d.unlink.push((old_path, old.stored));
                 }
             }
             let (seq, atime) = match ins.origin {
@@ -739,7 +760,8 @@ impl Writer {
         d.remove(key, old);
         d.evicted += old.stored;
         d.evictions += 1;
-        d.unlink.push(self.layout.blob_path(&key, old.encoding));
+        d.unlink
+            .push((self.layout.blob_path(&key, old.encoding), old.stored));
     }
 
     /// Makes a batch's decisions visible (presence map, pending set,
@@ -762,13 +784,8 @@ impl Writer {
             self.generation += 1;
             self.index.pending.publish(self.generation, d.decisions);
         }
-        for path in d.unlink {
-            if let Err(e) = std::fs::remove_file(&path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                tracing::warn!(path = %path.display(), error = %e, "removing evicted blob");
-            }
-        }
+        self.reaper
+            .remove(d.unlink, self.stats.max.load(Ordering::Relaxed));
         d.totals.publish(&self.stats);
         self.stats
             .overwritten
