@@ -45,6 +45,10 @@ const CLIENTS: usize = 4;
 const SETTLE: Duration = Duration::from_secs(3);
 /// Every client request's limit: a replica that vanishes costs this much.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The replicas' `s3.presence_cache_negative_ttl` (the default): a replica
+/// that answered "missing" for another replica's write not yet uploaded
+/// keeps answering so for this long (by design: a miss, never an error).
+const NEGATIVE_TTL: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 struct Endpoints {
@@ -529,6 +533,7 @@ async fn every_acknowledged_write_survives_a_rolling_restart() {
         c.await.unwrap();
     }
     let load_time = started.elapsed();
+    let load_stopped = Instant::now();
 
     for s in &servers {
         wait_uploaded(s).await;
@@ -550,7 +555,9 @@ async fn every_acknowledged_write_survives_a_rolling_restart() {
         .collect();
 
     // Every replica, and one more with an empty disk (reads through the
-    // bucket), reads every acknowledged write.
+    // bucket), reads every acknowledged write, once the misses the replicas
+    // cached during the load have expired.
+    tokio::time::sleep(NEGATIVE_TTL.saturating_sub(load_stopped.elapsed())).await;
     let fresh_dir = tempfile::tempdir().unwrap();
     let fresh = start_replica(&s3, fresh_dir.path());
     let http = reqwest::Client::builder()
