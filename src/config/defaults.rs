@@ -90,12 +90,13 @@ pub(crate) const H2_MAX_HEADER_LIST_SIZE: u32 = 16 * 1024;
 /// the protocol's default is 16 KiB). A 1 MiB ByteStream Write arrives in
 /// 16 frames instead of 64: fewer writes for the client, fewer reads and
 /// frame headers for us, about 20 % more 1 MiB writes per second on this
-/// machine (clients that honour the setting: Netty's, so Bazel's, and
-/// hyper's; grpc-go keeps 16 KiB). Not larger: h2 reserves a whole frame's
-/// buffer as soon as it reads the frame's header, so this is what one
-/// connection can make the server hold before any byte of the frame
-/// arrives, times `max_connections` (10,000 × 64 KiB = 640 MiB at most).
-/// 1 MiB frames measured only 8 % faster again.
+/// machine with hyper's client. Netty, Bazel's HTTP/2 stack, sizes its
+/// frames by the peer's setting too (not measured here); grpc-go keeps
+/// 16 KiB. Not larger: h2 reserves a whole frame's buffer as soon as it
+/// reads the frame's header, so this is what one connection can make the
+/// server hold before any byte of the frame arrives, times
+/// `max_connections` (10,000 × 64 KiB = 640 MiB at most). 1 MiB frames
+/// measured only 8 % faster again.
 pub(crate) const H2_MAX_FRAME_SIZE: u32 = 64 * 1024;
 /// The most an HTTP/1 connection buffers (hyper's `max_buf_size`): what
 /// one read from the socket may take, and the response bytes queued ahead
