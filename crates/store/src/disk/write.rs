@@ -295,27 +295,29 @@ impl Work {
         if let Some((path, encoding)) = self.create.take() {
             self.sink = Some(FileSink::create(path, encoding)?);
         }
-        let mut pieces: Vec<&[u8]> = Vec::with_capacity(self.parts.len() + 1);
-        for p in self.parts.iter().map(|p| &p[..]).chain([&self.buf[..]]) {
-            pieces.extend(p.chunks(CHUNK));
-        }
-        let mut group_start = 0;
+        let (hasher, sink) = (&mut self.hasher, &mut self.sink);
+        let mut store = |group: &[&[u8]]| -> io::Result<()> {
+            for p in group {
+                hasher.update(p);
+            }
+            match sink.as_mut() {
+                Some(sink) => sink.write_parts(group),
+                None => Ok(()),
+            }
+        };
+        let mut group: Vec<&[u8]> = Vec::new();
         let mut group_len = 0;
-        for i in 0..=pieces.len() {
-            let next = pieces.get(i).map_or(0, |p| p.len());
-            if i == pieces.len() || (group_len > 0 && group_len + next > CHUNK) {
-                let group = &pieces[group_start..i];
-                for p in group {
-                    self.hasher.update(p);
-                }
-                if let Some(sink) = self.sink.as_mut() {
-                    sink.write_parts(group)?;
-                }
-                group_start = i;
+        let pieces = self.parts.iter().map(|p| &p[..]).chain([&self.buf[..]]);
+        for piece in pieces.flat_map(|p| p.chunks(CHUNK)) {
+            if group_len + piece.len() > CHUNK {
+                store(&group)?;
+                group.clear();
                 group_len = 0;
             }
-            group_len += next;
+            group.push(piece);
+            group_len += piece.len();
         }
+        store(&group)?;
         self.parts.clear();
         self.buf.clear();
         if last {

@@ -161,32 +161,26 @@ impl Reaper {
         }
     }
 
-    /// Takes back paths about to be written: any still waiting is removed
-    /// now, so the reaper cannot remove the new file.
-    pub(super) fn claim<'a>(&self, paths: impl IntoIterator<Item = &'a Path>) {
-        let mut claimed = Vec::new();
-        {
-            let mut w = lock(&self.shared.waiting);
-            if w.paths.is_empty() && w.removing.is_empty() {
-                return;
-            }
-            for path in paths {
-                if let Some(size) = w.paths.remove(path) {
-                    w.bytes -= size;
-                    claimed.push(path);
-                }
-                while w.removing.contains(path) {
-                    w = self
-                        .shared
-                        .removed
-                        .wait(w)
-                        .unwrap_or_else(|e| e.into_inner());
-                }
-            }
+    /// Takes back a path about to be written: if it still waits, it is
+    /// removed now, so the reaper cannot remove the new file; if a thread
+    /// is removing it, that removal is waited for.
+    pub(super) fn claim(&self, path: &Path) {
+        let mut w = lock(&self.shared.waiting);
+        let waiting = w.paths.remove(path);
+        if let Some(size) = waiting {
+            w.bytes -= size;
         }
-        // Out of the map, so the reaper skips them; only this thread
-        // renames into a blob path, so nothing appears there meanwhile.
-        for path in claimed {
+        while w.removing.contains(path) {
+            w = self
+                .shared
+                .removed
+                .wait(w)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(w);
+        // Out of the map, so the threads skip it; only the writer renames
+        // into a blob path, so nothing appears there meanwhile.
+        if waiting.is_some() {
             remove(path);
         }
     }
@@ -288,7 +282,7 @@ mod tests {
         reaper.remove(vec![(path.clone(), 3)], 1 << 30);
         assert!(path.exists() && reaper.is_waiting(&path));
         // The writer claims it before renaming a new blob there.
-        reaper.claim([path.as_path()]);
+        reaper.claim(&path);
         assert!(!path.exists() && !reaper.is_waiting(&path));
         std::fs::write(&path, b"new").unwrap();
         // The thread's turn for the old file comes after.

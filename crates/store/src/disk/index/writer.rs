@@ -516,14 +516,7 @@ impl Writer {
             }
         }
         // ...then moved into place: a rename that fails is reported to its
-        // writer and never indexed. A final path whose evicted file still
-        // waits for the reaper is cleared first (reaper.rs).
-        let dests: Vec<PathBuf> = inserts
-            .iter()
-            .filter(|(ins, _)| ins.origin != Origin::Recovered)
-            .map(|(ins, _)| self.layout.blob_path(&ins.key, ins.encoding))
-            .collect();
-        self.reaper.claim(dests.iter().map(PathBuf::as_path));
+        // writer and never indexed.
         let mut placed = Vec::with_capacity(inserts.len());
         let mut dirs = BTreeSet::new();
         let mut keys = std::collections::HashSet::new();
@@ -536,7 +529,7 @@ impl Writer {
                 Origin::Recovered if self.reaper.is_waiting(&dest) => continue,
                 Origin::Recovered => {}
                 Origin::Write => {
-                    if let Err(e) = rename_into_shard(&ins.from, &dest) {
+                    if let Err(e) = self.place(&ins.from, &dest) {
                         let _ = std::fs::remove_file(&ins.from);
                         let _ = done.send(Err(e.into()));
                         continue;
@@ -561,7 +554,7 @@ impl Writer {
                             continue;
                         }
                     }
-                    if let Err(e) = rename_into_shard(&ins.from, &dest) {
+                    if let Err(e) = self.place(&ins.from, &dest) {
                         let _ = done.send(Err(e.into()));
                         continue;
                     }
@@ -612,6 +605,13 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Renames a finished file to its final path, once any evicted file
+    /// of that path still waiting for the reaper is gone (reaper.rs).
+    fn place(&self, from: &std::path::Path, dest: &std::path::Path) -> std::io::Result<()> {
+        self.reaper.claim(dest);
+        rename_into_shard(from, dest)
     }
 
     /// Decides this batch's changes against the index as the decisions so
