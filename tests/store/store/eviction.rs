@@ -176,3 +176,47 @@ async fn a_blob_written_again_right_after_its_eviction_keeps_its_file() {
     assert_stats_match_disk(&store, root);
     store.close().await;
 }
+
+/// A read finished before a put starts is a use that put's eviction sees:
+/// the writer evicts for in-flight bytes only once it holds every touch
+/// sent before them (writer.rs). Without that, a blob read just before a
+/// write could be the one evicted while older blobs stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_read_just_before_a_put_is_not_evicted_for_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    // Four blobs fit; each put of a fifth evicts the least recently used.
+    let store = open(&config(root, 13 * KIB, Encoding::Identity)).await;
+    let blob = |seed| random_bytes(3 * KIB as usize, seed);
+    // Least recently used first.
+    let mut order = std::collections::VecDeque::new();
+    for seed in 0..4 {
+        let data = blob(seed);
+        put_ok(&store, cas(&data), &data).await;
+        order.push_back((cas(&data), data));
+    }
+    store.flush().await.unwrap();
+    for round in 0..300u64 {
+        // Read the oldest two, oldest last: it becomes the most recent.
+        let (k1, d1) = order.remove(1).unwrap();
+        let (k0, d0) = order.pop_front().unwrap();
+        assert_eq!(get_bytes(&store, &k1).await.as_deref(), Some(&d1[..]));
+        assert_eq!(get_bytes(&store, &k0).await.as_deref(), Some(&d0[..]));
+        order.push_back((k1, d1));
+        order.push_back((k0, d0));
+        let data = blob(100 + round);
+        put_ok(&store, cas(&data), &data).await;
+        let (gone, _) = order.pop_front().unwrap();
+        order.push_back((cas(&data), data));
+        for (k, _) in &order {
+            assert!(
+                store.blob_path(k).unwrap().is_some(),
+                "round {round}: {k} was evicted out of LRU order"
+            );
+        }
+        assert!(store.blob_path(&gone).unwrap().is_none(), "round {round}");
+    }
+    store.flush().await.unwrap();
+    assert_stats_match_disk(&store, root);
+    store.close().await;
+}

@@ -60,10 +60,12 @@ impl Reservation {
             if after > limit {
                 return Err(current);
             }
+            // Release: the writer that sees these bytes (Acquire) also
+            // sees what this thread sent it before reserving.
             match stats.reserved.compare_exchange_weak(
                 current,
                 after,
-                Ordering::Relaxed,
+                Ordering::Release,
                 Ordering::Relaxed,
             ) {
                 Ok(_) => {
@@ -75,6 +77,10 @@ impl Reservation {
                 Err(actual) => current = actual,
             }
         }
+    }
+
+    pub(in crate::disk) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// True when stored plus in-flight bytes are over `max_size`: eviction

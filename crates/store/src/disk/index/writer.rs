@@ -283,8 +283,23 @@ impl Writer {
                 }
             };
             let Some(op) = op else { break };
+            // In-flight bytes this batch may evict for: read before the
+            // rest of the batch is taken from the channel. A write reserves
+            // after everything its client sent before it (the touches of
+            // the reads it just made), so every reservation seen here comes
+            // with its client's earlier touches in this batch, and eviction
+            // never ranks a blob read just before a write as unused. Read
+            // once the batch is taken, a reservation could be counted ahead
+            // of touches still queued, and the blob just read evicted first.
+            let mut in_flight = self.stats.reserved.load(Ordering::Acquire);
             let mut batch = vec![op];
-            while batch.len() < MAX_BATCH {
+            loop {
+                if batch.len() == MAX_BATCH {
+                    // Touches may be left queued: evict for stored bytes
+                    // only, and for in-flight bytes at the next batch.
+                    in_flight = 0;
+                    break;
+                }
                 match rx.try_recv() {
                     Ok(op) => batch.push(op),
                     Err(_) => break,
@@ -300,7 +315,7 @@ impl Writer {
                 }
                 _ => true,
             });
-            self.apply(batch);
+            self.apply(batch, in_flight);
             if let Some((clean, done)) = shutdown {
                 // Every file the index no longer names is gone before the
                 // index may be marked as matching the files.
@@ -425,7 +440,9 @@ impl Writer {
         Ok(())
     }
 
-    fn apply(&mut self, batch: Vec<Op>) {
+    /// Applies one batch; `in_flight` is the reserved bytes it may evict
+    /// for (see [`Writer::run`]).
+    fn apply(&mut self, batch: Vec<Op>, in_flight: u64) {
         let mut inserts = Vec::new();
         let mut touches = Vec::new();
         let mut forgets = Vec::new();
@@ -449,14 +466,12 @@ impl Writer {
         }
         let over = make_room && {
             let s = &self.stats;
-            s.stored
-                .load(Ordering::Relaxed)
-                .saturating_add(s.reserved.load(Ordering::Relaxed))
+            s.stored.load(Ordering::Relaxed).saturating_add(in_flight)
                 > s.max.load(Ordering::Relaxed)
         };
         if !inserts.is_empty() || !touches.is_empty() || !forgets.is_empty() || over {
             let touches = in_order_of_last_use(touches);
-            self.apply_changes(inserts, &touches, &forgets);
+            self.apply_changes(inserts, &touches, &forgets, in_flight);
         }
         // After this batch's changes, which the committer receives first,
         // and after the files they drop are gone.
@@ -473,7 +488,14 @@ impl Writer {
         inserts: Vec<(Insert, Reply)>,
         touches: &[BlobKey],
         forgets: &[BlobKey],
+        in_flight: u64,
     ) {
+        // This batch's writes stop counting as in flight: they are stored.
+        let arrived: u64 = inserts
+            .iter()
+            .filter_map(|(ins, _)| ins.reservation.as_ref().map(Reservation::bytes))
+            .sum();
+        let in_flight = in_flight.saturating_sub(arrived);
         if let Err(reason) = self.keep_up() {
             if !inserts.is_empty()
                 && self
@@ -595,7 +617,7 @@ impl Writer {
         // Decisions redb now holds leave the pending set before the
         // snapshot `decide` reads is begun.
         self.index.pending.prune();
-        match self.decide(&placed, touches, forgets) {
+        match self.decide(&placed, touches, forgets, in_flight) {
             Ok(decided) => self.publish(decided, placed),
             Err(e) => {
                 tracing::error!(error = %e, "reading the index failed");
@@ -622,6 +644,7 @@ impl Writer {
         placed: &[(Insert, PathBuf, Reply)],
         touches: &[BlobKey],
         forgets: &[BlobKey],
+        in_flight: u64,
     ) -> Result<Decided, StoreError> {
         let txn = self.index.db.begin_read().map_err(index_err)?;
         let entries = txn.open_table(ENTRIES).map_err(index_err)?;
@@ -631,7 +654,8 @@ impl Writer {
         };
         let now = unix_now();
         let max = self.stats.max.load(Ordering::Relaxed);
-        let reserved = self.stats.reserved.load(Ordering::Relaxed);
+        // Writes that failed since the batch began no longer count.
+        let reserved = in_flight.min(self.stats.reserved.load(Ordering::Relaxed));
         let mut d = Decided {
             totals: Totals::load(&self.stats),
             next_seq: self.next_seq,
