@@ -10,23 +10,23 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::listen::{self, ConnInfo, Connection, Listener, Port};
+use crate::listen::{self, CoalescedWrites, ConnInfo, Connection, Listener, Port};
 
-impl Connected for Connection {
+impl Connected for CoalescedWrites<Connection> {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        self.info.clone()
+        self.get_ref().info.clone()
     }
 }
 
 /// Accepts until `stop` is cancelled, under `port`'s limits; yields
-/// connections ready for HTTP/2.
+/// connections ready for HTTP/2, their writes coalesced (coalesce.rs).
 pub(crate) fn incoming(
     listener: Listener,
     tls: Option<TlsAcceptor>,
     stop: CancellationToken,
     port: Port,
-) -> impl Stream<Item = io::Result<Connection>> + Send + 'static {
-    listen::accept(listener, tls, stop, port).map(Ok)
+) -> impl Stream<Item = io::Result<CoalescedWrites<Connection>>> + Send + 'static {
+    listen::accept(listener, tls, stop, port).map(|c| Ok(CoalescedWrites::new(c)))
 }
