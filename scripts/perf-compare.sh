@@ -29,6 +29,16 @@
 # Usage: scripts/perf-compare.sh [--quick]
 #   --quick          1 s per figure, 0.5 s warm-up (a smoke run, ~1 minute)
 # Env:   PERF_DURATION=4s  PERF_WARMUP=1s  PERF_CLIENTS=16
+#        PERF_DIR=directory for both servers' files (default $TMPDIR or /tmp).
+#          This VM's root ext4 has no journal, and such an ext4 skips every
+#          inode freed in the last minutes when it allocates one, so once
+#          a cache evicts, each new file costs several times more (HTTP PUT
+#          4 KiB: 144 µs of server CPU, 417-794 µs after 100,000 deletions;
+#          on a journaled ext4, 130-140 µs either way). A journaled ext4 in
+#          a loop file on the same disk measures what production sees:
+#            truncate -s 22G /work/fs.img && mkfs.ext4 -q -F /work/fs.img
+#            mkdir -p /mnt/j && mount -o loop /work/fs.img /mnt/j
+#            PERF_DIR=/mnt/j scripts/perf-compare.sh
 #        BENCH=path to the bazel-cache binary (default target/release/bazel-cache,
 #        built when missing)  NGINX=nginx
 # Needs nginx with the DAV module and jq: installed with apt-get when missing.
@@ -62,7 +72,7 @@ if [ ! -x "$bench" ]; then
 fi
 
 source scripts/nginx-blobs.sh
-work=$(mktemp -d -t perf-compare.XXXXXX)
+work=$(mktemp -d -p "${PERF_DIR:-${TMPDIR:-/tmp}}" perf-compare.XXXXXX)
 server_pids=()
 cleanup() {
   local pid
