@@ -74,8 +74,9 @@ fn in_memory(file: &File) -> bool {
         if libc::fstatfs(file.as_raw_fd(), &mut fs) != 0 {
             return false;
         }
-        // RAMFS_MAGIC; libc names only tmpfs's.
-        fs.f_type == libc::TMPFS_MAGIC || fs.f_type == 0x8584_58f6
+        // TMPFS_MAGIC and RAMFS_MAGIC (linux/magic.h). `f_type`'s integer
+        // type differs between targets, the magic numbers do not.
+        matches!(fs.f_type as u64, 0x0102_1994 | 0x8584_58f6)
     }
 }
 
