@@ -748,7 +748,11 @@ fn a_renewed_certificate_is_served_without_a_restart() {
         0,
         "the old certificate is still served"
     );
-    let (_, stderr) = server.output();
+    // The server writes log lines in batches from a thread of its own:
+    // read them once it has stopped and flushed, not while they may still
+    // be on their way (a CI run read them just after the reload line was
+    // written, and it was not there yet).
+    let (_, _, stderr) = server.stop_with_output();
     assert!(stderr.contains("TLS certificate reloaded"), "{stderr}");
 }
 

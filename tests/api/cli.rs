@@ -200,6 +200,6 @@ fn idle_timeout_stops_the_server_cleanly() {
     assert!(stderr.contains("idle timeout"), "{stderr}");
     // A clean stop: the next start runs no recovery.
     let s = support::Server::start_with_dir(dir.path(), &[]);
-    let (_, stderr) = s.output();
+    let (_, _, stderr) = s.stop_with_output();
     assert!(!stderr.contains("did not stop cleanly"), "{stderr}");
 }

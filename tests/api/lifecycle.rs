@@ -46,7 +46,7 @@ fn sigterm_lets_requests_in_flight_finish_then_exits_zero() {
     let (code, body) = again.get(&format!("/cas/{}", Hash::of(&data).to_hex()));
     assert_eq!(code, 200);
     assert!(body == data);
-    let (_, stderr) = again.output();
+    let (_, _, stderr) = again.stop_with_output();
     assert!(!stderr.contains("did not stop cleanly"), "{stderr}");
 }
 
@@ -74,7 +74,7 @@ fn a_second_instance_waits_for_the_index_and_is_not_ready_meanwhile() {
     let (code, body) = second.get(&format!("/cas/{}", Hash::of(&data).to_hex()));
     assert_eq!(code, 200);
     assert!(body == data);
-    let (_, stderr) = second.output();
+    let (_, _, stderr) = second.stop_with_output();
     assert!(stderr.contains("held by another process"), "{stderr}");
 }
 

@@ -452,7 +452,8 @@ async fn basic_auth_from_the_url_user_info() {
             reads_through(&b, &f).await,
             "{flag} with the right password"
         );
-        let (_, stderr) = b.output();
+        // The whole log, flushed at the stop (lines are written in batches).
+        let (_, _, stderr) = b.stop_with_output();
         assert!(
             !stderr.contains("p@ss:word") && !stderr.contains("p%40ss"),
             "{stderr}"
