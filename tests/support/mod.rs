@@ -239,6 +239,22 @@ impl Server {
         )
     }
 
+    /// The server's log (stderr) once `done` holds for it, or as it is
+    /// after 30 s. The server writes log lines in batches from a thread of
+    /// its own (they linger up to 20 ms) and a reader thread here copies
+    /// them, so a line about something that just happened may not be here
+    /// yet; a test that needs it waits for it, then asserts on what came.
+    pub(crate) fn log_once(&self, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = self.stderr.lock().unwrap().clone();
+            if done(&log) || Instant::now() >= deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Waits for the reader threads (the process must have exited) and
     /// returns the complete output.
     fn collect_output(&mut self) -> (String, String) {
