@@ -80,20 +80,22 @@ fn bazel_build(root: &Path, user_root: &Path, remote_cache: &str, extra: &[Strin
     support::run(&mut cmd, BAZEL_TIMEOUT).assert_success("bazel build //...");
 }
 
-/// The AC keys Bazel stored, from the server's access log.
+/// The AC keys Bazel stored, from the server's access log, once one is
+/// there (log lines reach the test a little after the request).
 fn ac_puts(server: &Server) -> Vec<String> {
-    let (_, stderr) = server.output();
-    stderr
-        .lines()
-        .filter(|l| l.contains("PUT"))
-        .filter_map(|l| {
-            let at = l.find("/ac/")? + 4;
-            let hash = l.get(at..at + 64)?;
-            hash.bytes()
-                .all(|b| b.is_ascii_hexdigit())
-                .then(|| hash.to_string())
-        })
-        .collect()
+    let keys = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|l| l.contains("PUT"))
+            .filter_map(|l| {
+                let at = l.find("/ac/")? + 4;
+                let hash = l.get(at..at + 64)?;
+                hash.bytes()
+                    .all(|b| b.is_ascii_hexdigit())
+                    .then(|| hash.to_string())
+            })
+            .collect()
+    };
+    keys(&server.log_once(|log| !keys(log).is_empty()))
 }
 
 fn screenshot_dir() -> (PathBuf, Option<tempfile::TempDir>) {
