@@ -66,18 +66,19 @@ fn would_block_or_unsupported(e: &io::Error) -> bool {
 /// Whether `file` is on a file system whose pages are memory, so that
 /// reading it never waits on a disk.
 fn in_memory(file: &File) -> bool {
-    // SAFETY: `statfs` is plain data the kernel fills; the descriptor is
-    // open for as long as `file`.
+    let mut fs = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: the kernel fills `fs` when the call succeeds; the descriptor
+    // is open for as long as `file`.
     #[allow(unsafe_code)]
-    unsafe {
-        let mut fs: libc::statfs = std::mem::zeroed();
-        if libc::fstatfs(file.as_raw_fd(), &mut fs) != 0 {
+    let fs = unsafe {
+        if libc::fstatfs(file.as_raw_fd(), fs.as_mut_ptr()) != 0 {
             return false;
         }
-        // TMPFS_MAGIC and RAMFS_MAGIC (linux/magic.h). `f_type`'s integer
-        // type differs between targets, the magic numbers do not.
-        matches!(fs.f_type as u64, 0x0102_1994 | 0x8584_58f6)
-    }
+        fs.assume_init()
+    };
+    // TMPFS_MAGIC and RAMFS_MAGIC (linux/magic.h). `f_type`'s integer type
+    // differs between targets, the magic numbers do not.
+    matches!(fs.f_type as u64, 0x0102_1994 | 0x8584_58f6)
 }
 
 /// The kernel's `struct open_how` (linux/openat2.h): three u64s, extensible
@@ -115,12 +116,11 @@ fn open_with_noatime_if_owned(
     };
     match opened {
         Ok(file) => Ok(Some(file)),
-        Err(e) if would_block_or_unsupported(&e) => {
-            if unsupported(&e) {
-                OPEN_SUPPORTED.store(false, Ordering::Relaxed);
-            }
+        Err(e) if unsupported(&e) => {
+            OPEN_SUPPORTED.store(false, Ordering::Relaxed);
             Ok(None)
         }
+        Err(e) if would_block_or_unsupported(&e) => Ok(None),
         Err(e) => Err(e),
     }
 }
