@@ -5,7 +5,8 @@
 //! on a blocking thread and then copied into the caller's: one copy more
 //! per byte than needed, and for gRPC another into the message. Here each
 //! chunk is one `read(2)` into a fresh buffer that becomes the HTTP frame
-//! (`Bytes`) or the `ReadResponse` data (`Vec<u8>`, no copy) as it is.
+//! (`Bytes`) or, read behind room for the message prefix, the gRPC message
+//! as it is.
 
 use std::fs::File;
 use std::io::{self, Read, Seek};
@@ -13,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, TryStreamExt};
 
 /// A blob's file, open, with its length.
 pub struct BlobFile {
@@ -28,6 +29,18 @@ impl BlobFile {
     /// takes, were a sixth of a 1 MiB GET's CPU. A file shorter than `len`
     /// ends with an `UnexpectedEof` error, never a short blob.
     pub fn into_chunks(self, chunk: usize) -> impl Stream<Item = io::Result<Bytes>> + Send {
+        self.into_chunks_after(chunk, 0).map_ok(Bytes::from)
+    }
+
+    /// As [`BlobFile::into_chunks`], but each chunk's buffer starts with
+    /// `room` zero bytes for the caller's framing (a gRPC message prefix),
+    /// so a protocol can frame a chunk in place rather than copy it into
+    /// a message buffer. The file's bytes follow: at most `chunk` of them.
+    pub fn into_chunks_after(
+        self,
+        chunk: usize,
+        room: usize,
+    ) -> impl Stream<Item = io::Result<Vec<u8>>> + Send {
         let chunk = chunk.max(1) as u64;
         let mut file = self.file;
         // Chunks are read at offsets from where the file stands now.
@@ -44,22 +57,20 @@ impl BlobFile {
                 return None;
             }
             let n = left.min(chunk) as usize;
-            let mut buf = Vec::with_capacity(n);
-            let read = match crate::nowait::read_into(&file, at, &mut buf, n) {
+            let mut buf = Vec::with_capacity(room + n);
+            buf.resize(room, 0);
+            let read = match crate::nowait::read_into(&file, at, &mut buf, room, room + n) {
                 Ok(true) => Ok(buf),
                 Ok(false) => {
                     let reader = file.clone();
-                    tokio::task::spawn_blocking(move || read_rest_at(&reader, at, buf, n))
+                    tokio::task::spawn_blocking(move || read_rest_at(&reader, at, buf, room, n))
                         .await
                         .unwrap_or_else(|e| Err(io::Error::other(format!("read task failed: {e}"))))
                 }
                 Err(e) => Err(e),
             };
             match read {
-                Ok(buf) => Some((
-                    Ok(Bytes::from(buf)),
-                    Some(Ok((file, at + n as u64, left - n as u64))),
-                )),
+                Ok(buf) => Some((Ok(buf), Some(Ok((file, at + n as u64, left - n as u64))))),
                 Err(e) => Some((Err(e), None)),
             }
         })
@@ -80,13 +91,20 @@ pub(crate) fn ended_early(missing: u64) -> io::Error {
     )
 }
 
-/// Fills `buf` to `n` bytes with the bytes of `file` from `at` (`buf[k]` is
-/// the byte at `at + k`; what `buf` holds already is kept), blocking.
-fn read_rest_at(file: &File, at: u64, mut buf: Vec<u8>, n: usize) -> io::Result<Vec<u8>> {
-    let mut filled = buf.len();
-    buf.resize(n, 0);
+/// Fills `buf` to `room + n` bytes with `n` bytes of `file` from `at`
+/// (`buf[room + k]` is the byte at `at + k`; what `buf` holds already is
+/// kept), blocking.
+fn read_rest_at(
+    file: &File,
+    at: u64,
+    mut buf: Vec<u8>,
+    room: usize,
+    n: usize,
+) -> io::Result<Vec<u8>> {
+    let mut filled = buf.len() - room;
+    buf.resize(room + n, 0);
     while filled < n {
-        match file.read_at(&mut buf[filled..], at + filled as u64) {
+        match file.read_at(&mut buf[room + filled..], at + filled as u64) {
             Ok(0) => {
                 return Err(ended_early((n - filled) as u64));
             }
@@ -167,10 +185,43 @@ mod tests {
         let file = File::open(&path).unwrap();
         let begun = data[100..150].to_vec();
         assert_eq!(
-            read_rest_at(&file, 100, begun, 300).unwrap(),
+            read_rest_at(&file, 100, begun, 0, 300).unwrap(),
             &data[100..400]
         );
-        let short = read_rest_at(&file, 900, Vec::new(), 200).unwrap_err();
+        let short = read_rest_at(&file, 900, Vec::new(), 0, 200).unwrap_err();
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
+
+        // With room in front: the caller's bytes stay, the file's follow.
+        let mut begun = b"head".to_vec();
+        begun.extend_from_slice(&data[100..150]);
+        let read = read_rest_at(&file, 100, begun, 4, 300).unwrap();
+        assert_eq!(&read[..4], b"head");
+        assert_eq!(&read[4..], &data[100..400]);
+    }
+
+    /// Chunks with room in front for a caller's framing: the room is
+    /// zeroed, and the bytes after it are the file's, chunk by chunk.
+    #[tokio::test]
+    async fn chunks_after_room_hold_the_file_behind_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * 11) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        let file = BlobFile {
+            file: File::open(&path).unwrap(),
+            len: 1000,
+        };
+        let chunks: Vec<Vec<u8>> = file
+            .into_chunks_after(400, 11)
+            .map(|c| c.unwrap())
+            .collect()
+            .await;
+        assert_eq!(
+            chunks.iter().map(Vec::len).collect::<Vec<_>>(),
+            [411, 411, 211]
+        );
+        assert!(chunks.iter().all(|c| c[..11] == [0; 11]));
+        let body: Vec<u8> = chunks.iter().flat_map(|c| c[11..].to_vec()).collect();
+        assert_eq!(body, data);
     }
 }

@@ -158,23 +158,31 @@ fn openat2_cached(c_path: &CString, flags: u64) -> io::Result<File> {
 /// the page cache. `Err(UnexpectedEof)` when the file is shorter.
 pub(crate) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
     let mut buf = Vec::with_capacity(n as usize);
-    Ok(read_into(file, 0, &mut buf, n as usize)?.then_some(buf))
+    Ok(read_into(file, 0, &mut buf, 0, n as usize)?.then_some(buf))
 }
 
-/// Fills `buf` up to `n` bytes with the bytes of `file` from `offset`
-/// (`buf[k]` is the byte at `offset + k`; bytes already in `buf` are kept)
-/// as far as the page cache holds them. `Ok(false)` when the next page is
-/// not cached: `buf` keeps what was read, for a blocking read to finish.
+/// Fills `buf` up to `n` bytes in all with the bytes of `file` from
+/// `offset` (`buf[from + k]` is the byte at `offset + k`: the first `from`
+/// bytes are the caller's, and bytes already in `buf` are kept) as far as the
+/// page cache holds them. `Ok(false)` when the next page is not cached:
+/// `buf` keeps what was read, for a blocking read to finish.
 /// `Err(UnexpectedEof)` when the file ends first. The file's position is
 /// not used.
-pub(crate) fn read_into(file: &File, offset: u64, buf: &mut Vec<u8>, n: usize) -> io::Result<bool> {
+pub(crate) fn read_into(
+    file: &File,
+    offset: u64,
+    buf: &mut Vec<u8>,
+    from: usize,
+    n: usize,
+) -> io::Result<bool> {
     let mut mode = READ_MODE.load(Ordering::Relaxed);
     if mode == READ_NEVER {
         return Ok(false);
     }
+    debug_assert!(buf.len() >= from, "the caller's bytes are in place");
     buf.reserve(n.saturating_sub(buf.len()));
     while buf.len() < n {
-        let (done, want) = (buf.len(), n - buf.len());
+        let (done, want) = (buf.len() - from, n - buf.len());
         let spare = &mut buf.spare_capacity_mut()[..want];
         let iov = libc::iovec {
             iov_base: spare.as_mut_ptr().cast(),
@@ -255,7 +263,7 @@ mod tests {
         assert_eq!(short.kind(), io::ErrorKind::UnexpectedEof);
         // From an offset, after what the buffer already holds.
         let mut buf = data[100..150].to_vec();
-        assert!(read_into(&file, 100, &mut buf, 200).unwrap());
+        assert!(read_into(&file, 100, &mut buf, 0, 200).unwrap());
         assert_eq!(buf, data[100..300]);
         // A failed lookup leaves a negative dentry: cached knowledge too.
         let absent = dir.path().join("absent");
@@ -278,7 +286,7 @@ mod tests {
         let file = open(&path).unwrap().expect("a cached path opens");
         assert_eq!(read(&file, data.len() as u64).unwrap().unwrap(), data);
         let mut buf = Vec::new();
-        assert!(read_into(&file, 9_000, &mut buf, 1_000).unwrap());
+        assert!(read_into(&file, 9_000, &mut buf, 0, 1_000).unwrap());
         assert_eq!(buf, data[9_000..]);
         // A file on a disk is no file in memory.
         let here = tempfile::tempfile_in(env!("CARGO_MANIFEST_DIR")).unwrap();

@@ -1,5 +1,5 @@
-//! The two ByteStream messages that carry blob bytes, with the bytes as
-//! [`Bytes`] instead of the `Vec<u8>` of the generated types.
+//! ByteStream's `WriteRequest`, with its bytes as [`Bytes`] instead of the
+//! `Vec<u8>` of the generated type.
 //!
 //! Why: the generated `WriteRequest` decodes its `data` by copying it out
 //! of tonic's receive buffer into a fresh `Vec`, a second full copy of
@@ -7,8 +7,8 @@
 //! that buffer) and, for MiB-sized messages, a fresh allocation whose
 //! pages fault in. Decoded as `Bytes`, the data is a slice of tonic's
 //! buffer (prost takes it with `copy_to_bytes`, which splits the buffer
-//! rather than copying). A `ReadResponse` built from `Bytes` takes the
-//! chunk read from the file as it is, where a `Vec` needed one more copy.
+//! rather than copying). Read's answer needs no message type: it is framed
+//! in place (read_frames.rs).
 //!
 //! Wire-compatible with `google.bytestream` (the same field numbers and
 //! types), so clients see no difference; the other messages of the service
@@ -30,23 +30,16 @@ pub(crate) struct WriteRequest {
     pub data: Bytes,
 }
 
-/// `google.bytestream.ReadResponse`.
-#[derive(Clone, PartialEq, prost::Message)]
-pub(crate) struct ReadResponse {
-    #[prost(bytes = "bytes", tag = "10")]
-    pub data: Bytes,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use bazel_remote_apis::google::bytestream as generated;
     use prost::Message;
 
-    /// Each message encodes to the generated type's bytes and back, so the
+    /// The message encodes to the generated type's bytes and back, so the
     /// field numbers and types match the proto.
     #[test]
-    fn wire_compatible_with_the_generated_messages() {
+    fn wire_compatible_with_the_generated_message() {
         let ours = WriteRequest {
             resource_name: "uploads/u/blobs/ab/3".into(),
             write_offset: 7,
@@ -62,18 +55,6 @@ mod tests {
         assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
         let back = WriteRequest::decode(&theirs.encode_to_vec()[..]).unwrap();
         assert_eq!(back, ours);
-
-        let ours = ReadResponse {
-            data: Bytes::from_static(b"xyz"),
-        };
-        let theirs = generated::ReadResponse {
-            data: b"xyz".to_vec(),
-        };
-        assert_eq!(ours.encode_to_vec(), theirs.encode_to_vec());
-        assert_eq!(
-            ReadResponse::decode(&theirs.encode_to_vec()[..]).unwrap(),
-            ours
-        );
     }
 
     /// Decoding from a `Bytes` buffer shares it: the data is not copied.

@@ -47,13 +47,15 @@
 //! taken when a stream starts or ends, never per chunk.
 //!
 //! Files: this one holds the service and QueryWriteStatus; `server.rs`
-//! routes the three methods to it, with the `Bytes`-carrying messages of
-//! `messages.rs`; `read.rs` the Read path; `write.rs` the Write protocol,
+//! routes the three methods to it, with the `Bytes`-carrying WriteRequest
+//! of `messages.rs`; `read.rs` the Read path, whose messages
+//! `read_frames.rs` frames in place; `write.rs` the Write protocol,
 //! in named steps; `uploads.rs` the registry of resumable uploads that
 //! Write and QueryWriteStatus share.
 
 mod messages;
 mod read;
+mod read_frames;
 mod server;
 mod uploads;
 mod write;
@@ -71,7 +73,7 @@ use tonic::{Request, Response, Status, Streaming};
 use super::resource::{self, quote};
 use super::{GrpcState, MAX_MESSAGE_SIZE, store_status};
 use bazel_cache_digest::BlobKey;
-use messages::{ReadResponse, WriteRequest};
+use messages::WriteRequest;
 pub(crate) use server::ByteStreamServer;
 use uploads::Uploads;
 
@@ -103,7 +105,8 @@ impl ByteStreamService {
     }
 }
 
-type ReadStream = Pin<Box<dyn Stream<Item = Result<ReadResponse, Status>> + Send>>;
+/// A Read's answer: its messages, each framed for the wire (read_frames.rs).
+type ReadStream = Pin<Box<dyn Stream<Item = Result<bytes::Bytes, Status>> + Send>>;
 
 impl ByteStreamService {
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadStream>, Status> {

@@ -37,7 +37,7 @@ use tonic::{Request, Response, Status};
 
 use super::super::resource::{self, quote};
 use super::super::{GrpcState, store_status};
-use super::messages::ReadResponse;
+use super::read_frames::{ROOM, frame};
 use super::{ReadStream, named};
 use bazel_cache_digest::BlobKey;
 use bazel_cache_store::budget::{
@@ -204,22 +204,21 @@ async fn reserve_encoder(
         .await
 }
 
-/// Streams a stored file as ReadResponses of up to `buffers.chunk` bytes,
-/// each read into the message's own buffer, holding `buffers` until the
-/// stream is dropped.
+/// Streams a stored file as framed ReadResponses (read_frames.rs) of up
+/// to `buffers.chunk` bytes, each read into the message's own buffer,
+/// holding `buffers` until the stream is dropped.
 fn file_chunks(file: BlobFile, name: String, buffers: ReadBuffers) -> ReadStream {
     let ReadBuffers { chunk, reservation } = buffers;
-    let stream = file.into_chunks(chunk).map(move |read| {
+    let stream = file.into_chunks_after(chunk, ROOM).map(move |read| {
         let _held = &reservation;
-        read.map(|data| ReadResponse { data })
-            .map_err(|e| read_error(&name, &e))
+        read.map(frame).map_err(|e| read_error(&name, &e))
     });
     Box::pin(stream)
 }
 
-/// Streams `reader` as ReadResponses of up to `buffers.chunk` bytes,
-/// holding `buffers` until the stream is dropped. With `expected`, a body
-/// ending early is an error, not a short blob.
+/// Streams `reader` as framed ReadResponses of up to `buffers.chunk`
+/// bytes, holding `buffers` until the stream is dropped. With `expected`,
+/// a body ending early is an error, not a short blob.
 fn chunks(
     reader: BlobReader,
     expected: Option<u64>,
@@ -230,9 +229,10 @@ fn chunks(
     let state = Some((reader, expected, name));
     let stream = futures_util::stream::unfold(state, move |state| async move {
         let (mut reader, mut expected, name) = state?;
-        let mut data = Vec::with_capacity(chunk);
+        let mut data = Vec::with_capacity(ROOM + chunk);
+        data.resize(ROOM, 0);
         let mut eof = false;
-        while data.len() < chunk {
+        while data.len() < ROOM + chunk {
             match reader.read_buf(&mut data).await {
                 Ok(0) => {
                     eof = true;
@@ -242,17 +242,18 @@ fn chunks(
                 Err(e) => return Some((Err(read_error(&name, &e)), None)),
             }
         }
+        let read = (data.len() - ROOM) as u64;
         if let Some(left) = expected.as_mut() {
-            *left = left.saturating_sub(data.len() as u64);
+            *left = left.saturating_sub(read);
             if eof && *left > 0 {
                 return Some((Err(truncated(&name, *left)), None));
             }
         }
-        if data.is_empty() {
+        if read == 0 {
             return None;
         }
         let next = (!eof).then_some((reader, expected, name));
-        Some((Ok(ReadResponse { data: data.into() }), next))
+        Some((Ok(frame(data)), next))
     });
     Box::pin(futures_util::StreamExt::map(stream, move |item| {
         let _held = &reservation;

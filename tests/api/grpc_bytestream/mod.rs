@@ -8,3 +8,4 @@ pub(crate) mod helpers;
 mod refusals;
 mod resumable;
 mod round_trips;
+mod wire;
