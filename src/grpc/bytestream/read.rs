@@ -15,11 +15,11 @@
 //! on-the-fly compressed read ([`ZSTD_ENCODER_BYTES`]).
 //!
 //! A client that stops reading (HTTP/2 flow window at 0) cannot make a
-//! stream hold more. The chunk stream below is polled only when tonic's
-//! encoder asks; tonic yields a frame as soon as it holds 32 KiB (its yield
-//! threshold), so each chunk of 32 KiB or more becomes one frame; hyper
-//! polls the body for the next frame only once it has handed the one before
-//! to h2, which it does only when the stream has send capacity. So a parked
+//! stream hold more. The chunk stream below is polled only when the
+//! response body (read_frames.rs) is, and each chunk is one message and one
+//! body frame; hyper polls the body for the next frame only once it has
+//! handed the one before to h2, which it does only when the stream has send
+//! capacity. So a parked
 //! stream holds the frame hyper waits to send, at most one more that h2 is
 //! still sending (when the window closed mid-way), and the blob reader's
 //! buffers (a tokio `File` keeps a buffer of its last read's size): three
