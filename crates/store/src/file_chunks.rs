@@ -134,12 +134,19 @@ mod tests {
     use super::*;
     use futures_util::StreamExt;
 
-    #[tokio::test]
-    async fn chunks_cover_the_file_and_a_short_file_is_an_error() {
+    /// A 1,000-byte file of a pattern that depends on `step`: its
+    /// directory (kept for the test's length), path and bytes.
+    fn pattern_file(step: u32) -> (tempfile::TempDir, std::path::PathBuf, Vec<u8>) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("f");
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
+        let data: Vec<u8> = (0..1000u32).map(|i| (i * step) as u8).collect();
         std::fs::write(&path, &data).unwrap();
+        (dir, path, data)
+    }
+
+    #[tokio::test]
+    async fn chunks_cover_the_file_and_a_short_file_is_an_error() {
+        let (_dir, path, data) = pattern_file(7);
         let whole = BlobFile {
             file: File::open(&path).unwrap(),
             len: 1000,
@@ -178,10 +185,7 @@ mod tests {
     /// file above is cached, so the chunks came from nowait.rs).
     #[test]
     fn a_blocking_read_finishes_what_the_cache_began() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 13) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path, data) = pattern_file(13);
         let file = File::open(&path).unwrap();
         let begun = data[100..150].to_vec();
         assert_eq!(
@@ -203,10 +207,7 @@ mod tests {
     /// zeroed, and the bytes after it are the file's, chunk by chunk.
     #[tokio::test]
     async fn chunks_after_room_hold_the_file_behind_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("f");
-        let data: Vec<u8> = (0..1000u32).map(|i| (i * 11) as u8).collect();
-        std::fs::write(&path, &data).unwrap();
+        let (_dir, path, data) = pattern_file(11);
         let file = BlobFile {
             file: File::open(&path).unwrap(),
             len: 1000,
