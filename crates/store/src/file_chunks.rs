@@ -16,6 +16,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::{Stream, TryStreamExt};
 
+use crate::nowait::ended_early;
+
 /// A blob's file, open, with its length.
 pub struct BlobFile {
     pub file: File,
@@ -80,15 +82,6 @@ impl BlobFile {
     pub fn into_reader(self) -> crate::BlobReader {
         Box::pin(tokio::fs::File::from_std(self.file))
     }
-}
-
-/// The error of every read here that finds a blob's file shorter than its
-/// index entry: `missing` bytes short.
-pub(crate) fn ended_early(missing: u64) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::UnexpectedEof,
-        format!("the file ended {missing} bytes early"),
-    )
 }
 
 /// Fills `buf` to `room + n` bytes with `n` bytes of `file` from `at`

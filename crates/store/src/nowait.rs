@@ -161,6 +161,15 @@ pub(crate) fn read(file: &File, n: u64) -> io::Result<Option<Vec<u8>>> {
     Ok(read_into(file, 0, &mut buf, 0, n as usize)?.then_some(buf))
 }
 
+/// The error of every read of a blob's file that finds it shorter than its
+/// index entry: `missing` bytes short (here, and in file_chunks.rs).
+pub(crate) fn ended_early(missing: u64) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        format!("the file ended {missing} bytes early"),
+    )
+}
+
 /// Fills `buf` up to `n` bytes in all with the bytes of `file` from
 /// `offset` (`buf[from + k]` is the byte at `offset + k`: the first `from`
 /// bytes are the caller's, and bytes already in `buf` are kept) as far as the
@@ -207,7 +216,7 @@ pub(crate) fn read_into(
         };
         match got {
             0 => {
-                return Err(crate::file_chunks::ended_early((n - buf.len()) as u64));
+                return Err(ended_early((n - buf.len()) as u64));
             }
             got if got > 0 => {
                 // SAFETY: the kernel wrote `got` bytes into the spare
