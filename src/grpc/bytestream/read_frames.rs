@@ -17,6 +17,7 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::Frame;
+use prost::encoding::{encode_varint, encoded_len_varint};
 use tonic::Status;
 
 use super::ReadStream;
@@ -37,30 +38,16 @@ const DATA_TAG: u8 = (10 << 3) | 2;
 pub(crate) fn frame(mut buf: Vec<u8>) -> Bytes {
     let len = buf.len() - ROOM;
     debug_assert!(len > 0, "empty chunks are not sent");
-    let mut field = [0u8; 6];
-    field[0] = DATA_TAG;
-    let varint = put_varint(&mut field[1..], len as u64);
-    let field = &field[..1 + varint];
-    let message = (field.len() + len) as u32;
-    let start = ROOM - 5 - field.len();
+    let field = 1 + encoded_len_varint(len as u64);
+    let message = (field + len) as u32;
+    let start = ROOM - 5 - field;
     buf[start] = 0; // not compressed
     buf[start + 1..start + 5].copy_from_slice(&message.to_be_bytes());
-    buf[start + 5..ROOM].copy_from_slice(field);
+    buf[start + 5] = DATA_TAG;
+    encode_varint(len as u64, &mut &mut buf[start + 6..ROOM]);
     let mut framed = Bytes::from(buf);
     framed.advance(start);
     framed
-}
-
-/// Writes `v` as a protobuf varint at the start of `out`; returns its length.
-fn put_varint(out: &mut [u8], mut v: u64) -> usize {
-    let mut i = 0;
-    while v >= 0x80 {
-        out[i] = (v as u8) | 0x80;
-        v >>= 7;
-        i += 1;
-    }
-    out[i] = v as u8;
-    i + 1
 }
 
 /// A Read's response body: the framed messages as they come, then the
