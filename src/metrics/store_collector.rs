@@ -179,6 +179,22 @@ impl Collector for StoreCollector {
                 ConstCounter::new(disk.uploads_cut().get(reason))
                     .encode(family.encode_family(&[("reason", reason.label())])?)?;
             }
+            // Ours: group commit (fsync on). Every write of a batch waits
+            // for its flushes, so this is where a slow disk shows first.
+            let commits = disk.commits();
+            AtomicHistogram(commits.flush_seconds().clone()).encode(enc.encode_descriptor(
+                "bazel_cache_disk_flush_seconds",
+                "Time each group commit spent flushing its batch of new blobs to stable \
+                 storage (both flushes); every write in the batch waits for it",
+                None,
+                MetricType::Histogram,
+            )?)?;
+            AtomicHistogram(commits.blobs().clone()).encode(enc.encode_descriptor(
+                "bazel_cache_disk_flush_blobs",
+                "New blobs each group commit made durable (written, or adopted from bazel-remote)",
+                None,
+                MetricType::Histogram,
+            )?)?;
             let atime = self.oldest_access.load(Ordering::Relaxed);
             let idle = if atime == 0 {
                 0

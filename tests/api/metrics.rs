@@ -397,6 +397,58 @@ async fn eviction_and_idle_time_are_exported() {
 }
 
 #[tokio::test]
+async fn group_commit_flushes_are_exported() {
+    use crate::support::prometheus::MetricType;
+    let s = Server::start(&[]);
+    let m = scrape(&s).await;
+    for family in [
+        "bazel_cache_disk_flush_seconds",
+        "bazel_cache_disk_flush_blobs",
+    ] {
+        assert_eq!(
+            m.types.get(family),
+            Some(&MetricType::Histogram),
+            "{family}"
+        );
+        assert_eq!(m.value(&format!("{family}_count"), &[]), 0.0, "{family}");
+    }
+    // Five writes one after another: each is acknowledged only after its
+    // own commit, so they cannot share one. Then 16 at once, which may.
+    for seed in 0..5 {
+        let b = support::noise(64 * 1024, 300 + seed);
+        assert_eq!(request(&s, "PUT", &cas(&b), Some(&b)).await, 200);
+    }
+    let together = (0..16).map(|i| {
+        let b = support::noise(64 * 1024, 400 + i);
+        let s = &s;
+        async move { request(s, "PUT", &cas(&b), Some(&b)).await }
+    });
+    for status in futures_util::future::join_all(together).await {
+        assert_eq!(status, 200);
+    }
+    let m = scrape(&s).await;
+    let commits = m.value("bazel_cache_disk_flush_seconds_count", &[]);
+    assert_eq!(m.value("bazel_cache_disk_flush_blobs_count", &[]), commits);
+    assert!((6.0..=21.0).contains(&commits), "{commits} commits");
+    assert_eq!(m.value("bazel_cache_disk_flush_blobs_sum", &[]), 21.0);
+    assert!(m.value("bazel_cache_disk_flush_seconds_sum", &[]) > 0.0);
+    assert_eq!(
+        m.value("bazel_cache_disk_flush_blobs_bucket", &[("le", "+Inf")]),
+        commits
+    );
+
+    // Without fsync nothing is flushed, so nothing is recorded.
+    let s = Server::start(&["--fsync=false"]);
+    for seed in 0..3 {
+        let b = support::noise(64 * 1024, 500 + seed);
+        assert_eq!(request(&s, "PUT", &cas(&b), Some(&b)).await, 200);
+    }
+    let m = scrape(&s).await;
+    assert_eq!(m.value("bazel_cache_disk_flush_seconds_count", &[]), 0.0);
+    assert_eq!(m.value("bazel_cache_disk_flush_blobs_sum", &[]), 0.0);
+}
+
+#[tokio::test]
 async fn grpc_metrics_need_endpoint_metrics() {
     let s = Server::start(&["--grpc_address", "127.0.0.1:0"]);
     let mut caps = CapabilitiesClient::new(s.channel().await);

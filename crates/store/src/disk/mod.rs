@@ -15,12 +15,14 @@
 //! - `read.rs`: a GET, whole for small files, streamed for large ones;
 //!   `../nowait.rs`: opening and reading a hot file without blocking.
 //! - `index.rs` (and `index/`): redb, the writer thread, accounting, LRU.
-//! - `group_sync.rs`: one flush for a batch of new files (group commit).
+//! - `group_sync.rs`: one flush for a batch of new files (group commit);
+//!   `commit_stats.rs`: how long those flushes take (metrics).
 //! - `presence.rs`: the in-memory set FindMissingBlobs answers from.
 //! - `layout.rs`: paths on disk; `recovery.rs`: the start-up scan.
 //! - `adopt.rs` (and `adopt/`): taking over a bazel-remote `dir` in place.
 
 mod adopt;
+mod commit_stats;
 mod config;
 mod group_sync;
 mod index;
@@ -48,6 +50,7 @@ use crate::{Blob, BlobReader, Encoding, PutBody, PutRequest, Store, StoreError, 
 use bazel_cache_digest::{BlobKey, Digest};
 
 pub use self::adopt::{AdoptProgress, AdoptionStatus};
+pub use self::commit_stats::CommitStats;
 use self::config::ZSTD_LEVEL;
 pub use self::config::{
     DEFAULT_BODY_MIN_RATE, DEFAULT_BODY_RATE_WINDOW, DEFAULT_BODY_STALL_TIMEOUT,
@@ -292,6 +295,11 @@ impl DiskStore {
     /// Entries removed by LRU eviction since start (metrics).
     pub fn evictions(&self) -> u64 {
         self.stats.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Group commits since start: flush time and blobs per flush (metrics).
+    pub fn commits(&self) -> &CommitStats {
+        &self.stats.commits
     }
 
     /// Upload bodies cut since start because they stalled or were too slow

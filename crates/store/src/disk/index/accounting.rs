@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::Entry;
 use crate::StoreStats;
+use crate::disk::commit_stats::CommitStats;
 
 /// Counters published by the writer for `/status` and metrics; read without locks.
 #[derive(Debug, Default)]
@@ -20,6 +21,8 @@ pub(in crate::disk) struct SharedStats {
     pub evictions: AtomicU64,
     pub overwritten: AtomicU64,
     pub max: AtomicU64,
+    /// Group commits: flush time and blobs per flush (metrics).
+    pub commits: CommitStats,
 }
 
 impl SharedStats {

@@ -518,13 +518,17 @@ impl Writer {
         // Group commit: the bytes of every new blob in this batch reach
         // stable storage in one flush, before any of them is renamed into
         // place (a file under its final name is always whole)...
+        let mut flushed = Duration::ZERO;
         if self.fsync && inserts.iter().any(|(ins, _)| ins.origin == Origin::Write) {
             let sources: Vec<&std::path::Path> = inserts
                 .iter()
                 .filter(|(ins, _)| ins.origin == Origin::Write)
                 .map(|(ins, _)| ins.from.as_path())
                 .collect();
-            if let Err(e) = self.durable.sync_files(&sources) {
+            let began = Instant::now();
+            let synced = self.durable.sync_files(&sources);
+            flushed = began.elapsed();
+            if let Err(e) = synced {
                 tracing::error!(error = %e, "flushing new blobs to stable storage failed");
                 let reason = e.to_string();
                 for (ins, done) in inserts {
@@ -602,16 +606,25 @@ impl Writer {
         // ...and the renames are made durable in a second flush before any
         // write is acknowledged. (The index commit need not be durable:
         // after a crash, recovery rebuilds it from the files.)
-        if self.fsync
-            && !dirs.is_empty()
-            && let Err(e) = self.durable.sync_dirs(&dirs)
-        {
-            tracing::error!(error = %e, "flushing renamed blobs to stable storage failed");
-            for (ins, dest, done) in placed {
-                unplace(&ins, &dest);
-                let _ = done.send(Err(StoreError::Io(std::io::Error::other(e.to_string()))));
+        if self.fsync && !dirs.is_empty() {
+            let began = Instant::now();
+            let synced = self.durable.sync_dirs(&dirs);
+            flushed += began.elapsed();
+            if let Err(e) = synced {
+                tracing::error!(error = %e, "flushing renamed blobs to stable storage failed");
+                for (ins, dest, done) in placed {
+                    unplace(&ins, &dest);
+                    let _ = done.send(Err(StoreError::Io(std::io::Error::other(e.to_string()))));
+                }
+                return;
             }
-            return;
+            // Blobs written, and bazel-remote files adopted (renamed in
+            // place, so flushed by the same second flush).
+            let durable = placed
+                .iter()
+                .filter(|(ins, _, _)| ins.origin != Origin::Recovered)
+                .count();
+            self.stats.commits.record(flushed, durable);
         }
 
         // Decisions redb now holds leave the pending set before the
