@@ -802,8 +802,8 @@ impl Writer {
     }
 
     /// Makes a batch's decisions visible (presence map, pending set,
-    /// counters), removes the files they drop, acknowledges the writes and
-    /// hands the changes to the committer.
+    /// counters), acknowledges the writes, hands the changes to the
+    /// committer and the files they drop to the reaper.
     fn publish(&mut self, d: Decided, placed: Vec<(Insert, PathBuf, Reply)>) {
         for hash in &d.absent {
             self.presence.remove(hash);
@@ -821,8 +821,6 @@ impl Writer {
             self.generation += 1;
             self.index.pending.publish(self.generation, d.decisions);
         }
-        self.reaper
-            .remove(d.unlink, self.stats.max.load(Ordering::Relaxed));
         d.totals.publish(&self.stats);
         self.stats
             .overwritten
@@ -853,6 +851,13 @@ impl Writer {
                 meta,
             });
         }
+        // Last: when the reaper's backlog is at its bound this waits for
+        // room, and this batch's writes (acknowledged above) and index
+        // changes (with the committer) need not wait with it. Readers miss
+        // the evicted keys already; a key written again before its old
+        // file is gone is claimed by `place`.
+        self.reaper
+            .remove(d.unlink, self.stats.max.load(Ordering::Relaxed));
     }
 }
 
