@@ -124,7 +124,9 @@ run() {
     cat "$work/$key.err" >&2
     die "bench $key could not run"
   fi
-  jq -r '"\(.total.requests) requests, \(.errors.total) errors"' "$work/$key.json" >&2
+  jq -r '"\(.total.requests) requests, \(.errors.total) errors"
+    + (if .errors.total > 0 then ": " + (.errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", "))
+       else "" end)' "$work/$key.json" >&2
 }
 
 start_nginx "$work/nginx"
@@ -194,7 +196,9 @@ row() {
       | if $us == null then "n/a" elif $us >= 1000 then ((($us / 10 | floor) / 100 | tostring) + " ms")
         else (fmt($us) + " µs") end;
     def lat(rep): (rep.total.latency | "\(.p50_ms * 100 | floor / 100)/\(.p99_ms * 100 | floor / 100)");
-    def flag(rep): if rep.errors.total > 0 then " (\(rep.errors.total) errors)" else "" end;
+    def flag(rep): if rep.errors.total > 0
+      then " (\(rep.errors.total) errors: \(rep.errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", ")))"
+      else "" end;
     $o[0] as $ours
     | (if ($r | length) > 0 then rate($r[0])
        elif ($ref | startswith("target:")) then ($ref | ltrimstr("target:") | tonumber)
