@@ -216,6 +216,49 @@ fn http_mixed_load_is_measured_verified_and_stored() {
 }
 
 #[test]
+fn the_prefill_asks_again_when_its_uploads_evict_other_prefilled_blobs() {
+    // Room for 12 blobs of 256 KiB. Eight prefilled blobs, then six other
+    // blobs: the two oldest prefilled ones are evicted, and the rest are
+    // now the least recently used (a read moves a blob up at most once a
+    // minute). Uploading the two missing ones evicts two more, and so on.
+    let server = Server::start(&[
+        "--max_size",
+        "0.0029296875",
+        "--storage_mode",
+        "uncompressed",
+    ]);
+    let url = server.http_url.clone();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            url.as_str(),
+            "--sizes",
+            "256KiB",
+            "--concurrency",
+            "1",
+            "--warmup",
+            "0s",
+            "--prefill",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        bench(&args).expect(0).json()
+    };
+    let first = run(&["--mix", "read", "--requests", "1"]);
+    assert_eq!(u(&first["prefill"], "uploaded"), 8);
+    assert_eq!(u(&first["prefill"], "rounds"), 1);
+    run(&["--mix", "write", "--requests", "6"]);
+    assert_eq!(server.num_files(), 12);
+
+    let report = run(&["--mix", "read", "--requests", "64"]);
+    check_consistent(&report);
+    // Every read found its blob: the prefill went on until none was missing.
+    assert_eq!(u(&report["errors"], "total"), 0, "{report}");
+    assert!(u(&report["prefill"], "rounds") >= 2, "{report}");
+    assert!(u(&report["prefill"], "uploaded") >= 4, "{report}");
+}
+
+#[test]
 fn http_instance_name_and_url_path_prefix_the_requests() {
     let server = Server::start(&[]);
     let url = format!("{}/team-a/", server.http_url);

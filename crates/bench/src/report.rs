@@ -78,6 +78,9 @@ pub struct OpShare {
 pub struct Prefill {
     pub blobs: u64,
     pub uploaded: u64,
+    /// Rounds that uploaded something (more than one when uploads evicted
+    /// other prefilled blobs; see `PREFILL_ROUNDS`).
+    pub rounds: u64,
     /// ActionResults stored for `ac-read` (each run, over any old ones).
     pub action_results: u64,
     pub seconds: f64,
