@@ -368,6 +368,7 @@ async fn prefill(
                 index,
             })
             .collect();
+        let per = client.per_request(class.size(), 256);
         for _ in 0..PREFILL_ROUNDS {
             let missing = find_all_missing(client, class, &ids, options)
                 .await
@@ -375,7 +376,6 @@ async fn prefill(
             if missing.is_empty() {
                 break;
             }
-            let per = client.per_request(class.size(), 256);
             let groups: Vec<Vec<BlobId>> = missing.chunks(per).map(<[_]>::to_vec).collect();
             let (c, cl) = (client.clone(), class.clone());
             each_group(options, groups, move |worker, ids| {

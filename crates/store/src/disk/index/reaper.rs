@@ -1,4 +1,4 @@
-//! Removing the files of evicted and replaced entries on a thread of their
+//! Removing the files of evicted and replaced entries on threads of their
 //! own, so that the index writer acknowledges writes without waiting for
 //! them.
 //!
@@ -72,12 +72,14 @@ struct Waiting {
 }
 
 impl Waiting {
+    /// Whether the backlog is down to `files` and `bytes`.
+    fn within(&self, (files, bytes): (usize, u64)) -> bool {
+        self.paths.len() <= files && self.bytes <= bytes
+    }
+
     /// Whether a removal just now should wake the waiters.
     fn wake(&self) -> bool {
-        self.watchers > 0
-            || self
-                .room_at
-                .is_some_and(|(files, bytes)| self.paths.len() <= files && self.bytes <= bytes)
+        self.watchers > 0 || self.room_at.is_some_and(|room| self.within(room))
     }
 }
 
@@ -189,7 +191,7 @@ impl Reaper {
                         max_bytes - (max_bytes / 16).max(size),
                     );
                     w.room_at = Some(room_at);
-                    while w.paths.len() > room_at.0 || w.bytes > room_at.1 {
+                    while !w.within(room_at) {
                         w = self
                             .shared
                             .removed
