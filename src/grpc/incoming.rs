@@ -10,18 +10,20 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::Connected;
 
-use crate::listen::{self, CoalescedWrites, ConnInfo, Connection, Listener, Port};
+use crate::listen::{self, ConnInfo, Connection, Listener, Port};
+use bazel_cache_h2io::CoalescedWrites;
 
-impl Connected for CoalescedWrites<Connection> {
+impl Connected for Connection {
     type ConnectInfo = ConnInfo;
 
     fn connect_info(&self) -> ConnInfo {
-        self.get_ref().info.clone()
+        self.info.clone()
     }
 }
 
 /// Accepts until `stop` is cancelled, under `port`'s limits; yields
-/// connections ready for HTTP/2, their writes coalesced (coalesce.rs).
+/// connections ready for HTTP/2, their writes coalesced
+/// ([`CoalescedWrites`]: one `writev` per burst of HTTP/2 frames).
 pub(crate) fn incoming(
     listener: Listener,
     tls: Option<TlsAcceptor>,

@@ -12,8 +12,6 @@
 //! - `guard.rs`: the IO wrapper of every connection: the deadline for the
 //!   first request head, the HTTP/2 idle timeout, PING/SETTINGS floods
 //!   (`h2_flood.rs`).
-//! - `coalesce.rs`: [`CoalescedWrites`], the gRPC port's connections'
-//!   writes gathered into one `writev` per burst of HTTP/2 frames.
 //! - `activity.rs`: the requests in progress on a connection, as the front
 //!   ends count them (what "idle" means for HTTP/2).
 //! - `stats.rs`: [`ConnectionStats`], each port's counters for `/metrics`,
@@ -24,7 +22,6 @@
 
 pub(crate) mod accept;
 pub(crate) mod activity;
-mod coalesce;
 mod guard;
 mod h2_flood;
 pub(crate) mod stats;
@@ -42,7 +39,6 @@ use crate::config::ListenAddr;
 
 pub(crate) use accept::{Connection, accept};
 pub(crate) use activity::Activity;
-pub(crate) use coalesce::CoalescedWrites;
 pub(crate) use stats::ConnectionStats;
 
 /// A bound listener.
