@@ -25,7 +25,20 @@
 # The x16 rows batch 16 blobs per call, as a client that batches small
 # blobs would, and are per blob. A second table shows every write load's
 # p99/p50 (stalls), at 16 clients and again at 64, with nginx's for the
-# same HTTP loads beside ours. About 3.5 minutes.
+# same HTTP loads beside ours. About 4 minutes.
+#
+# Before the first load the page cache is filled to within 2 GiB of the
+# memory available, with the zero pages of a sparse file read once (no disk
+# I/O; freed when the script exits). A cache server's page cache is full
+# in steady state, since its data outgrow its memory, so the pages new
+# blobs are written into come from reclaimed cache. On a freshly booted
+# machine they come from free memory instead, and in a VM whose balloon
+# reports free pages to the host (virtio-balloon free page reporting, as
+# this one does), each of those pages costs a host fault on first touch:
+# a 1 MiB PUT on this VM spent ~0.86 ms of its ~3.5 ms in the kernel's copy
+# into the page cache with free memory, ~0.1 ms with the cache full, and
+# the PUT took 2.4-4.9 ms of server CPU against 1.6-1.9 ms. nginx pays the
+# same, so the ratio mostly held while CPU per operation did not.
 #
 # Usage: scripts/perf-compare.sh [--quick]
 #   --quick          1 s per figure, 0.5 s warm-up (a smoke run, ~1 minute)
@@ -40,6 +53,7 @@
 #            truncate -s 22G /work/fs.img && mkfs.ext4 -q -F /work/fs.img
 #            mkdir -p /mnt/j && mount -o loop /work/fs.img /mnt/j
 #            PERF_DIR=/mnt/j scripts/perf-compare.sh
+#        PERF_FILL_CACHE=0 skips filling the page cache (above).
 #        BENCH=path to the bazel-cache binary (default target/release/bazel-cache,
 #        built when missing)  NGINX=nginx
 # Needs nginx with the DAV module and jq: installed with apt-get when missing.
@@ -129,6 +143,20 @@ run() {
        else "" end)' "$work/$key.json" >&2
 }
 
+# fill_page_cache: the page cache filled with clean pages (header).
+fill_page_cache() {
+  local avail_kib gib started
+  avail_kib=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+  gib=$((avail_kib / 1048576 - 2))
+  [ "$gib" -gt 0 ] || return 0
+  started=$(date +%s)
+  truncate -s "${gib}G" "$work/page-cache-fill"
+  cat "$work/page-cache-fill" >/dev/null
+  echo "perf-compare: page cache filled with ${gib} GiB of zero pages in" \
+    "$(($(date +%s) - started)) s (PERF_FILL_CACHE=0 to skip)" >&2
+}
+
+[ "${PERF_FILL_CACHE:-1}" = 0 ] || fill_page_cache
 start_nginx "$work/nginx"
 start_server ours
 start_server nofsync --fsync=false
