@@ -680,6 +680,23 @@ fn blob_status(
 mod tests {
     use super::*;
 
+    /// The connector reaches the host and port the URL names, an IPv6
+    /// literal (bracketed in URLs) included, with Nagle's delay off.
+    #[tokio::test]
+    async fn the_connector_reaches_ipv4_and_bracketed_ipv6_hosts() {
+        for bind in ["127.0.0.1:0", "[::1]:0"] {
+            let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let uri: http::Uri = format!("http://{addr}").parse().unwrap();
+            let (client, accepted) = tokio::join!(tcp(uri), listener.accept());
+            let client = client.unwrap();
+            let (_, peer) = accepted.unwrap();
+            assert_eq!(client.peer_addr().unwrap(), addr);
+            assert_eq!(client.local_addr().unwrap(), peer);
+            assert!(client.nodelay().unwrap());
+        }
+    }
+
     #[test]
     fn resource_names_say_blake3_and_omit_sha256() {
         let sha = Hash::of(b"x");
