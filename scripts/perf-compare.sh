@@ -123,6 +123,10 @@ start_server() {
   printf -v "${name}_grpc" %s "$grpc"
 }
 
+# A report's errors by kind ("94 gRPC NotFound, 2 timeout"): the progress
+# line and the table's flag name them alike.
+kinds_jq='def kinds: .errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", ");'
+
 # run KEY URL ARGS...: one measurement, its JSON report in $work/KEY.json.
 # Writes start after a sync. A run that cannot start stops the script; one
 # whose requests failed is kept and flagged in the table.
@@ -138,9 +142,8 @@ run() {
     cat "$work/$key.err" >&2
     die "bench $key could not run"
   fi
-  jq -r '"\(.total.requests) requests, \(.errors.total) errors"
-    + (if .errors.total > 0 then ": " + (.errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", "))
-       else "" end)' "$work/$key.json" >&2
+  jq -r "$kinds_jq"'"\(.total.requests) requests, \(.errors.total) errors"
+    + (if .errors.total > 0 then ": " + kinds else "" end)' "$work/$key.json" >&2
 }
 
 # fill_page_cache: the page cache filled with clean pages (header).
@@ -216,7 +219,7 @@ row() {
   jq -nr --arg figure "$label" --arg unit "$unit" --arg goal "$goal" --arg ref "$ref" \
     --arg refname "$refname" \
     --slurpfile o "$work/$ours.json" \
-    --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" '
+    --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" "$kinds_jq"'
     def rate(rep): if $unit == "MiB/s" then rep.total.mib_per_second else rep.total.blobs_per_second end;
     def fmt(x): if x == null then "-" elif x >= 100 then (x | floor | tostring)
                 else ((x * 10 | floor) / 10 | tostring) end;
@@ -224,9 +227,7 @@ row() {
       | if $us == null then "n/a" elif $us >= 1000 then ((($us / 10 | floor) / 100 | tostring) + " ms")
         else (fmt($us) + " µs") end;
     def lat(rep): (rep.total.latency | "\(.p50_ms * 100 | floor / 100)/\(.p99_ms * 100 | floor / 100)");
-    def flag(rep): if rep.errors.total > 0
-      then " (\(rep.errors.total) errors: \(rep.errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", ")))"
-      else "" end;
+    def flag(rep): if rep.errors.total > 0 then " (\(rep.errors.total) errors: \(rep | kinds))" else "" end;
     $o[0] as $ours
     | (if ($r | length) > 0 then rate($r[0])
        elif ($ref | startswith("target:")) then ($ref | ltrimstr("target:") | tonumber)

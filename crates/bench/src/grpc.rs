@@ -38,6 +38,7 @@ use crate::zstd_read::Verifier;
 use bazel_cache_digest::{DigestFunction, Hash};
 use bazel_cache_h2io::{BufferedReads, CoalescedWrites};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 /// The most blob bytes put in one batch call whatever the server announces:
@@ -64,22 +65,28 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// puts its connect timeout around all of it.
 async fn open(endpoint: &Endpoint, tls: bool) -> Result<Channel, tonic::transport::Error> {
     if tls {
-        let connector = |uri| async move {
-            Ok::<_, io::Error>(TokioIo::new(BufferedReads::new(tcp(uri).await?)))
-        };
-        endpoint
-            .connect_with_connector(tower::service_fn(connector))
-            .await
+        open_through(endpoint, BufferedReads::new).await
     } else {
-        let connector = |uri| async move {
-            Ok::<_, io::Error>(TokioIo::new(BufferedReads::new(CoalescedWrites::new(
-                tcp(uri).await?,
-            ))))
-        };
-        endpoint
-            .connect_with_connector(tower::service_fn(connector))
-            .await
+        open_through(endpoint, |tcp| {
+            BufferedReads::new(CoalescedWrites::new(tcp))
+        })
+        .await
     }
+}
+
+/// One channel over TCP connections wrapped by `wrap`.
+async fn open_through<T>(
+    endpoint: &Endpoint,
+    wrap: fn(TcpStream) -> T,
+) -> Result<Channel, tonic::transport::Error>
+where
+    T: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let connector =
+        move |uri| async move { Ok::<_, io::Error>(TokioIo::new(wrap(tcp(uri).await?))) };
+    endpoint
+        .connect_with_connector(tower::service_fn(connector))
+        .await
 }
 
 /// The TCP connection to `uri`'s host and port, without Nagle's delay.
