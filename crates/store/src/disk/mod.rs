@@ -19,6 +19,8 @@
 //!   `commit_stats.rs`: how long those flushes take (metrics).
 //! - `presence.rs`: the in-memory set FindMissingBlobs answers from.
 //! - `layout.rs`: paths on disk; `recovery.rs`: the start-up scan.
+//! - `mount.rs`: warns at start when `dir`'s file system discards freed
+//!   blocks online, which slows every eviction's file deletions.
 //! - `adopt.rs` (and `adopt/`): taking over a bazel-remote `dir` in place.
 
 mod adopt;
@@ -27,6 +29,7 @@ mod config;
 mod group_sync;
 mod index;
 mod layout;
+mod mount;
 mod presence;
 mod read;
 mod recovery;
@@ -120,6 +123,7 @@ impl DiskStore {
     fn open_blocking(cfg: DiskConfig) -> Result<DiskStore, StoreError> {
         let layout = Layout::new(&cfg.dir);
         std::fs::create_dir_all(layout.tmp_dir())?;
+        mount::warn_if_discarding(&cfg.dir);
         // Temp files are writes that never finished: no one will claim them.
         for entry in std::fs::read_dir(layout.tmp_dir())? {
             let _ = std::fs::remove_file(entry?.path());

@@ -30,6 +30,18 @@
 //! every write waited (p99 3.4-4.2 s against a p50 of 150 ms at 64
 //! clients). With cold metadata one thread removed 9,000-14,000 files a
 //! second on this machine, 4 threads 24,000-30,000, 8 threads 37,000.
+//!
+//! **A file system mounted with `discard`** makes every removal wait for
+//! the disk as well: ext4 issues the discard of a file's freed blocks in
+//! the unlink (without a journal, at once; with one, at its commit). On
+//! an ext4 without a journal here, 4 KiB files went at 7,300 a second on
+//! one thread with `discard` and 65,000 without; empty files, which free
+//! no blocks, at 120,000 on this machine's root file system, which has
+//! `discard`. Those waits overlap too: 40,000 files of 4 KiB went at
+//! 15,000 a second on 1 thread, 46,000 on 8, 61,000 on 16, 59,000 on 32
+//! and 38,000 on 64, so there are [`THREADS`] = 16. (Mounting a cache's
+//! file system without `discard` and trimming it periodically, with
+//! `fstrim.timer`, is the better cure: README, "Storage".)
 //! The writer waits for a sixteenth of the bound to clear (not for each
 //! file), and it waits after acknowledging its batch's writes.
 //!
@@ -48,9 +60,10 @@ use std::sync::{Arc, Condvar, Mutex};
 pub(super) const MAX_FILES: usize = 65_536;
 /// The byte bound's floor, for small `max_size`s.
 pub(super) const MIN_BYTES: u64 = 64 << 20;
-/// Removal threads: an unlink mostly waits for the disk to read metadata
-/// back, and several overlap those waits (rates in the module doc).
-const THREADS: usize = 8;
+/// Removal threads: an unlink mostly waits for the disk, to read
+/// metadata back or to discard freed blocks, and several overlap those
+/// waits (rates in the module doc).
+const THREADS: usize = 16;
 
 #[derive(Default)]
 struct Waiting {
@@ -61,7 +74,7 @@ struct Waiting {
     removing: HashSet<PathBuf>,
     /// While the writer waits for room: the files and bytes the backlog
     /// must fall to before it is woken. It waits for a sixteenth of the
-    /// bound to clear, not for each file, so that eight threads removing
+    /// bound to clear, not for each file, so that the threads removing
     /// tens of thousands of files a second do not wake it for every one;
     /// a quarter held it for 0.5-0.7 s at a time (4,096 files take about
     /// 0.15 s).
