@@ -27,6 +27,17 @@
 # p99/p50 (stalls), at 16 clients and again at 64, with nginx's for the
 # same HTTP loads beside ours. About 4 minutes.
 #
+# The `evicted` columns count the blobs our server evicted during each
+# load (bazel_remote_disk_cache_evictions_total). Its default 5 GiB store
+# fills during the run, and from then on each write load evicts whatever
+# the LRU tail holds there. A load that meets the band of 4 KiB blobs the
+# PUT 4 KiB rows left deletes ~256 files per 1 MiB it writes, and on this
+# VM each deletion costs kernel CPU and a synchronous discard (the root
+# ext4 is mounted with `discard`; README, "Storage"). The 1 MiB PUT that
+# first meets that band (BLAKE3's, in runs fast enough to get there by
+# then) evicted ~75,000 blobs and ran at half its twin's rate. The
+# column shows which rows paid for that.
+#
 # Before the first load the page cache is filled to within 2 GiB of the
 # memory available, with the zero pages of a sparse file read once (no disk
 # I/O; freed when the script exits). A cache server's page cache is full
@@ -75,7 +86,7 @@ bench=${BENCH:-target/release/bazel-cache}
 
 die() { echo "perf-compare: $*" >&2; exit 2; }
 
-for tool in nginx jq; do
+for tool in nginx jq curl; do
   if ! command -v "${tool/nginx/${NGINX:-nginx}}" >/dev/null; then
     echo "perf-compare: installing $tool" >&2
     { apt-get install -y "$tool" >/dev/null 2>&1 || { apt-get update >/dev/null 2>&1 && apt-get install -y "$tool" >/dev/null 2>&1; }; } \
@@ -127,13 +138,25 @@ start_server() {
 # line and the table's flag name them alike.
 kinds_jq='def kinds: .errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", ");'
 
-# run KEY URL ARGS...: one measurement, its JSON report in $work/KEY.json.
+# evictions HTTP_URL: the blobs our server at HTTP_URL has evicted so far
+# (bazel-remote's counter, on /metrics).
+evictions() {
+  curl -fsS "$1/metrics" | awk '/^bazel_remote_disk_cache_evictions_total / { print $2 }'
+}
+
+# run KEY URL ARGS...: one measurement, its JSON report in $work/KEY.json,
+# and for our servers the blobs evicted meanwhile in $work/KEY.evicted.
 # Writes start after a sync. A run that cannot start stops the script; one
 # whose requests failed is kept and flagged in the table.
 run() {
-  local key=$1 url=$2 status=0
+  local key=$1 url=$2 status=0 metrics="" before=""
   shift 2
   case " $* " in *" --mix write"* | *" --mix ac-write"*) sync ;; esac
+  case $url in
+    "$ours_http" | "$ours_grpc") metrics=$ours_http ;;
+    "$nofsync_http") metrics=$nofsync_http ;;
+  esac
+  [ -z "$metrics" ] || before=$(evictions "$metrics")
   printf '  %-28s' "$key" >&2
   "$bench" bench "$url" --concurrency "${RUN_CLIENTS:-$clients}" --duration "$duration" --warmup "$warmup" \
     --json "$@" >"$work/$key.json" 2>"$work/$key.err" || status=$?
@@ -142,6 +165,7 @@ run() {
     cat "$work/$key.err" >&2
     die "bench $key could not run"
   fi
+  [ -z "$metrics" ] || echo $(($(evictions "$metrics") - before)) >"$work/$key.evicted"
   jq -r "$kinds_jq"'"\(.total.requests) requests, \(.errors.total) errors"
     + (if .errors.total > 0 then ": " + kinds else "" end)' "$work/$key.json" >&2
 }
@@ -211,13 +235,19 @@ RUN_CLIENTS=64 run ours-put-1MiB-c64 "$ours_http" --mix write --sizes 1MiB
 RUN_CLIENTS=64 run grpc-write-4KiB-c64 "$ours_grpc" --mix write --sizes 4KiB
 RUN_CLIENTS=64 run grpc-write-1MiB-c64 "$ours_grpc" --mix write --sizes 1MiB --batch 0
 
+# evicted KEY: the blobs our server evicted during KEY's run ("-": none
+# counted, e.g. nginx's).
+evicted() {
+  cat "$work/$1.evicted" 2>/dev/null || echo -
+}
+
 # One row: label, our report, reference (a report, or "target:<blobs/s>", or
 # "-"), unit (req/s: blobs per second; MiB/s), the issue's goal for the ratio,
 # and optionally the reference's name (default: its report's first word).
 row() {
   local label=$1 ours=$2 ref=$3 unit=$4 goal=$5 refname=${6:-}
   jq -nr --arg figure "$label" --arg unit "$unit" --arg goal "$goal" --arg ref "$ref" \
-    --arg refname "$refname" \
+    --arg refname "$refname" --arg evicted "$(evicted "$ours")" \
     --slurpfile o "$work/$ours.json" \
     --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" "$kinds_jq"'
     def rate(rep): if $unit == "MiB/s" then rep.total.mib_per_second else rep.total.blobs_per_second end;
@@ -240,13 +270,14 @@ row() {
         (if $refrate == null or $refrate == 0 then "-" else (rate($ours) / $refrate * 100 | floor / 100 | tostring) end),
         $goal,
         lat($ours),
+        $evicted,
         cpu($ours),
         (if ($r | length) > 0 and ($ref | startswith("nginx")) then cpu($r[0]) + flag($r[0]) else "-" end)
       ] | @tsv'
 }
 
 {
-  printf 'figure\tours\treference\tratio\tgoal\tp50/p99 ms\tCPU/op ours\tCPU/op nginx\n'
+  printf 'figure\tours\treference\tratio\tgoal\tp50/p99 ms\tevicted\tCPU/op ours\tCPU/op nginx\n'
   row "HTTP GET 4 KiB" ours-get-4KiB nginx-get-4KiB req/s ">=0.7"
   row "HTTP GET 1 MiB" ours-get-1MiB nginx-get-1MiB MiB/s ">=0.85"
   row "HTTP PUT 4 KiB" ours-put-4KiB nginx-put-4KiB req/s "-"
@@ -274,7 +305,8 @@ row() {
 echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: our HTTP figure" \
   "(for writes, a twin measured just before);" \
   "for BLAKE3 rows: the same load named by SHA-256; x16: 16 blobs per call, per blob;" \
-  "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing))"
+  "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing);" \
+  "evicted: blobs our server evicted from the start of the run's warm-up to its end)"
 # The hashing rate behind the BLAKE3 rows: what one core does with each function.
 "$bench" bench --hash_rate --json >"$work/hash-rate.json" 2>"$work/hash-rate.err" \
   || { cat "$work/hash-rate.err" >&2; die "bench --hash_rate failed"; }
@@ -289,17 +321,17 @@ jq -r '.rates as $r | ($r | map({(.function): .mib_per_second}) | add) as $m
 # the disk give any server.
 echo
 {
-  printf 'writes\tclients\tp50 ms\tp99 ms\tp99/p50\tnginx p99/p50\tgoal\n'
+  printf 'writes\tclients\tp50 ms\tp99 ms\tp99/p50\tnginx p99/p50\tevicted\tgoal\n'
   for key in ours-put-4KiB ours-put-1MiB grpc-write-4KiB-batch grpc-write-1MiB \
     ours-put-4KiB-c64 ours-put-1MiB-c64 grpc-write-4KiB-c64 grpc-write-1MiB-c64; do
     ref=/dev/null
     case $key in ours-put-*) ref=$work/nginx-${key#ours-}.json ;; esac
-    jq -nr --arg key "$key" --slurpfile o "$work/$key.json" --slurpfile r "$ref" '
+    jq -nr --arg key "$key" --arg evicted "$(evicted "$key")" --slurpfile o "$work/$key.json" --slurpfile r "$ref" '
       def spread(l): if l.p50_ms > 0 then (l.p99_ms / l.p50_ms * 100 | floor / 100) else "-" end;
       $o[0].total.latency as $l
       | [$key, (if ($key | endswith("-c64")) then "64" else "16" end),
          ($l.p50_ms * 100 | floor / 100), ($l.p99_ms * 100 | floor / 100), spread($l),
-         (if ($r | length) > 0 then spread($r[0].total.latency) else "-" end), "<=3"]
+         (if ($r | length) > 0 then spread($r[0].total.latency) else "-" end), $evicted, "<=3"]
       | @tsv'
   done
 } | column -t -s $'\t'
