@@ -178,7 +178,15 @@ fill_page_cache() {
   [ "$gib" -gt 0 ] || return 0
   started=$(date +%s)
   truncate -s "${gib}G" "$work/page-cache-fill"
-  cat "$work/page-cache-fill" >/dev/null
+  # One reader per core: the time goes to the host's page faults, and two
+  # readers took 1.4-5.8 s for 4 GiB here against 4.9-16.4 s for one.
+  local readers part i
+  readers=$(nproc)
+  part=$(((gib * 1024 + readers - 1) / readers))
+  for ((i = 0; i < readers; i++)); do
+    dd if="$work/page-cache-fill" of=/dev/null bs=1M skip=$((i * part)) count="$part" status=none &
+  done
+  wait
   echo "perf-compare: page cache filled with ${gib} GiB of zero pages in" \
     "$(($(date +%s) - started)) s (PERF_FILL_CACHE=0 to skip)" >&2
 }
