@@ -314,7 +314,7 @@ echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: o
   "(for writes, a twin measured just before);" \
   "for BLAKE3 rows: the same load named by SHA-256; x16: 16 blobs per call, per blob;" \
   "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing);" \
-  "evicted: blobs our server evicted from the start of the run's warm-up to its end)"
+  "evicted: blobs our server evicted from before the load (prefill and warm-up included) to its end)"
 # The hashing rate behind the BLAKE3 rows: what one core does with each function.
 "$bench" bench --hash_rate --json >"$work/hash-rate.json" 2>"$work/hash-rate.err" \
   || { cat "$work/hash-rate.err" >&2; die "bench --hash_rate failed"; }
