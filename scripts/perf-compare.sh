@@ -255,7 +255,7 @@ evicted() {
 row() {
   local label=$1 ours=$2 ref=$3 unit=$4 goal=$5 refname=${6:-}
   jq -nr --arg figure "$label" --arg unit "$unit" --arg goal "$goal" --arg ref "$ref" \
-    --arg refname "$refname" --arg evicted "$(evicted "$ours")" \
+    --arg refname "$refname" --arg evicted "$(evicted "$ours")" --arg refevicted "$(evicted "$ref")" \
     --slurpfile o "$work/$ours.json" \
     --slurpfile r "$([ -f "$work/$ref.json" ] && echo "$work/$ref.json" || echo /dev/null)" "$kinds_jq"'
     def rate(rep): if $unit == "MiB/s" then rep.total.mib_per_second else rep.total.blobs_per_second end;
@@ -274,7 +274,8 @@ row() {
        elif $refrate != null then "target" else "" end) as $refname
     | [ $figure,
         fmt(rate($ours)) + " " + $unit + flag($ours),
-        (if $refrate == null then "-" else fmt($refrate) + " " + $unit + " (" + $refname + ")" end),
+        (if $refrate == null then "-" else fmt($refrate) + " " + $unit + " (" + $refname
+           + (if ($refevicted | test("^[1-9]")) then ", \($refevicted) evicted" else "" end) + ")" end),
         (if $refrate == null or $refrate == 0 then "-" else (rate($ours) / $refrate * 100 | floor / 100 | tostring) end),
         $goal,
         lat($ours),
@@ -309,12 +310,13 @@ row() {
   row "AC put HTTP" http-ac-write - req/s "-"
   row "AC get gRPC" grpc-ac-read http-ac-read req/s ">=0.9"
   row "AC put gRPC" grpc-ac-write http-ac-write req/s ">=0.9"
-} | sed 's/(ours)/(our HTTP)/; s/(http)/(our HTTP)/' | column -t -s $'\t'
+} | sed 's/(ours\([,)]\)/(our HTTP\1/; s/(http\([,)]\)/(our HTTP\1/' | column -t -s $'\t'
 echo "(ours: this server, defaults: fsync on, zstd storage; ref for gRPC rows: our HTTP figure" \
   "(for writes, a twin measured just before);" \
   "for BLAKE3 rows: the same load named by SHA-256; x16: 16 blobs per call, per blob;" \
   "CPU/op: server CPU seconds during the window / blobs (digests for FindMissing);" \
-  "evicted: blobs our server evicted from before the load (prefill and warm-up included) to its end)"
+  "evicted: blobs our server evicted from before the load (prefill and warm-up included) to its end;" \
+  "a reference of ours that evicted any says how many)"
 # The hashing rate behind the BLAKE3 rows: what one core does with each function.
 "$bench" bench --hash_rate --json >"$work/hash-rate.json" 2>"$work/hash-rate.err" \
   || { cat "$work/hash-rate.err" >&2; die "bench --hash_rate failed"; }
