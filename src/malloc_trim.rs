@@ -2,10 +2,11 @@
 //!
 //! Why: glibc's malloc keeps what a program frees. It returns memory only
 //! from the top of a heap (past `M_TRIM_THRESHOLD`) and by unmapping chunks
-//! it mmapped, and after freeing an mmapped chunk it raises its mmap
-//! threshold to that chunk's size (up to 32 MiB): from then on 256 KiB
-//! buffers and MiB-sized zstd contexts come from the arenas' heaps, where a
-//! single live allocation near a heap's top pins every free page below it.
+//! it mmapped. The server fixes the mmap threshold at 8 MiB and the trim
+//! threshold at 16 MiB (`tune_malloc` in main.rs says why), so 256 KiB
+//! buffers, MiB-sized zstd contexts and decoded gRPC messages come from
+//! the arenas' heaps, where a single live allocation near a heap's top
+//! pins every free page below it.
 //! After 3,000 ByteStream Reads parked on one connection, the server held
 //! 3.5 GB resident once the connection had closed and everything was
 //! freed; after a zstd-bomb flood, likewise.
