@@ -98,6 +98,7 @@ if [ ! -x "$bench" ]; then
 fi
 
 source scripts/nginx-blobs.sh
+source scripts/metrics.sh
 work=$(mktemp -d -p "${PERF_DIR:-${TMPDIR:-/tmp}}" perf-compare.XXXXXX)
 server_pids=()
 cleanup() {
@@ -139,10 +140,8 @@ start_server() {
 kinds_jq='def kinds: .errors.by_kind | to_entries | map("\(.value) \(.key)") | join(", ");'
 
 # evictions HTTP_URL: the blobs our server at HTTP_URL has evicted so far
-# (bazel-remote's counter, on /metrics).
-evictions() {
-  curl -fsS "$1/metrics" | awk '/^bazel_remote_disk_cache_evictions_total / { print $2 }'
-}
+# (bazel-remote's counter).
+evictions() { metric "$1" bazel_remote_disk_cache_evictions_total; }
 
 # run KEY URL ARGS...: one measurement, its JSON report in $work/KEY.json,
 # and for our servers the blobs evicted meanwhile in $work/KEY.evicted.

@@ -40,6 +40,7 @@
 # Needs jq and curl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/metrics.sh
 
 case "${1:-}" in
   "") ;;
@@ -101,8 +102,7 @@ for _ in $(seq 300); do
 done
 [ -n "$url" ] || { tail -n 20 "$work/server.log" >&2; die "the server did not start within 30 s"; }
 
-metric() { curl -sf "$url/metrics" | awk -v m="$1" '$1 == m { printf "%d\n", $2 }'; }
-entries() { metric bazel_remote_disk_cache_entries; }
+entries() { metric "$url" bazel_remote_disk_cache_entries; }
 status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$server_pid/status"; }
 
 # Samples RSS every 0.2 s until killed, one line each: metrics bytes, VmRSS KiB.
@@ -111,7 +111,7 @@ start_sampler() {
   : >"$out"
   (
     while kill -0 "$server_pid" 2>/dev/null; do
-      echo "$(metric process_resident_memory_bytes || echo 0) $(status_kib VmRSS || echo 0)" >>"$out"
+      echo "$(metric "$url" process_resident_memory_bytes 2>/dev/null || echo 0) $(status_kib VmRSS || echo 0)" >>"$out"
       sleep 0.2
     done
   ) &

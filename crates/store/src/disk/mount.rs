@@ -17,19 +17,14 @@ use std::path::{Path, PathBuf};
 /// read from `mountinfo` (the text of `/proc/self/mountinfo`).
 pub(super) fn discarding_mount(mountinfo: &str, path: &Path) -> Option<PathBuf> {
     // The innermost mount holding the path; among mounts on the same
-    // point, the last listed (it hides the ones before).
-    let mut best: Option<(usize, Mount)> = None;
-    for mount in mountinfo.lines().filter_map(Mount::parse) {
-        if !path.starts_with(&mount.point) {
-            continue;
-        }
-        let depth = mount.point.components().count();
-        if best.as_ref().is_none_or(|(d, _)| depth >= *d) {
-            best = Some((depth, mount));
-        }
-    }
-    let (_, mount) = best?;
-    mount.discards().then_some(mount.point)
+    // point, the last listed (it hides the ones before), which is the one
+    // `max_by_key` returns of equal keys.
+    let mount = mountinfo
+        .lines()
+        .filter_map(Mount::parse)
+        .filter(|mount| path.starts_with(&mount.point))
+        .max_by_key(|mount| mount.point.components().count())?;
+    mount.discards.then_some(mount.point)
 }
 
 /// Logs a warning when `dir`'s file system discards freed blocks online.
@@ -55,8 +50,8 @@ pub(super) fn warn_if_discarding(dir: &Path) {
 
 struct Mount {
     point: PathBuf,
-    /// Per-mount and per-superblock options, both comma-separated.
-    options: Vec<String>,
+    /// Plain `discard` among its per-mount or superblock options.
+    discards: bool,
 }
 
 impl Mount {
@@ -70,19 +65,14 @@ impl Mount {
         let mut after_separator = fields.skip_while(|f| *f != "-").skip(1);
         let (_fstype, _source) = (after_separator.next()?, after_separator.next()?);
         let super_options = after_separator.next().unwrap_or("");
-        let options = mount_options
+        let discards = mount_options
             .split(',')
             .chain(super_options.split(','))
-            .map(str::to_owned)
-            .collect();
+            .any(|o| o == "discard");
         Some(Mount {
             point: PathBuf::from(unescape(point)),
-            options,
+            discards,
         })
-    }
-
-    fn discards(&self) -> bool {
-        self.options.iter().any(|o| o == "discard")
     }
 }
 
