@@ -13,6 +13,8 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
 fn main() -> ExitCode {
+    // Before any thread starts, for the server and `bench` alike.
+    bazel_cache_malloc::tune();
     // `bench` is a client: it runs before (and without) the server's configuration.
     match bazel_cache_bench::from_command_line(std::env::args_os()) {
         Ok(Some(args)) => return bazel_cache_bench::main(args),
@@ -35,7 +37,6 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    tune_malloc();
     // Held until main returns: dropping it writes out the lines still queued.
     let _log_writer = init_logging(&config);
     for note in &invocation.notes {
@@ -87,55 +88,6 @@ async fn serve(config: Config) -> ExitCode {
     tokio::spawn(bazel_cache::malloc_trim::run());
     server.run(shutdown_signal()).await;
     ExitCode::SUCCESS
-}
-
-/// Tunes glibc's malloc for a server that moves MiB-sized buffers, unless
-/// the environment already does (`MALLOC_*` variables, `GLIBC_TUNABLES`).
-///
-/// **Arenas: at most 4.** By default glibc gives up to 8 arenas per core to
-/// the threads that allocate, and file I/O runs on tokio's blocking
-/// threads, each allocating 256 KiB buffers: after 64 concurrent 1 MiB gRPC
-/// reads the server kept 460 MiB resident, freed but fragmented over those
-/// arenas; with 4 it kept 93 MiB, at the same throughput (2-core VM, debug
-/// build).
-///
-/// **Fixed thresholds: mmap above 8 MiB, trim past 16 MiB.** glibc's
-/// defaults move with what is freed: each freed mmapped chunk raises the
-/// mmap threshold to its size, and the trim threshold to twice that. A
-/// gRPC message of 1 MiB is decoded into a buffer of its own (tonic), so
-/// with 16 ByteStream writes in flight those buffers were either mmapped
-/// or carved from the top of a heap that the next free trimmed again:
-/// 112-140 page faults per 1 MiB write (4-12 for an HTTP PUT), all in the
-/// decoder's first copy into the new buffer, and 7 % of the server's CPU
-/// in faulting, zeroing and unmapping pages. With these two, 0-3 faults a
-/// write; peak RSS under that load went from 46-49 to 54-58 MiB. Buffers
-/// up to 8 MiB (a 4 MiB batch message) come from the heaps and are reused,
-/// and memory freed after a burst goes back by the periodic
-/// `malloc_trim` (malloc_trim.rs), not by every free.
-fn tune_malloc() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        let tunables = std::env::var("GLIBC_TUNABLES").unwrap_or_default();
-        let chosen = |variables: &[&str], tunable: &[&str]| {
-            variables.iter().any(|v| std::env::var_os(v).is_some())
-                || tunable.iter().any(|t| tunables.contains(t))
-        };
-        // SAFETY: mallopt only changes allocator tuning; called before any
-        // other thread exists.
-        #[allow(unsafe_code)]
-        unsafe {
-            if !chosen(&["MALLOC_ARENA_MAX"], &["glibc.malloc.arena_max"]) {
-                libc::mallopt(libc::M_ARENA_MAX, 4);
-            }
-            if !chosen(
-                &["MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_"],
-                &["glibc.malloc.mmap_threshold", "glibc.malloc.trim_threshold"],
-            ) {
-                libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
-                libc::mallopt(libc::M_TRIM_THRESHOLD, 16 << 20);
-            }
-        }
-    }
 }
 
 /// Logs go to stderr through a writer thread that writes them in batches

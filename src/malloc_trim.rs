@@ -3,7 +3,7 @@
 //! Why: glibc's malloc keeps what a program frees. It returns memory only
 //! from the top of a heap (past `M_TRIM_THRESHOLD`) and by unmapping chunks
 //! it mmapped. The server fixes the mmap threshold at 8 MiB and the trim
-//! threshold at 16 MiB (`tune_malloc` in main.rs says why), so 256 KiB
+//! threshold at 16 MiB (`bazel_cache_malloc::tune` says why), so 256 KiB
 //! buffers, MiB-sized zstd contexts and decoded gRPC messages come from
 //! the arenas' heaps, where a single live allocation near a heap's top
 //! pins every free page below it.
