@@ -199,7 +199,23 @@ async fn cas_batches_and_find_missing() {
         ],
     )
     .await;
-    assert_eq!(missing, vec![digest(&c), wrong_size]);
+    assert_eq!(missing, vec![digest(&c), wrong_size.clone()]);
+    // Each missing digest as often as asked, in the order asked.
+    let missing = find_missing(
+        &mut cas,
+        vec![
+            wrong_size.clone(),
+            digest(&c),
+            digest(&a),
+            digest(&c),
+            wrong_size.clone(),
+        ],
+    )
+    .await;
+    assert_eq!(
+        missing,
+        vec![wrong_size.clone(), digest(&c), digest(&c), wrong_size]
+    );
 
     // BatchRead: plain, compressed on request, and NOT_FOUND per blob.
     let resp = cas
@@ -238,12 +254,17 @@ async fn cas_batches_and_find_missing() {
     };
     let err = cas
         .find_missing_blobs(re::FindMissingBlobsRequest {
-            blob_digests: vec![bad_hex],
+            blob_digests: vec![digest(&a), bad_hex],
             ..Default::default()
         })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("blob_digests[1]: "),
+        "{}",
+        err.message()
+    );
     let err = cas
         .find_missing_blobs(re::FindMissingBlobsRequest {
             blob_digests: vec![digest(&a)],
