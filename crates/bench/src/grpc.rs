@@ -356,7 +356,14 @@ impl GrpcClient {
         class: &Arc<SizeClass>,
         ids: &[BlobId],
     ) -> Result<Vec<BlobId>, OpError> {
+        // Each blob's name is hashed once: the answer is matched against
+        // the names sent.
         let digests: Vec<re::Digest> = ids.iter().map(|&id| digest(class, id)).collect();
+        let asked: std::collections::HashMap<String, BlobId> = digests
+            .iter()
+            .zip(ids)
+            .map(|(d, &id)| (d.hash.clone(), id))
+            .collect();
         let missing = self
             .cas(worker)
             .find_missing_blobs(re::FindMissingBlobsRequest {
@@ -371,8 +378,6 @@ impl GrpcClient {
         if missing.is_empty() {
             return Ok(Vec::new());
         }
-        let asked: std::collections::HashMap<String, BlobId> =
-            ids.iter().map(|&id| (class.hex(id), id)).collect();
         let mut out = Vec::with_capacity(missing.len());
         for m in missing {
             match asked.get(&m.hash) {

@@ -578,10 +578,15 @@ fn find_request(rng: &mut Rng, index: u64, n: usize, prefilled: u64) -> (Vec<Blo
     (ids, absent)
 }
 
-/// A find answer must name exactly the absent blobs.
+/// A find answer must name exactly the absent blobs. Through sets: a
+/// 1,000-digest call checked list against list was a fifth of the load
+/// generator's CPU on FindMissingBlobs loads.
 fn check_missing(asked: &[BlobId], missing: &[BlobId], absent: &[BlobId]) -> Result<(), OpError> {
-    let wrong_present = missing.iter().filter(|m| !absent.contains(m)).count();
-    let wrong_absent = absent.iter().filter(|a| !missing.contains(a)).count();
+    use std::collections::HashSet;
+    let (missing_set, absent_set): (HashSet<_>, HashSet<_>) =
+        (missing.iter().collect(), absent.iter().collect());
+    let wrong_present = missing.iter().filter(|m| !absent_set.contains(m)).count();
+    let wrong_absent = absent.iter().filter(|a| !missing_set.contains(a)).count();
     if wrong_present + wrong_absent == 0 {
         return Ok(());
     }
