@@ -139,11 +139,12 @@ for load in "${loads[@]}"; do
     --slurpfile o <(cat "${files[@]}") --slurpfile r <(cat "${refs[@]}") '
     def median: sort | .[(length / 2 | floor)];
     def fmt: if . >= 100 then round | tostring else (. * 100 | round / 100 | tostring) end;
+    def duration: if . >= 1000 then "\(. / 10 | round / 100) ms" else "\(fmt) µs" end;
     ($o | map(.total[$field])) as $x
     | ([range(0; $o | length)] | map($x[.] / ($r[.].total[$field]))) as $ratio
     | ($o | map(.server_cpu.per_request_us)) as $cpu
     | "| \($key | .[0:26] | . + " " * (26 - length)) | "
       + ("\($x | median | fmt) (\($x | min | fmt)-\($x | max | fmt)) \($unit)" | . + " " * ([28 - length, 0] | max))
       + " | " + ("\($ratio | median * 100 | round / 100)" | . + " " * (14 - length))
-      + " | " + ("\($cpu | median | fmt) µs" | . + " " * (12 - length)) + " |"'
+      + " | " + ($cpu | median | duration | . + " " * (12 - length)) + " |"'
 done
