@@ -99,6 +99,7 @@ fi
 
 source scripts/nginx-blobs.sh
 source scripts/metrics.sh
+source scripts/ours.sh
 work=$(mktemp -d -p "${PERF_DIR:-${TMPDIR:-/tmp}}" perf-compare.XXXXXX)
 server_pids=()
 cleanup() {
@@ -113,26 +114,16 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# start_server NAME FLAGS...: this server on a fresh directory, ports chosen
-# by the kernel (read from the `build --remote_cache=` lines it prints); sets
-# <NAME>_http and <NAME>_grpc.
+# start_server NAME FLAGS...: this server on a fresh directory (ours.sh);
+# sets <NAME>_http and <NAME>_grpc.
 start_server() {
-  local name=$1 log="$work/$1.log" pid http="" grpc="" _
+  local name=$1
   shift
-  "$bench" --dir "$work/$name" --http_address 127.0.0.1:0 --grpc_address 127.0.0.1:0 "$@" \
-    >"$log" 2>&1 &
-  pid=$!
-  server_pids+=("$pid")
-  for _ in $(seq 300); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$log" >&2; die "server $name ($*) exited while starting"; }
-    http=$(sed -n 's/^build --remote_cache=\(http:[^ ]*\)$/\1/p' "$log")
-    grpc=$(sed -n 's/^build --remote_cache=\(grpc:[^ ]*\)$/\1/p' "$log")
-    [ -n "$http" ] && [ -n "$grpc" ] && break
-    sleep 0.1
-  done
-  [ -n "$http" ] && [ -n "$grpc" ] || { tail -n 20 "$log" >&2; die "server $name did not start within 30 s"; }
-  printf -v "${name}_http" %s "$http"
-  printf -v "${name}_grpc" %s "$grpc"
+  start_ours "$bench" "$work/$name.log" --dir "$work/$name" \
+    --http_address 127.0.0.1:0 --grpc_address 127.0.0.1:0 "$@"
+  server_pids+=("$OURS_PID")
+  printf -v "${name}_http" %s "$OURS_HTTP"
+  printf -v "${name}_grpc" %s "$OURS_GRPC"
 }
 
 # A report's errors by kind ("94 gRPC NotFound, 2 timeout"): the progress

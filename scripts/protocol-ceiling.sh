@@ -27,6 +27,7 @@
 #        Both are built when missing. About 5 minutes. Needs jq.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/ours.sh
 
 rounds=${PERF_ROUNDS:-3}
 duration=${PERF_DURATION:-4s}
@@ -58,31 +59,23 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# wait_for FILE PATTERN PID: until the server writes PATTERN into FILE.
-wait_for() {
-  local _
-  for _ in $(seq 300); do
-    grep -q "$2" "$1" && return 0
-    kill -0 "$3" 2>/dev/null || { cat "$1" >&2; die "a server exited while starting"; }
-    sleep 0.1
-  done
-  cat "$1" >&2
-  die "a server did not start within 30 s"
-}
-
-"$bench" --dir "$work/ours" --http_address 127.0.0.1:0 --grpc_address 127.0.0.1:0 \
-  >"$work/ours.log" 2>&1 &
-ours=$!
+start_ours "$bench" "$work/ours.log" --dir "$work/ours" \
+  --http_address 127.0.0.1:0 --grpc_address 127.0.0.1:0
+ours=$OURS_PID
 pids+=("$ours")
-wait_for "$work/ours.log" "remote_cache=grpc" "$ours"
-wait_for "$work/ours.log" "remote_cache=http" "$ours"
-ours_http=$(sed -n 's/^build --remote_cache=\(http:[^ ]*\)$/\1/p' "$work/ours.log")
-ours_grpc=$(sed -n 's/^build --remote_cache=\(grpc:[^ ]*\)$/\1/p' "$work/ours.log")
+ours_http=$OURS_HTTP
+ours_grpc=$OURS_GRPC
 
+# The empty servers print their addresses on one line once all listen.
 "$ceiling" 127.0.0.1:0 >"$work/ceiling.log" 2>&1 &
 empty=$!
 pids+=("$empty")
-wait_for "$work/ceiling.log" "h2_inline=" "$empty"
+for _ in $(seq 300); do
+  grep -q "h2_inline=" "$work/ceiling.log" && break
+  kill -0 "$empty" 2>/dev/null || break
+  sleep 0.1
+done
+grep -q "h2_inline=" "$work/ceiling.log" || { cat "$work/ceiling.log" >&2; die "the empty servers did not start"; }
 read -r c_http c_grpc c_h2 c_inline < <(sed 's/[a-z_0-9]*=//g' "$work/ceiling.log")
 
 # Each load: KEY PID URL ARGS... Rows of one figure share the prefix before

@@ -41,6 +41,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/metrics.sh
+source scripts/ours.sh
 
 case "${1:-}" in
   "") ;;
@@ -88,19 +89,11 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-# The server: ports chosen by the kernel, read from the `build
-# --remote_cache=` line it prints once it serves.
-"$server" --dir "$work/data" --max_size 1000 --http_address 127.0.0.1:0 --grpc_address none \
-  >"$work/server.log" 2>&1 &
-server_pid=$!
-url=""
-for _ in $(seq 300); do
-  kill -0 "$server_pid" 2>/dev/null || { tail -n 20 "$work/server.log" >&2; die "the server exited while starting"; }
-  url=$(sed -n 's/^build --remote_cache=\(http:[^ ]*\)$/\1/p' "$work/server.log")
-  [ -n "$url" ] && break
-  sleep 0.1
-done
-[ -n "$url" ] || { tail -n 20 "$work/server.log" >&2; die "the server did not start within 30 s"; }
+# The server, on a port the kernel chooses (ours.sh).
+start_ours "$server" "$work/server.log" --dir "$work/data" --max_size 1000 \
+  --http_address 127.0.0.1:0 --grpc_address none
+server_pid=$OURS_PID
+url=$OURS_HTTP
 
 entries() { metric "$url" bazel_remote_disk_cache_entries; }
 status_kib() { awk -v f="$1:" '$1 == f { print $2 }' "/proc/$server_pid/status"; }
